@@ -1,0 +1,69 @@
+// The narrow interface every device implements (CPU now, CUDA later). Ops compute shapes, dtypes
+// and broadcasting, then call one of these with ready operands; the op kind is a parameter.
+// Knows nothing of autograd.
+#pragma once
+
+#include <cstdint>
+
+#include "core/tensor_impl.h"
+#include "ops/op_registry.h"
+
+namespace tg {
+
+// Scalar attributes of an op: the exponent of PowScalar, the bounds of Clamp (±inf when absent).
+struct OpAttrs {
+  double a = 0;
+  double b = 0;
+};
+
+enum class RandomKind : uint8_t { Uniform, Normal, Int };
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+
+  virtual void* allocate(size_t nbytes) = 0;
+  virtual void deallocate(void* ptr, size_t nbytes) = 0;
+  virtual void synchronize() = 0;
+
+  // dst = src elementwise, same shape, any strides, converting dtype.
+  virtual void copy(const TensorImpl& dst, const TensorImpl& src) = 0;
+  // Between this device and host memory; the device tensor is contiguous.
+  virtual void copy_from_host(const TensorImpl& dst, const void* src) = 0;
+  virtual void copy_to_host(void* dst, const TensorImpl& src) = 0;
+  virtual void fill(const TensorImpl& dst, Scalar value) = 0;
+  // dst[i] = start + i * step over the contiguous dst.
+  virtual void iota(const TensorImpl& dst, double start, double step) = 0;
+  // Element i of a contiguous dst from Philox(seed, offset + i / 4) lane i % 4: the same numbers
+  // on every device and thread count. Uniform in [a, b), Normal(a, b), Int in [a, b).
+  virtual void random(RandomKind kind, const TensorImpl& dst, uint64_t seed, uint64_t offset,
+                      double a, double b) = 0;
+
+  // Elementwise. Inputs are views already expanded to out's shape (stride 0 where broadcast).
+  // Unary and binary inputs have out's dtype, except comparisons (out is bool).
+  virtual void unary(OpKind kind, const TensorImpl& out, const TensorImpl& x,
+                     const OpAttrs& attrs) = 0;
+  virtual void binary(OpKind kind, const TensorImpl& out, const TensorImpl& a,
+                      const TensorImpl& b) = 0;
+  virtual void where(const TensorImpl& out, const TensorImpl& cond, const TensorImpl& a,
+                     const TensorImpl& b) = 0;
+
+  // out (contiguous, x's leading dims) = reduction of x over its last `nreduced` dims.
+  // Argmax/Argmin give the row-major index within the reduced dims, as i64.
+  virtual void reduce(OpKind kind, const TensorImpl& out, const TensorImpl& x, int nreduced) = 0;
+
+  // out[b] = a[b] · b[b] for 3-D operands (batch strides may be 0); out is contiguous.
+  virtual void matmul(const TensorImpl& out, const TensorImpl& a, const TensorImpl& b) = 0;
+
+  // IndexSelect: out = x.index_select(dim, index); Gather: out = x.gather(dim, index);
+  // ScatterAdd: out[... index ...] += x (out already holds the base). index is i64, checked here.
+  virtual void index(OpKind kind, const TensorImpl& out, const TensorImpl& x, int dim,
+                     const TensorImpl& index) = 0;
+};
+
+Backend& backend_for(Device device);
+Backend& cpu_backend();
+// The CUDA backend when built with CUDA (lib/backend/cuda/), else a stub that throws.
+Backend& cuda_backend();
+
+}  // namespace tg

@@ -1,0 +1,162 @@
+// The CPU backend: a caching allocator (see Note [CPU allocator]) and the kernels of cpu_kernels.h
+// behind the Backend interface.
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "backend/cpu/cpu_kernels.h"
+#include "backend/cpu/loops.h"
+
+namespace tg::cpu {
+
+namespace {
+std::atomic<int> g_threads{0};
+}
+
+int num_threads() {
+  int n = g_threads.load(std::memory_order_relaxed);
+  return n > 0 ? n : 1;
+}
+
+// Note [CPU allocator]
+// glibc hands blocks of a few MB straight back to the kernel on free, so a training loop that
+// allocates the same activations every step pays page faults and zeroing each time. Freed blocks
+// are kept here by size (rounded up to a size class) and reused; small blocks use the same path.
+// The cache holds at most kCacheLimit bytes; past that, blocks go back to the system.
+class CachingAllocator {
+ public:
+  static constexpr size_t kAlign = 64;
+#ifdef __SANITIZE_ADDRESS__
+  static constexpr size_t kCacheLimit = 0;  // let ASan see every use after free
+#else
+  static constexpr size_t kCacheLimit = size_t{1} << 30;
+#endif
+
+  void* allocate(size_t nbytes) {
+    size_t size = size_class(nbytes);
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      auto it = free_.find(size);
+      if (it != free_.end() && !it->second.empty()) {
+        void* p = it->second.back();
+        it->second.pop_back();
+        cached_ -= size;
+        return p;
+      }
+    }
+    void* p = std::aligned_alloc(kAlign, size);
+    TG_CHECK(p != nullptr, "out of memory allocating {} bytes on the CPU", nbytes);
+    return p;
+  }
+
+  void deallocate(void* p, size_t nbytes) {
+    size_t size = size_class(nbytes);
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (cached_ + size <= kCacheLimit) {
+        free_[size].push_back(p);
+        cached_ += size;
+        return;
+      }
+    }
+    std::free(p);
+  }
+
+  ~CachingAllocator() {
+    for (auto& [size, blocks] : free_)
+      for (void* p : blocks) std::free(p);
+  }
+
+ private:
+  // Multiples of 64 bytes up to 4 KiB, then four classes per power of two.
+  static size_t size_class(size_t n) {
+    if (n <= 4096) return (n + kAlign - 1) / kAlign * kAlign;
+    size_t p = size_t{1} << (63 - __builtin_clzll(n - 1));  // highest power of two below n
+    size_t step = p / 4;
+    return (n + step - 1) / step * step;
+  }
+
+  std::mutex mutex_;
+  std::map<size_t, std::vector<void*>> free_;
+  size_t cached_ = 0;
+};
+
+class CpuBackend final : public Backend {
+ public:
+  CpuBackend() {
+    int hw = static_cast<int>(std::thread::hardware_concurrency());
+    set_threads(hw > 0 ? hw : 1);
+  }
+  void set_threads(int n) {
+    g_threads = n;
+    set_blas_threads(n);
+  }
+
+  void* allocate(size_t nbytes) override { return allocator_.allocate(nbytes); }
+  void deallocate(void* p, size_t nbytes) override { allocator_.deallocate(p, nbytes); }
+  void synchronize() override {}
+  void copy(const TensorImpl& dst, const TensorImpl& src) override { copy_kernel(dst, src); }
+  void copy_from_host(const TensorImpl& dst, const void* src) override {
+    std::memcpy(dst.data(), src, static_cast<size_t>(dst.numel) * element_size(dst.dtype));
+  }
+  void copy_to_host(void* dst, const TensorImpl& src) override {
+    std::memcpy(dst, src.data(), static_cast<size_t>(src.numel) * element_size(src.dtype));
+  }
+  void fill(const TensorImpl& dst, Scalar value) override { fill_kernel(dst, value); }
+  void iota(const TensorImpl& dst, double start, double step) override {
+    iota_kernel(dst, start, step);
+  }
+  void random(RandomKind kind, const TensorImpl& dst, uint64_t seed, uint64_t offset, double a,
+              double b) override {
+    random_kernel(kind, dst, seed, offset, a, b);
+  }
+  void unary(OpKind kind, const TensorImpl& out, const TensorImpl& x,
+             const OpAttrs& attrs) override {
+    unary_kernel(kind, out, x, attrs);
+  }
+  void binary(OpKind kind, const TensorImpl& out, const TensorImpl& a,
+              const TensorImpl& b) override {
+    binary_kernel(kind, out, a, b);
+  }
+  void where(const TensorImpl& out, const TensorImpl& cond, const TensorImpl& a,
+             const TensorImpl& b) override {
+    where_kernel(out, cond, a, b);
+  }
+  void reduce(OpKind kind, const TensorImpl& out, const TensorImpl& x, int nreduced) override {
+    reduce_kernel(kind, out, x, nreduced);
+  }
+  void matmul(const TensorImpl& out, const TensorImpl& a, const TensorImpl& b) override {
+    matmul_kernel(out, a, b);
+  }
+  void index(OpKind kind, const TensorImpl& out, const TensorImpl& x, int dim,
+             const TensorImpl& index) override {
+    index_kernel(kind, out, x, dim, index);
+  }
+
+ private:
+  CachingAllocator allocator_;
+};
+
+CpuBackend& instance() {
+  // Never destroyed: tensors in static storage may outlive any destruction order we could pick.
+  static CpuBackend* backend = new CpuBackend();
+  return *backend;
+}
+
+}  // namespace tg::cpu
+
+namespace tg {
+
+Backend& cpu_backend() { return cpu::instance(); }
+
+void set_num_threads(int n) {
+  TG_CHECK(n >= 1, "set_num_threads: expected at least 1 thread, got {}", n);
+  cpu::instance().set_threads(n);
+}
+int get_num_threads() { return cpu::num_threads(); }
+
+}  // namespace tg

@@ -1,0 +1,24 @@
+// The CPU backend's kernels, one function per Backend entry (cpu_backend.cpp wires them up).
+#pragma once
+
+#include "backend/backend.h"
+
+namespace tg::cpu {
+
+void copy_kernel(const TensorImpl& dst, const TensorImpl& src);
+void fill_kernel(const TensorImpl& dst, Scalar value);
+void unary_kernel(OpKind kind, const TensorImpl& out, const TensorImpl& x, const OpAttrs& attrs);
+void binary_kernel(OpKind kind, const TensorImpl& out, const TensorImpl& a, const TensorImpl& b);
+void where_kernel(const TensorImpl& out, const TensorImpl& cond, const TensorImpl& a,
+                  const TensorImpl& b);
+void reduce_kernel(OpKind kind, const TensorImpl& out, const TensorImpl& x, int nreduced);
+void matmul_kernel(const TensorImpl& out, const TensorImpl& a, const TensorImpl& b);
+void index_kernel(OpKind kind, const TensorImpl& out, const TensorImpl& x, int dim,
+                  const TensorImpl& index);
+void random_kernel(RandomKind kind, const TensorImpl& dst, uint64_t seed, uint64_t offset,
+                   double a, double b);
+void iota_kernel(const TensorImpl& dst, double start, double step);
+
+void set_blas_threads(int n);
+
+}  // namespace tg::cpu

@@ -1,0 +1,174 @@
+// One instruction set's vectorized f32 kernels: this file is compiled three times with different
+// -m flags and TG_VEC_NS (see lib/CMakeLists.txt). Plain loops over branch-free math that the
+// compiler vectorizes; the polynomials are Cephes' single-precision ones (about 1 ulp).
+#include <bit>
+#include <cmath>
+#include <cstdint>
+
+#include "backend/cpu/vec_kernels.h"
+
+namespace tg::cpu::TG_VEC_NS {
+namespace {
+
+inline float exp_f32(float x) {
+  const float inv_ln2 = 1.44269504088896341f, c1 = 0.693359375f, c2 = -2.12194440e-4f;
+  const float magic = 12582912.0f;  // 1.5·2^23: adding it rounds to an integer in the low bits
+  float xc = x < -104.0f ? -104.0f : x;
+  xc = xc > 89.0f ? 89.0f : xc;
+  float t = xc * inv_ln2 + magic;
+  float n = t - magic;
+  int32_t ni = std::bit_cast<int32_t>(t) - std::bit_cast<int32_t>(magic);
+  float r = xc - n * c1 - n * c2;  // |r| <= ln2/2
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  float y = p * r * r + r + 1.0f;
+  // 2^n in two halves, so that n down to -150 (denormal results) stays representable.
+  int32_t n1 = ni >> 1, n2 = ni - n1;
+  float s1 = std::bit_cast<float>((n1 + 127) << 23), s2 = std::bit_cast<float>((n2 + 127) << 23);
+  float res = y * s1 * s2;
+  res = x > 88.72283935f ? INFINITY : res;
+  res = x < -103.972084f ? 0.0f : res;
+  return x != x ? x : res;
+}
+
+inline float log_f32(float x) {
+  bool denormal = x < 1.17549435e-38f;
+  float xs = denormal ? x * 8388608.0f : x;  // 2^23
+  int32_t bits = std::bit_cast<int32_t>(xs);
+  float e = static_cast<float>(((bits >> 23) & 0xff) - 126) - (denormal ? 23.0f : 0.0f);
+  float m = std::bit_cast<float>((bits & 0x007fffff) | 0x3f000000);  // [0.5, 1)
+  bool small = m < 0.707106781186547524f;
+  e = small ? e - 1.0f : e;
+  m = small ? m + m - 1.0f : m - 1.0f;
+  float z = m * m;
+  float p = 7.0376836292e-2f;
+  p = p * m - 1.1514610310e-1f;
+  p = p * m + 1.1676998740e-1f;
+  p = p * m - 1.2420140846e-1f;
+  p = p * m + 1.4249322787e-1f;
+  p = p * m - 1.6668057665e-1f;
+  p = p * m + 2.0000714765e-1f;
+  p = p * m - 2.4999993993e-1f;
+  p = p * m + 3.3333331174e-1f;
+  float y = p * m * z;
+  y += -2.12194440e-4f * e;
+  y += -0.5f * z;
+  float r = m + y + 0.693359375f * e;
+  r = x == INFINITY ? x : r;
+  r = x == 0.0f ? -INFINITY : r;
+  r = x < 0.0f ? NAN : r;
+  return x != x ? x : r;
+}
+
+inline float tanh_f32(float x) {
+  float ax = std::fabs(x);
+  // Small |x|: odd polynomial (no cancellation). Else 1 - 2/(e^2|x| + 1), with x's sign.
+  float z = x * x;
+  float p = -5.70498872745e-3f;
+  p = p * z + 2.06390887954e-2f;
+  p = p * z - 5.37397155531e-2f;
+  p = p * z + 1.33314422036e-1f;
+  p = p * z - 3.33332819422e-1f;
+  float small = p * z * x + x;
+  float big = 1.0f - 2.0f / (exp_f32(2.0f * ax) + 1.0f);
+  big = std::copysign(big, x);
+  float r = ax < 0.625f ? small : big;
+  return x != x ? x : r;
+}
+
+inline float sigmoid_f32(float x) { return 1.0f / (1.0f + exp_f32(-x)); }
+
+template <class F>
+void map(float* __restrict out, const float* __restrict x, int64_t n, F f) {
+  for (int64_t i = 0; i < n; ++i) out[i] = f(x[i]);
+}
+// out may alias x exactly (in-place ops), which restrict-free loops handle.
+template <class F>
+void map_alias(float* out, const float* x, int64_t n, F f) {
+  if (out == x) {
+    for (int64_t i = 0; i < n; ++i) out[i] = f(out[i]);
+  } else {
+    map(out, x, n, f);
+  }
+}
+
+#define TG_VEC_UNARY(name, expr)                                                   \
+  void name(float* out, const float* x, int64_t n, const OpAttrs&) {             \
+    map_alias(out, x, n, [](float v) { return expr; });                           \
+  }
+TG_VEC_UNARY(v_exp, exp_f32(v))
+TG_VEC_UNARY(v_log, log_f32(v))
+TG_VEC_UNARY(v_tanh, tanh_f32(v))
+TG_VEC_UNARY(v_sigmoid, sigmoid_f32(v))
+TG_VEC_UNARY(v_neg, -v)
+TG_VEC_UNARY(v_abs, std::fabs(v))
+TG_VEC_UNARY(v_sqrt, std::sqrt(v))
+TG_VEC_UNARY(v_rsqrt, 1.0f / std::sqrt(v))
+TG_VEC_UNARY(v_relu, v > 0.0f ? v : (v != v ? v : 0.0f))
+#undef TG_VEC_UNARY
+
+UnaryF32 unary(OpKind kind) {
+  switch (kind) {
+    case OpKind::Exp: return v_exp;
+    case OpKind::Log: return v_log;
+    case OpKind::Tanh: return v_tanh;
+    case OpKind::Sigmoid: return v_sigmoid;
+    case OpKind::Neg: return v_neg;
+    case OpKind::Abs: return v_abs;
+    case OpKind::Sqrt: return v_sqrt;
+    case OpKind::Rsqrt: return v_rsqrt;
+    case OpKind::Relu: return v_relu;
+    default: return nullptr;
+  }
+}
+
+template <class F>
+void zip(float* out, const float* a, bool av, const float* b, bool bv, int64_t n, F f) {
+  if (av && bv) {
+    for (int64_t i = 0; i < n; ++i) out[i] = f(a[i], b[i]);
+  } else if (av) {
+    const float s = *b;
+    for (int64_t i = 0; i < n; ++i) out[i] = f(a[i], s);
+  } else if (bv) {
+    const float s = *a;
+    for (int64_t i = 0; i < n; ++i) out[i] = f(s, b[i]);
+  } else {
+    const float r = f(*a, *b);
+    for (int64_t i = 0; i < n; ++i) out[i] = r;
+  }
+}
+
+#define TG_VEC_BINARY(name, expr)                                                        \
+  void name(float* out, const float* a, bool av, const float* b, bool bv, int64_t n) {   \
+    zip(out, a, av, b, bv, n, [](float x, float y) { return expr; });                   \
+  }
+TG_VEC_BINARY(v_add, x + y)
+TG_VEC_BINARY(v_sub, x - y)
+TG_VEC_BINARY(v_mul, x * y)
+TG_VEC_BINARY(v_div, x / y)
+TG_VEC_BINARY(v_max, (x != x || y != y) ? x + y : (x > y ? x : y))
+TG_VEC_BINARY(v_min, (x != x || y != y) ? x + y : (x < y ? x : y))
+#undef TG_VEC_BINARY
+
+BinaryF32 binary(OpKind kind) {
+  switch (kind) {
+    case OpKind::Add: return v_add;
+    case OpKind::Sub: return v_sub;
+    case OpKind::Mul: return v_mul;
+    case OpKind::Div: return v_div;
+    case OpKind::Maximum: return v_max;
+    case OpKind::Minimum: return v_min;
+    default: return nullptr;
+  }
+}
+
+}  // namespace
+
+extern const VecKernels kTable;
+const VecKernels kTable{TG_VEC_NAME, unary, binary};
+
+}  // namespace tg::cpu::TG_VEC_NS

@@ -1,0 +1,32 @@
+// Vectorized f32 kernels over contiguous runs, compiled once per instruction set (baseline x86-64,
+// AVX2+FMA, AVX-512) and chosen at run time, so one build runs fast here and still runs on an
+// AVX2-only machine. Each returns nullptr for ops it does not cover; the strided reference
+// kernels handle those.
+#pragma once
+
+#include <cstdint>
+#include <string_view>
+#include <vector>
+
+#include "backend/backend.h"
+
+namespace tg::cpu {
+
+using UnaryF32 = void (*)(float* out, const float* x, int64_t n, const OpAttrs& attrs);
+// a_vec / b_vec false: that operand is one value broadcast over the run.
+using BinaryF32 = void (*)(float* out, const float* a, bool a_vec, const float* b, bool b_vec,
+                           int64_t n);
+
+struct VecKernels {
+  std::string_view isa;
+  UnaryF32 (*unary_f32)(OpKind kind);
+  BinaryF32 (*binary_f32)(OpKind kind);
+};
+
+// The best table this CPU supports (TAPEGRAD_ISA=baseline|avx2|avx512 forces one, for tests and
+// benchmarks; a forced ISA the CPU lacks falls back to the best available).
+const VecKernels& vec_kernels();
+// Every table this CPU can run, best last.
+std::vector<const VecKernels*> available_vec_kernels();
+
+}  // namespace tg::cpu

@@ -1,0 +1,129 @@
+// dtype and device helpers, storage, tensor construction, and error reporting.
+#include <climits>
+
+#include "backend/backend.h"
+#include "core/check.h"
+#include "core/tensor_impl.h"
+
+namespace tg {
+
+std::string_view dtype_name(DType t) {
+  switch (t) {
+    case kF32: return "f32";
+    case kF64: return "f64";
+    case kI32: return "i32";
+    case kI64: return "i64";
+    case kBool: return "bool";
+  }
+  return "?";
+}
+
+DType promote_types(DType a, DType b) {
+  if (a == b) return a;
+  if (a == kBool) return b;
+  if (b == kBool) return a;
+  if (is_floating(a) && is_floating(b)) return kF64;
+  if (is_floating(a)) return a;
+  if (is_floating(b)) return b;
+  return kI64;  // i32 with i64
+}
+
+std::string Device::str() const {
+  return is_cpu() ? std::string("cpu") : fmt::format("cuda:{}", index);
+}
+
+// --- errors ---------------------------------------------------------------------------------------
+
+namespace {
+struct ScopeState {
+  const char* op = nullptr;
+  Loc loc;
+};
+thread_local ScopeState t_scope;
+}  // namespace
+
+OpScope::OpScope(const char* op, Loc loc) : outermost_(t_scope.op == nullptr) {
+  if (outermost_) t_scope = {op, loc};
+}
+OpScope::~OpScope() {
+  if (outermost_) t_scope.op = nullptr;
+}
+const char* OpScope::current_op() { return t_scope.op; }
+Loc OpScope::current_loc() { return t_scope.loc; }
+
+void throw_error(std::string message) {
+  if (t_scope.op == nullptr) throw Error(message, "", Loc{});
+  const Loc& loc = t_scope.loc;
+  message += fmt::format("\n  in tg::{} called at {}:{}", t_scope.op, loc.file_name(), loc.line());
+  throw Error(message, t_scope.op, loc);
+}
+
+// --- storage and tensors --------------------------------------------------------------------------
+
+Storage::~Storage() {
+  if (data != nullptr) backend_for(device).deallocate(data, nbytes);
+}
+
+std::shared_ptr<Storage> allocate_storage(size_t nbytes, Device device) {
+  Backend& be = backend_for(device);
+  void* data = nbytes ? be.allocate(nbytes) : nullptr;
+  return std::make_shared<Storage>(data, nbytes, device);
+}
+
+Shape contiguous_strides(const Shape& sizes) {
+  Shape strides(sizes.size());
+  int64_t s = 1;
+  for (size_t i = sizes.size(); i-- > 0;) {
+    strides[i] = s;
+    s *= std::max<int64_t>(sizes[i], 1);
+  }
+  return strides;
+}
+
+int64_t checked_numel(const Shape& sizes) {
+  TG_CHECK(sizes.size() <= 16, "tensors have at most 16 dims, got {} (shape {})", sizes.size(),
+           sizes);
+  int64_t n = 1;
+  for (int64_t s : sizes) {
+    TG_CHECK(s >= 0, "negative size in shape {}", sizes);
+    TG_CHECK(!__builtin_mul_overflow(n, s, &n), "shape {} has more elements than fit in int64",
+             sizes);
+  }
+  return n;
+}
+
+bool TensorImpl::is_contiguous() const {
+  int64_t expected = 1;
+  for (size_t i = sizes.size(); i-- > 0;) {
+    if (sizes[i] == 1) continue;
+    if (strides[i] != expected) return numel == 0;
+    expected *= sizes[i];
+  }
+  return true;
+}
+
+Tensor make_tensor(const Shape& sizes, DType dtype, Device device) {
+  auto impl = std::make_shared<TensorImpl>();
+  impl->numel = checked_numel(sizes);
+  size_t nbytes = 0;
+  TG_CHECK(!__builtin_mul_overflow(static_cast<size_t>(impl->numel), element_size(dtype), &nbytes),
+           "shape {} is too large to allocate", sizes);
+  impl->storage = allocate_storage(nbytes, device);
+  impl->sizes = sizes;
+  impl->strides = contiguous_strides(sizes);
+  impl->dtype = dtype;
+  return Tensor(std::move(impl));
+}
+
+Tensor make_view(const Tensor& base, Shape sizes, Shape strides, int64_t offset) {
+  auto impl = std::make_shared<TensorImpl>();
+  impl->numel = checked_numel(sizes);
+  impl->storage = base.impl()->storage;
+  impl->sizes = std::move(sizes);
+  impl->strides = std::move(strides);
+  impl->offset = offset;
+  impl->dtype = base.dtype();
+  return Tensor(std::move(impl));
+}
+
+}  // namespace tg

@@ -1,0 +1,210 @@
+// Tensor accessors, conversions (to dtype, to device, clone, contiguous) and the in-place ops.
+#include "ops/ops_common.h"
+
+namespace tg {
+
+// --- accessors ----------------------------------------------------------------------------------
+
+namespace {
+const TensorImpl& checked(const TensorImpl* impl, const char* what) {
+  if (impl == nullptr)
+    throw_error(fmt::format("{}: the tensor is undefined (default-constructed)", what));
+  return *impl;
+}
+}  // namespace
+
+const Shape& Tensor::shape() const { return checked(impl(), "shape").sizes; }
+const Shape& Tensor::strides() const { return checked(impl(), "strides").strides; }
+int64_t Tensor::dim() const { return static_cast<int64_t>(checked(impl(), "dim").sizes.size()); }
+int64_t Tensor::numel() const { return checked(impl(), "numel").numel; }
+int64_t Tensor::storage_offset() const { return checked(impl(), "storage_offset").offset; }
+DType Tensor::dtype() const { return checked(impl(), "dtype").dtype; }
+Device Tensor::device() const { return checked(impl(), "device").device(); }
+bool Tensor::is_contiguous() const { return checked(impl(), "is_contiguous").is_contiguous(); }
+uint64_t Tensor::version() const { return checked(impl(), "version").storage->version.load(); }
+void* Tensor::raw_data_ptr() const { return checked(impl(), "data_ptr").data(); }
+bool Tensor::is_alias_of(const Tensor& other) const {
+  return defined() && other.defined() && impl()->storage == other.impl()->storage;
+}
+int64_t Tensor::size(int64_t d) const { return shape()[wrap_dim(d, dim(), "size")]; }
+int64_t Tensor::stride(int64_t d) const { return strides()[wrap_dim(d, dim(), "stride")]; }
+
+void Tensor::item_into(DType want, void* out, Loc loc) const {
+  OpScope scope("item", loc);
+  check_defined(*this, "item");
+  TG_CHECK(numel() == 1, "item: the tensor has {} elements (shape {}); item() needs exactly one",
+           numel(), shape());
+  Tensor v = cast_if_needed(reshape({}), want).to(kCPU).contiguous();
+  cpu_backend().copy_to_host(out, impl_of(v));
+}
+
+void Tensor::to_vector_into(DType want, void* out, Loc loc) const {
+  OpScope scope("to_vector", loc);
+  check_defined(*this, "to_vector");
+  Tensor v = cast_if_needed(*this, want).to(kCPU).contiguous();
+  if (numel() > 0) cpu_backend().copy_to_host(out, impl_of(v));
+}
+
+void* Tensor::data_ptr_checked(DType want, Loc loc) const {
+  OpScope scope("data_ptr", loc);
+  check_defined(*this, "data_ptr");
+  TG_CHECK(want == dtype(), "data_ptr: the tensor is {}, but data_ptr<{}> was asked for",
+           dtype_name(dtype()), dtype_name(want));
+  TG_CHECK(device().is_cpu(), "data_ptr: the tensor is on {}; copy it with .to(kCPU) first",
+           device().str());
+  return impl()->data();
+}
+
+// --- conversions --------------------------------------------------------------------------------
+
+Tensor Tensor::clone(Loc loc) const {
+  OpScope scope("clone", loc);
+  check_defined(*this, "clone");
+  Tensor out = make_tensor(shape(), dtype(), device());
+  if (numel() > 0) backend_of(*this).copy(impl_of(out), impl_of(*this));
+  return out;
+}
+
+Tensor Tensor::contiguous(Loc loc) const {
+  OpScope scope("contiguous", loc);
+  check_defined(*this, "contiguous");
+  return is_contiguous() ? *this : clone();
+}
+
+Tensor Tensor::to(DType dtype, Loc loc) const {
+  OpScope scope("to", loc);
+  check_defined(*this, "to");
+  if (dtype == this->dtype()) return *this;
+  Tensor out = make_tensor(shape(), dtype, device());
+  if (numel() > 0) backend_of(*this).copy(impl_of(out), impl_of(*this));
+  return out;
+}
+
+Tensor Tensor::to(Device device, Loc loc) const {
+  OpScope scope("to", loc);
+  check_defined(*this, "to");
+  if (device == this->device()) return *this;
+  Backend& dst_be = backend_for(device);
+  Tensor src = contiguous();
+  Tensor out = make_tensor(shape(), dtype(), device);
+  if (numel() == 0) return out;
+  if (src.device().is_cpu()) {
+    dst_be.copy_from_host(impl_of(out), src.raw_data_ptr());
+  } else if (device.is_cpu()) {
+    backend_of(src).copy_to_host(out.raw_data_ptr(), impl_of(src));
+  } else {  // device to device, through the host
+    return src.to(kCPU).to(device);
+  }
+  return out;
+}
+
+// --- in place -----------------------------------------------------------------------------------
+
+namespace {
+
+bool can_cast(DType from, DType to) {
+  if (is_floating(from) && !is_floating(to)) return false;
+  if (from != kBool && to == kBool) return false;
+  return true;
+}
+
+void check_writable(const Tensor& self, const char* op) {
+  for (int64_t d = 0; d < self.dim(); ++d)
+    TG_CHECK(self.strides()[d] != 0 || self.shape()[d] <= 1,
+             "{}: cannot write in place into an expanded tensor (shape {}, strides {}): several "
+             "elements share memory; clone() it first",
+             op, self.shape(), self.strides());
+}
+
+// `src` broadcast to `self`'s shape, in dtype `dtype`, never sharing memory with self unless it is
+// the very same view (so an elementwise kernel reading it while writing self is safe).
+Tensor operand_for(const Tensor& self, const Tensor& src, DType dtype, const char* op) {
+  Shape shape = broadcast_shapes(self.shape(), src.shape(), op);
+  TG_CHECK(shape == self.shape(),
+           "{}: the other operand of shape {} does not broadcast to this tensor's shape {}", op,
+           src.shape(), self.shape());
+  Tensor s = cast_if_needed(src, dtype);
+  bool same_view = s.impl() == self.impl() ||
+                   (s.is_alias_of(self) && s.shape() == self.shape() &&
+                    s.strides() == self.strides() && s.storage_offset() == self.storage_offset());
+  if (s.is_alias_of(self) && !same_view) s = s.clone();
+  return expand_to(s, self.shape());
+}
+
+Tensor& inplace_binary(Tensor& self, OpKind kind, const Tensor& other, Loc loc, const char* op) {
+  OpScope scope(op, loc);
+  check_defined(self, op);
+  check_defined(other, op, "other operand");
+  check_same_device(self, other, op);
+  DType promoted = result_type({operand(self), operand(other)});
+  DType compute = kind == OpKind::Div && !is_floating(promoted) ? kF32 : promoted;
+  TG_CHECK(can_cast(compute, self.dtype()),
+           "{}: the result type {} cannot be stored in place into a {} tensor (shape {})", op,
+           dtype_name(compute), dtype_name(self.dtype()), self.shape());
+  check_writable(self, op);
+  if (compute == self.dtype()) {
+    Tensor o = operand_for(self, other, compute, op);
+    if (self.numel() > 0) backend_of(self).binary(kind, impl_of(self), impl_of(self), impl_of(o));
+  } else {
+    Tensor result = binary_op(kind, self, other, loc);
+    Shape shape = broadcast_shapes(self.shape(), other.shape(), op);
+    TG_CHECK(shape == self.shape(),
+             "{}: the other operand of shape {} does not broadcast to this tensor's shape {}", op,
+             other.shape(), self.shape());
+    if (self.numel() > 0) backend_of(self).copy(impl_of(self), impl_of(result));
+  }
+  self.impl()->bump_version();
+  return self;
+}
+
+Tensor& inplace_scalar(Tensor& self, OpKind kind, Scalar other, Loc loc, const char* op) {
+  OpScope scope(op, loc);
+  check_defined(self, op);
+  DType promoted = result_type({operand(self), operand(other)});
+  return inplace_binary(self, kind, scalar_tensor(other, promoted, self.device()), loc, op);
+}
+
+}  // namespace
+
+Tensor& Tensor::add_(const Tensor& o, Loc loc) { return inplace_binary(*this, OpKind::Add, o, loc, "add_"); }
+Tensor& Tensor::sub_(const Tensor& o, Loc loc) { return inplace_binary(*this, OpKind::Sub, o, loc, "sub_"); }
+Tensor& Tensor::mul_(const Tensor& o, Loc loc) { return inplace_binary(*this, OpKind::Mul, o, loc, "mul_"); }
+Tensor& Tensor::div_(const Tensor& o, Loc loc) { return inplace_binary(*this, OpKind::Div, o, loc, "div_"); }
+Tensor& Tensor::add_(Scalar o, Loc loc) { return inplace_scalar(*this, OpKind::Add, o, loc, "add_"); }
+Tensor& Tensor::sub_(Scalar o, Loc loc) { return inplace_scalar(*this, OpKind::Sub, o, loc, "sub_"); }
+Tensor& Tensor::mul_(Scalar o, Loc loc) { return inplace_scalar(*this, OpKind::Mul, o, loc, "mul_"); }
+Tensor& Tensor::div_(Scalar o, Loc loc) { return inplace_scalar(*this, OpKind::Div, o, loc, "div_"); }
+
+Tensor& Tensor::fill_(Scalar value, Loc loc) {
+  OpScope scope("fill_", loc);
+  check_defined(*this, "fill_");
+  check_writable(*this, "fill_");
+  if (numel() > 0) backend_of(*this).fill(impl_of(*this), value);
+  impl()->bump_version();
+  return *this;
+}
+
+Tensor& Tensor::zero_(Loc loc) { return fill_(0, loc); }
+
+Tensor& Tensor::copy_(const Tensor& src, Loc loc) {
+  OpScope scope("copy_", loc);
+  check_defined(*this, "copy_");
+  check_defined(src, "copy_", "source");
+  check_writable(*this, "copy_");
+  Tensor s = src.device() == device() ? src : src.to(device());
+  s = operand_for(*this, s, s.dtype(), "copy_");
+  if (numel() > 0) backend_of(*this).copy(impl_of(*this), impl_of(s));
+  impl()->bump_version();
+  return *this;
+}
+
+Tensor& Tensor::clamp_(std::optional<Scalar> min, std::optional<Scalar> max, Loc loc) {
+  OpScope scope("clamp_", loc);
+  check_defined(*this, "clamp_");
+  Tensor result = tg::clamp(*this, min, max);
+  TG_CHECK(can_cast(result.dtype(), dtype()),
+           "clamp_: float bounds cannot clamp a {} tensor in place", dtype_name(dtype()));
+  return copy_(result);
+}
+
+}  // namespace tg

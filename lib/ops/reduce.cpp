@@ -1,0 +1,169 @@
+// Reductions (sum, prod, amax, amin, argmax, argmin) and the ops composed from them: mean, var,
+// std, norm, logsumexp, softmax, log_softmax.
+#include <cmath>
+#include <numeric>
+
+#include "ops/ops_common.h"
+
+namespace tg {
+namespace {
+
+// Reduces x over the dims in `mask`: permutes them last and calls the backend.
+Tensor reduce_op(OpKind kind, const Tensor& x, const std::vector<bool>& mask, bool keepdim,
+                 DType out_dtype) {
+  const char* name = op_name(kind).data();
+  int64_t nd = x.dim();
+  Shape perm;
+  for (int64_t d = 0; d < nd; ++d)
+    if (!mask[d]) perm.push_back(d);
+  int nreduced = 0;
+  for (int64_t d = 0; d < nd; ++d)
+    if (mask[d]) perm.push_back(d), ++nreduced;
+  bool is_minmax = kind != OpKind::Sum && kind != OpKind::Prod;
+  if (is_minmax) {
+    for (int64_t d = 0; d < nd; ++d)
+      TG_CHECK(!mask[d] || x.shape()[d] != 0,
+               "{}: cannot reduce over dim {} of size 0 (shape {}): the result is undefined", name,
+               d, x.shape());
+    TG_CHECK(x.numel() != 0 || nd != 0, "{}: empty input", name);
+  }
+  Shape out_shape = reduced_shape(x.shape(), mask, false);
+  Tensor out = make_tensor(out_shape, out_dtype, x.device());
+  Tensor xp = x.permute(perm);
+  backend_of(x).reduce(kind, impl_of(out), impl_of(xp), nreduced);
+  if (keepdim) return out.reshape(reduced_shape(x.shape(), mask, true));
+  return out;
+}
+
+// Sum and prod of integers and bools accumulate in i64, as in PyTorch.
+Tensor sum_like(OpKind kind, const Tensor& x, const Shape& dims, bool keepdim, Loc loc) {
+  const char* name = op_name(kind).data();
+  OpScope scope(name, loc);
+  check_defined(x, name);
+  DType dt = is_floating(x.dtype()) ? x.dtype() : kI64;
+  return reduce_op(kind, cast_if_needed(x, dt), reduced_mask(dims, x.dim(), name), keepdim, dt);
+}
+
+Tensor minmax(OpKind kind, const Tensor& x, const Shape& dims, bool keepdim, Loc loc) {
+  const char* name = op_name(kind).data();
+  OpScope scope(name, loc);
+  check_defined(x, name);
+  return reduce_op(kind, x, reduced_mask(dims, x.dim(), name), keepdim, x.dtype());
+}
+
+Tensor arg(OpKind kind, const Tensor& x, std::optional<int64_t> dim, bool keepdim, Loc loc) {
+  const char* name = op_name(kind).data();
+  OpScope scope(name, loc);
+  check_defined(x, name);
+  if (!dim) {  // index into the flattened tensor
+    Tensor out = reduce_op(kind, x, std::vector<bool>(x.dim(), true), false, kI64);
+    return keepdim ? out.reshape(Shape(x.dim(), 1)) : out;
+  }
+  return reduce_op(kind, x, reduced_mask({*dim}, x.dim(), name), keepdim, kI64);
+}
+
+int64_t reduced_count(const Tensor& x, const Shape& dims, const char* op) {
+  auto mask = reduced_mask(dims, x.dim(), op);
+  int64_t n = 1;
+  for (int64_t d = 0; d < x.dim(); ++d)
+    if (mask[d]) n *= x.shape()[d];
+  return n;
+}
+
+Tensor to_float(const Tensor& x) { return is_floating(x.dtype()) ? x : x.to(kF32); }
+
+}  // namespace
+
+Tensor sum(const Tensor& x, const Shape& dims, bool keepdim, Loc loc) {
+  return sum_like(OpKind::Sum, x, dims, keepdim, loc);
+}
+Tensor prod(const Tensor& x, const Shape& dims, bool keepdim, Loc loc) {
+  return sum_like(OpKind::Prod, x, dims, keepdim, loc);
+}
+Tensor amax(const Tensor& x, const Shape& dims, bool keepdim, Loc loc) {
+  return minmax(OpKind::Amax, x, dims, keepdim, loc);
+}
+Tensor amin(const Tensor& x, const Shape& dims, bool keepdim, Loc loc) {
+  return minmax(OpKind::Amin, x, dims, keepdim, loc);
+}
+Tensor argmax(const Tensor& x, std::optional<int64_t> dim, bool keepdim, Loc loc) {
+  return arg(OpKind::Argmax, x, dim, keepdim, loc);
+}
+Tensor argmin(const Tensor& x, std::optional<int64_t> dim, bool keepdim, Loc loc) {
+  return arg(OpKind::Argmin, x, dim, keepdim, loc);
+}
+
+// --- composites ---------------------------------------------------------------------------------
+
+Tensor mean(const Tensor& x, const Shape& dims, bool keepdim, Loc loc) {
+  OpScope scope("mean", loc);
+  check_defined(x, "mean");
+  TG_CHECK(is_floating(x.dtype()), "mean: needs a floating dtype, got {} (use .to(kF32) first)",
+           dtype_name(x.dtype()));
+  int64_t n = reduced_count(x, dims, "mean");
+  return sum(x, dims, keepdim) / static_cast<double>(n);  // 0/0 = NaN for empty, as PyTorch
+}
+
+Tensor var(const Tensor& x, const Shape& dims, int64_t correction, bool keepdim, Loc loc) {
+  OpScope scope("var", loc);
+  check_defined(x, "var");
+  Tensor xf = to_float(x);
+  int64_t n = reduced_count(xf, dims, "var");
+  Tensor centered = xf - xf.mean(dims, true);
+  return (centered * centered).sum(dims, keepdim) /
+         static_cast<double>(std::max<int64_t>(n - correction, 0));
+}
+
+Tensor std(const Tensor& x, const Shape& dims, int64_t correction, bool keepdim, Loc loc) {
+  OpScope scope("std", loc);
+  return sqrt(var(x, dims, correction, keepdim));
+}
+
+Tensor norm(const Tensor& x, double p, const Shape& dims, bool keepdim, Loc loc) {
+  OpScope scope("norm", loc);
+  check_defined(x, "norm");
+  Tensor a = abs(to_float(x));
+  if (std::isinf(p)) return p > 0 ? a.amax(dims, keepdim) : a.amin(dims, keepdim);
+  if (p == 0) return (a != 0).to(a.dtype()).sum(dims, keepdim);
+  if (p == 1) return a.sum(dims, keepdim);
+  if (p == 2) return sqrt((a * a).sum(dims, keepdim));
+  return pow(pow(a, p).sum(dims, keepdim), 1.0 / p);
+}
+
+Tensor logsumexp(const Tensor& x, const Shape& dims, bool keepdim, Loc loc) {
+  OpScope scope("logsumexp", loc);
+  check_defined(x, "logsumexp");
+  Tensor xf = to_float(x);
+  if (xf.numel() == 0) return log(exp(xf).sum(dims, keepdim));  // -inf, as ln 0
+  Tensor m = xf.amax(dims, true);
+  // Where the max is ±inf (all -inf, or an inf), shift by 0 so that inf - inf gives no NaN.
+  Tensor shift = where(m.abs() == INFINITY, 0.0, m);
+  Tensor out = log(exp(xf - shift).sum(dims, true)) + shift;
+  return keepdim ? out : out.reshape(reduced_shape(x.shape(), reduced_mask(dims, x.dim(), "logsumexp"), false));
+}
+
+Tensor logsumexp(const Tensor& x, int64_t dim, bool keepdim, Loc loc) {
+  return logsumexp(x, Shape{dim}, keepdim, loc);
+}
+
+Tensor softmax(const Tensor& x, int64_t dim, Loc loc) {
+  OpScope scope("softmax", loc);
+  check_defined(x, "softmax");
+  Tensor xf = to_float(x);
+  wrap_dim(dim, x.dim(), "softmax");
+  if (xf.numel() == 0) return xf.clone();
+  Tensor m = xf.amax({dim}, true);
+  Tensor e = exp(xf - where(m.abs() == INFINITY, 0.0, m));
+  return e / e.sum({dim}, true);
+}
+
+Tensor log_softmax(const Tensor& x, int64_t dim, Loc loc) {
+  OpScope scope("log_softmax", loc);
+  check_defined(x, "log_softmax");
+  Tensor xf = to_float(x);
+  wrap_dim(dim, x.dim(), "log_softmax");
+  if (xf.numel() == 0) return xf.clone();
+  return xf - logsumexp(xf, {dim}, true);
+}
+
+}  // namespace tg
