@@ -213,7 +213,7 @@ Tensor triu(const Tensor& x, int64_t diagonal = 0, Loc loc = Loc::current());
 
 // --- threads --------------------------------------------------------------------------------------
 // Threads for intra-op loops and for BLAS (tapegrad owns both pools). Default: all cores.
-void set_num_threads(int n);
+void set_num_threads(int n, Loc loc = Loc::current());
 int get_num_threads();
 
 }  // namespace tg

@@ -44,8 +44,8 @@ class Tensor {
   const Shape& shape() const;
   const Shape& sizes() const { return shape(); }
   const Shape& strides() const;
-  int64_t size(int64_t dim) const;  // negative dims count from the end
-  int64_t stride(int64_t dim) const;
+  int64_t size(int64_t dim, Loc loc = Loc::current()) const;  // negative dims count from the end
+  int64_t stride(int64_t dim, Loc loc = Loc::current()) const;
   int64_t dim() const;
   int64_t numel() const;
   int64_t storage_offset() const;

@@ -26,8 +26,14 @@ void* Tensor::raw_data_ptr() const { return checked(impl(), "data_ptr").data(); 
 bool Tensor::is_alias_of(const Tensor& other) const {
   return defined() && other.defined() && impl()->storage == other.impl()->storage;
 }
-int64_t Tensor::size(int64_t d) const { return shape()[wrap_dim(d, dim(), "size")]; }
-int64_t Tensor::stride(int64_t d) const { return strides()[wrap_dim(d, dim(), "stride")]; }
+int64_t Tensor::size(int64_t d, Loc loc) const {
+  OpScope scope("size", loc);
+  return shape()[wrap_dim(d, dim(), "size")];
+}
+int64_t Tensor::stride(int64_t d, Loc loc) const {
+  OpScope scope("stride", loc);
+  return strides()[wrap_dim(d, dim(), "stride")];
+}
 
 void Tensor::item_into(DType want, void* out, Loc loc) const {
   OpScope scope("item", loc);

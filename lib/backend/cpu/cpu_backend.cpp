@@ -153,7 +153,8 @@ namespace tg {
 
 Backend& cpu_backend() { return cpu::instance(); }
 
-void set_num_threads(int n) {
+void set_num_threads(int n, Loc loc) {
+  OpScope scope("set_num_threads", loc);
   TG_CHECK(n >= 1, "set_num_threads: expected at least 1 thread, got {}", n);
   cpu::instance().set_threads(n);
 }
