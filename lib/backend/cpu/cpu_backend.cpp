@@ -101,9 +101,11 @@ class CpuBackend final : public Backend {
   void synchronize() override {}
   void copy(const TensorImpl& dst, const TensorImpl& src) override { copy_kernel(dst, src); }
   void copy_from_host(const TensorImpl& dst, const void* src) override {
+    if (dst.numel == 0) return;
     std::memcpy(dst.data(), src, static_cast<size_t>(dst.numel) * element_size(dst.dtype));
   }
   void copy_to_host(void* dst, const TensorImpl& src) override {
+    if (src.numel == 0) return;
     std::memcpy(dst, src.data(), static_cast<size_t>(src.numel) * element_size(src.dtype));
   }
   void fill(const TensorImpl& dst, Scalar value) override { fill_kernel(dst, value); }

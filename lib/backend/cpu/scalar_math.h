@@ -40,6 +40,7 @@ template <class T> T wrap_mul(T a, T b) {
 }
 
 template <class T> T int_pow(T base, T e) {
+  if constexpr (std::is_same_v<T, bool>) return base || !e;
   if (e < 0) return base == 1 ? 1 : base == -1 ? ((e & 1) ? -1 : 1) : 0;
   T result = 1;
   while (e) {
@@ -92,6 +93,8 @@ template <class T> T scalar_unary(OpKind kind, T x, const OpAttrs& attrs) {
         return std::min(std::max(x, static_cast<T>(attrs.a)), static_cast<T>(attrs.b));
       default: return x;
     }
+  } else if constexpr (std::is_same_v<T, bool>) {
+    return kind == OpKind::LogicalNot ? !x : x;  // the ops layer refuses arithmetic on bool
   } else {
     switch (kind) {
       case OpKind::Neg: return wrap_sub(T(0), x);
