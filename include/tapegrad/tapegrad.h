@@ -23,4 +23,5 @@
 #include "tapegrad/error.h"
 #include "tapegrad/format.h"
 #include "tapegrad/ops.h"
+#include "tapegrad/shape.h"
 #include "tapegrad/tensor.h"

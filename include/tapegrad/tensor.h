@@ -11,10 +11,9 @@
 #include "tapegrad/device.h"
 #include "tapegrad/dtype.h"
 #include "tapegrad/error.h"
+#include "tapegrad/shape.h"
 
 namespace tg {
-
-using Shape = std::vector<int64_t>;  // sizes, strides (in elements) and lists of dims
 
 struct TensorImpl;  // lib/core/tensor_impl.h: storage, sizes, strides, offset, dtype
 class Tensor;

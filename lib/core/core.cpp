@@ -70,6 +70,10 @@ std::shared_ptr<Storage> allocate_storage(size_t nbytes, Device device) {
   return std::make_shared<Storage>(data, nbytes, device);
 }
 
+void Shape::too_long(size_t n) {
+  throw_error(fmt::format("tensors have at most {} dims; a list of {} values was given", kMaxDims, n));
+}
+
 Shape contiguous_strides(const Shape& sizes) {
   Shape strides(sizes.size());
   int64_t s = 1;

@@ -32,12 +32,21 @@ class CachingAllocator {
   static constexpr size_t kAlign = 64;
 #ifdef __SANITIZE_ADDRESS__
   static constexpr size_t kCacheLimit = 0;  // let ASan see every use after free
+  static constexpr int kLocalPerClass = 0;
 #else
   static constexpr size_t kCacheLimit = size_t{1} << 30;
+  static constexpr int kLocalPerClass = 16;
 #endif
+  static constexpr size_t kSmall = 4096;  // blocks up to this size use per-thread caches
+  static constexpr int kSmallClasses = kSmall / kAlign;
 
   void* allocate(size_t nbytes) {
     size_t size = size_class(nbytes);
+    if (size <= kSmall) {
+      LocalCache& lc = local();
+      auto& slot = lc.blocks[size / kAlign - 1];
+      if (lc.count[size / kAlign - 1] > 0) return slot[--lc.count[size / kAlign - 1]];
+    }
     {
       std::lock_guard<std::mutex> lock(mutex_);
       auto it = free_.find(size);
@@ -55,6 +64,14 @@ class CachingAllocator {
 
   void deallocate(void* p, size_t nbytes) {
     size_t size = size_class(nbytes);
+    if (size <= kSmall && kLocalPerClass > 0) {
+      LocalCache& lc = local();
+      int c = static_cast<int>(size / kAlign - 1);
+      if (lc.count[c] < kLocalPerClass) {
+        lc.blocks[c][lc.count[c]++] = p;
+        return;
+      }
+    }
     {
       std::lock_guard<std::mutex> lock(mutex_);
       if (cached_ + size <= kCacheLimit) {
@@ -66,18 +83,28 @@ class CachingAllocator {
     std::free(p);
   }
 
-  ~CachingAllocator() {
-    for (auto& [size, blocks] : free_)
-      for (void* p : blocks) std::free(p);
-  }
-
  private:
   // Multiples of 64 bytes up to 4 KiB, then four classes per power of two.
   static size_t size_class(size_t n) {
-    if (n <= 4096) return (n + kAlign - 1) / kAlign * kAlign;
+    if (n <= kSmall) return (n + kAlign - 1) / kAlign * kAlign;
     size_t p = size_t{1} << (63 - __builtin_clzll(n - 1));  // highest power of two below n
     size_t step = p / 4;
     return (n + step - 1) / step * step;
+  }
+
+  // A lock-free cache of small blocks per thread: the common case of a tight loop of small ops
+  // never touches the mutex. Blocks go back to the system when the thread ends.
+  struct LocalCache {
+    void* blocks[kSmallClasses][kLocalPerClass > 0 ? kLocalPerClass : 1];
+    int count[kSmallClasses] = {};
+    ~LocalCache() {
+      for (int c = 0; c < kSmallClasses; ++c)
+        for (int i = 0; i < count[c]; ++i) std::free(blocks[c][i]);
+    }
+  };
+  static LocalCache& local() {
+    thread_local LocalCache cache;
+    return cache;
   }
 
   std::mutex mutex_;
