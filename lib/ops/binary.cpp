@@ -23,10 +23,17 @@ Tensor binary_impl(OpKind kind, const Tensor& a, const Tensor& b, DType promoted
   TG_CHECK(!(compute == kBool && (kind == OpKind::Sub)),
            "sub: not defined for bool tensors (shapes {} and {}); use logical_xor or ne", a.shape(),
            b.shape());
+  DType out_dtype = is_compare(kind) ? kBool : compute;
+  if (a.shape() == b.shape() && a.dtype() == compute && b.dtype() == compute) {
+    // The common case, without broadcasting or casts: no temporaries.
+    Tensor out = make_tensor(a.shape(), out_dtype, a.device());
+    backend_of(a).binary(kind, impl_of(out), impl_of(a), impl_of(b));
+    return out;
+  }
   Shape shape = broadcast_shapes(a.shape(), b.shape(), name);
   Tensor ac = expand_to(cast_if_needed(a, compute), shape);
   Tensor bc = expand_to(cast_if_needed(b, compute), shape);
-  Tensor out = make_tensor(shape, is_compare(kind) ? kBool : compute, a.device());
+  Tensor out = make_tensor(shape, out_dtype, a.device());
   backend_of(a).binary(kind, impl_of(out), impl_of(ac), impl_of(bc));
   return out;
 }

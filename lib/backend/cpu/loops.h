@@ -20,8 +20,10 @@ struct Loop {
   int nops = 0;
   int ndim = 0;
   int64_t numel = 1;
-  int64_t sizes[kMaxDims] = {};
-  int64_t strides[kMaxOperands][kMaxDims] = {};
+  // Only the first ndim entries (and nops operands) are meaningful; left uninitialized on purpose,
+  // since zeroing them costs more than the loop over a small tensor.
+  int64_t sizes[kMaxDims];
+  int64_t strides[kMaxOperands][kMaxDims];
   char* base[kMaxOperands] = {};
   int64_t inner_size() const { return ndim ? sizes[0] : 1; }
 };
