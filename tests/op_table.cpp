@@ -108,6 +108,7 @@ std::vector<OpRow> unary_rows() {
       unary("relu", [](const Tensor& x) { return relu(x); }, [](double v) { return v > 0 ? v : 0; }),
       unary("gelu", [](const Tensor& x) { return gelu(x); },
             [](double v) { return 0.5 * v * (1 + std::erf(v / std::sqrt(2.0))); }, {-4, 4}),
+      unary("erf", [](const Tensor& x) { return x.erf(); }, [](double v) { return std::erf(v); }, {-3, 3}),
       unary("softplus", [](const Tensor& x) { return softplus(x); }, softplus_ref, {-30, 30}),
       unary("log_sigmoid", [](const Tensor& x) { return log_sigmoid(x); },
             [](double v) { return -softplus_ref(-v); }, {-30, 30}),
@@ -283,6 +284,11 @@ Ref ref_logsumexp(const Ref& a, const Shape& dims, bool keep) {
   return l;
 }
 
+OpRow with_no_gradient(OpRow row, std::vector<std::string> labels) {
+  row.no_gradient = std::move(labels);
+  return row;
+}
+
 std::vector<OpRow> reduce_rows() {
   auto arg_row = [](std::string name, bool is_max) {
     return OpRow{name, [=](DType dt) {
@@ -316,10 +322,12 @@ std::vector<OpRow> reduce_rows() {
       reduction("mean", [](const Tensor& x, const Shape& d, bool k) { return x.mean(d, k); }, ref_mean, false),
       reduction("var", [](const Tensor& x, const Shape& d, bool k) { return x.var(d, 1, k); },
                 [](const Ref& a, const Shape& d, bool k) { return ref_var(a, d, k, 1); }, false),
-      reduction("std", [](const Tensor& x, const Shape& d, bool k) { return tg::std(x, d, 0, k); },
-                [](const Ref& a, const Shape& d, bool k) {
-                  return map(ref_var(a, d, k, 0), [](double v) { return std::sqrt(v); });
-                }, false),
+      with_no_gradient(
+          reduction("std", [](const Tensor& x, const Shape& d, bool k) { return tg::std(x, d, 0, k); },
+                    [](const Ref& a, const Shape& d, bool k) {
+                      return map(ref_var(a, d, k, 0), [](double v) { return std::sqrt(v); });
+                    }, false),
+          {"0-d"}),  // the std of one element is √0: no derivative (PyTorch gives NaN too)
       reduction("norm", [](const Tensor& x, const Shape& d, bool k) { return x.norm(3, d, k); },
                 [](const Ref& a, const Shape& d, bool k) {
                   Ref p = reduce(map(a, [](double v) { return std::pow(std::abs(v), 3); }), d, k, 0, std::plus<>());

@@ -100,6 +100,7 @@ Tensor tanh(const Tensor& x, Loc loc = Loc::current());
 Tensor sigmoid(const Tensor& x, Loc loc = Loc::current());  // 1 / (1 + e^-x)
 Tensor relu(const Tensor& x, Loc loc = Loc::current());     // max(x, 0)
 Tensor gelu(const Tensor& x, Loc loc = Loc::current());     // x·Φ(x), the exact (erf) form
+Tensor erf(const Tensor& x, Loc loc = Loc::current());      // (2/√π) ∫₀ˣ e^(-t²) dt
 Tensor softplus(const Tensor& x, Loc loc = Loc::current()); // ln(1 + e^x), stable
 Tensor log_sigmoid(const Tensor& x, Loc loc = Loc::current());  // -softplus(-x), stable
 Tensor pow(const Tensor& x, const Tensor& exponent, Loc loc = Loc::current());  // x^e

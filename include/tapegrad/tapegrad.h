@@ -18,6 +18,7 @@
 // dtypes: kF32, kF64, kI32, kI64, kBool, promoted as in PyTorch. Devices: kCPU and cuda(i).
 #pragma once
 
+#include "tapegrad/autograd.h"
 #include "tapegrad/device.h"
 #include "tapegrad/dtype.h"
 #include "tapegrad/error.h"

@@ -2,7 +2,9 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <initializer_list>
+#include <type_traits>
 #include <memory>
 #include <optional>
 #include <string>
@@ -17,6 +19,7 @@ namespace tg {
 
 struct TensorImpl;  // lib/core/tensor_impl.h: storage, sizes, strides, offset, dtype
 class Tensor;
+class Node;  // autograd.h: one recorded op
 
 // Options of factories, by designated initializers: `zeros({2, 3}, {.dtype = kF64})`.
 // An unset dtype means f32 for floating factories, or the element type for `tensor(...)`.
@@ -57,6 +60,7 @@ class Tensor {
   // True when both tensors view the same storage.
   bool is_alias_of(const Tensor& other) const;
   TensorImpl* impl() const { return impl_.get(); }
+  const std::shared_ptr<TensorImpl>& impl_ptr() const { return impl_; }
   std::string str() const;  // what `std::cout << t` prints
 
   // --- element access (copies to the host when the tensor is on a device) --------------------
@@ -119,6 +123,7 @@ class Tensor {
   Tensor sigmoid(Loc loc = Loc::current()) const;
   Tensor relu(Loc loc = Loc::current()) const;
   Tensor gelu(Loc loc = Loc::current()) const;
+  Tensor erf(Loc loc = Loc::current()) const;
   Tensor softplus(Loc loc = Loc::current()) const;
   Tensor log_sigmoid(Loc loc = Loc::current()) const;
   Tensor pow(const Tensor& exponent, Loc loc = Loc::current()) const;
@@ -173,6 +178,38 @@ class Tensor {
   Tensor tril(int64_t diagonal = 0, Loc loc = Loc::current()) const;
   Tensor triu(int64_t diagonal = 0, Loc loc = Loc::current()) const;
 
+  // --- autograd (autograd.h) -------------------------------------------------------------------
+  // Makes this leaf record the ops that use it; only floating tensors can require grad.
+  Tensor& requires_grad_(bool requires_grad = true, Loc loc = Loc::current());
+  bool requires_grad() const;
+  bool is_leaf() const;  // made by the user, not by a recorded op
+  // The gradient accumulated by backward(): undefined before the first one. A handle: zero_() on
+  // it clears the stored gradient.
+  Tensor grad() const;
+  void set_grad(const Tensor& grad, Loc loc = Loc::current());  // an undefined tensor clears it
+  std::shared_ptr<Node> grad_fn() const;  // the node that made this tensor; null for a leaf
+  // The same data, cut from the tape (shares storage and version counter).
+  Tensor detach() const;
+  // backward() also fills grad() of this non-leaf tensor.
+  void retain_grad(Loc loc = Loc::current());
+  bool retains_grad() const;
+  // Runs when the gradient of this tensor is computed; a hook returning a defined tensor replaces
+  // the gradient. `x.register_hook([](const Tensor& g) { return g * 2; })`.
+  template <class F> void register_hook(F&& hook, Loc loc = Loc::current()) {
+    if constexpr (std::is_void_v<std::invoke_result_t<F, const Tensor&>>) {
+      add_hook([h = std::forward<F>(hook)](const Tensor& g) mutable { h(g); return Tensor(); }, loc);
+    } else {
+      add_hook(std::function<Tensor(const Tensor&)>(std::forward<F>(hook)), loc);
+    }
+  }
+  // Accumulates d(this)/d(leaf) into the grad() of every leaf that requires grad. `gradient` may be
+  // left out for a one-element tensor. The tape's saved tensors are freed unless retain_graph.
+  void backward(const Tensor& gradient = {}, bool retain_graph = false, bool create_graph = false,
+                Loc loc = Loc::current()) const;
+  // A name shown by print_graph and to_dot.
+  Tensor& set_name(std::string name);
+  std::string name() const;
+
   // --- in place: each bumps the version shared by all views of the storage --------------------
   Tensor& add_(const Tensor& other, Loc loc = Loc::current());
   Tensor& add_(Scalar other, Loc loc = Loc::current());
@@ -199,6 +236,7 @@ class Tensor {
   void item_into(DType want, void* out, Loc loc) const;
   void to_vector_into(DType want, void* out, Loc loc) const;
   void* data_ptr_checked(DType want, Loc loc) const;
+  void add_hook(std::function<Tensor(const Tensor&)> hook, Loc loc);
 
   std::shared_ptr<TensorImpl> impl_;
 };

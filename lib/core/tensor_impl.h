@@ -3,7 +3,10 @@
 
 #include <atomic>
 #include <cstddef>
+#include <functional>
 #include <memory>
+#include <string>
+#include <vector>
 
 #include "tapegrad/tensor.h"
 
@@ -25,6 +28,21 @@ struct Storage {
 
 std::shared_ptr<Storage> allocate_storage(size_t nbytes, Device device);
 
+class NodeImpl;
+
+// The rarely used autograd state of a tensor, allocated on first use (see Note [Autograd state]).
+struct AutogradMeta {
+  Tensor grad;                                           // accumulated by backward()
+  std::vector<std::function<Tensor(const Tensor&)>> hooks;  // of a leaf (a non-leaf's sit on its node)
+  std::weak_ptr<NodeImpl> accumulator;                   // a leaf's AccumulateGrad node, while alive
+  bool retains_grad = false;
+  std::string name;
+};
+
+// Note [Autograd state]
+// Every op output that is recorded needs requires_grad, its grad_fn and its output index, so those
+// live inline in TensorImpl: recording allocates the node and nothing else. The grad, hooks, name
+// and a leaf's accumulator are rare and live in AutogradMeta, allocated when first set.
 struct TensorImpl {
   std::shared_ptr<Storage> storage;
   Shape sizes;
@@ -32,7 +50,16 @@ struct TensorImpl {
   int64_t offset = 0;  // in elements
   int64_t numel = 1;
   DType dtype = kF32;
+  bool is_view = false;        // shares storage with the tensor it was viewed from
+  bool requires_grad = false;  // a leaf that asked for it, or the output of a recorded op
+  uint32_t output_nr = 0;      // which output of grad_fn this is
+  std::shared_ptr<NodeImpl> grad_fn;
+  std::unique_ptr<AutogradMeta> meta;
 
+  AutogradMeta& autograd_meta() {
+    if (!meta) meta = std::make_unique<AutogradMeta>();
+    return *meta;
+  }
   Device device() const { return storage->device; }
   // The first element; byte arithmetic since the dtype is erased here.
   char* data() const {

@@ -1,4 +1,6 @@
-// Binary and ternary elementwise ops with broadcasting and type promotion, and the operators.
+// Binary and ternary elementwise ops with broadcasting and type promotion, the operators, and
+// their bprops.
+#include "autograd/node.h"
 #include "ops/ops_common.h"
 
 namespace tg {
@@ -24,18 +26,19 @@ Tensor binary_impl(OpKind kind, const Tensor& a, const Tensor& b, DType promoted
            "sub: not defined for bool tensors (shapes {} and {}); use logical_xor or ne", a.shape(),
            b.shape());
   DType out_dtype = is_compare(kind) ? kBool : compute;
+  RecordScope rec{&a, &b};
   if (a.shape() == b.shape() && a.dtype() == compute && b.dtype() == compute) {
     // The common case, without broadcasting or casts: no temporaries.
     Tensor out = make_tensor(a.shape(), out_dtype, a.device());
     backend_of(a).binary(kind, impl_of(out), impl_of(a), impl_of(b));
-    return out;
+    return rec.finish(kind, out);
   }
   Shape shape = broadcast_shapes(a.shape(), b.shape(), name);
   Tensor ac = expand_to(cast_if_needed(a, compute), shape);
   Tensor bc = expand_to(cast_if_needed(b, compute), shape);
   Tensor out = make_tensor(shape, out_dtype, a.device());
   backend_of(a).binary(kind, impl_of(out), impl_of(ac), impl_of(bc));
-  return out;
+  return rec.finish(kind, out);
 }
 
 }  // namespace
@@ -117,12 +120,13 @@ Tensor where_impl(const Tensor& cond, const Tensor& a, const Tensor& b, DType dt
   check_same_device(a, b, "where");
   Shape shape = broadcast_shapes(broadcast_shapes(cond.shape(), a.shape(), "where"), b.shape(),
                                  "where");
+  RecordScope rec{&cond, &a, &b};
   Tensor c = expand_to(cast_if_needed(cond, kBool), shape);
   Tensor ac = expand_to(cast_if_needed(a, dtype), shape);
   Tensor bc = expand_to(cast_if_needed(b, dtype), shape);
   Tensor out = make_tensor(shape, dtype, a.device());
   backend_of(a).where(impl_of(out), impl_of(c), impl_of(ac), impl_of(bc));
-  return out;
+  return rec.finish(OpKind::Where, out);
 }
 void check_cond(const Tensor& cond) {
   check_defined(cond, "where", "condition");
@@ -152,5 +156,75 @@ Tensor where(const Tensor& cond, Scalar a, const Tensor& b, Loc loc) {
   DType dt = result_type({operand(a), operand(b)});
   return where_impl(cond, scalar_tensor(a, dt, b.device()), b, dt);
 }
+
+// --- bprops (inputs a, b; the gradient of each is summed back to its shape) ----------------------
+
+namespace {
+
+void add_bprop(BpropCtx& ctx) {
+  ctx.set(0, sum_to(ctx.grad, ctx.input_shape(0)));
+  ctx.set(1, sum_to(ctx.grad, ctx.input_shape(1)));
+}
+
+void sub_bprop(BpropCtx& ctx) {
+  ctx.set(0, sum_to(ctx.grad, ctx.input_shape(0)));
+  if (ctx.needs(1)) ctx.set(1, sum_to(-ctx.grad, ctx.input_shape(1)));
+}
+
+void mul_bprop(BpropCtx& ctx) {
+  if (ctx.needs(0)) ctx.set(0, sum_to(ctx.grad * ctx.input(1), ctx.input_shape(0)));
+  if (ctx.needs(1)) ctx.set(1, sum_to(ctx.grad * ctx.input(0), ctx.input_shape(1)));
+}
+
+void div_bprop(BpropCtx& ctx) {
+  Tensor b = ctx.input(1);
+  if (ctx.needs(0)) ctx.set(0, sum_to(ctx.grad / b, ctx.input_shape(0)));
+  if (ctx.needs(1)) ctx.set(1, sum_to(-ctx.grad * ctx.input(0) / (b * b), ctx.input_shape(1)));
+}
+
+// a^b: b·a^(b-1) (0 where b = 0), and a^b·ln a (0 where a = 0 and b >= 0), as PyTorch.
+void pow_bprop(BpropCtx& ctx) {
+  Tensor a = ctx.input(0), b = ctx.input(1);
+  if (ctx.needs(0)) {
+    Tensor g = where(b == 0, 0.0, ctx.grad * b * pow(a, b - 1));
+    ctx.set(0, sum_to(g, ctx.input_shape(0)));
+  }
+  if (ctx.needs(1)) {
+    Tensor g = where(logical_and(a == 0, b >= 0), 0.0, ctx.grad * pow(a, b) * log(a));
+    ctx.set(1, sum_to(g, ctx.input_shape(1)));
+  }
+}
+
+// The larger operand gets the gradient; a tie splits it in half (PyTorch's rule).
+void max_min_bprop(BpropCtx& ctx, bool is_max) {
+  Tensor a = ctx.input(0), b = ctx.input(1);
+  DType dt = ctx.grad.dtype();
+  Tensor share = (is_max ? a > b : a < b).to(dt) + (a == b).to(dt) * 0.5;
+  if (ctx.needs(0)) ctx.set(0, sum_to(ctx.grad * share, ctx.input_shape(0)));
+  if (ctx.needs(1)) ctx.set(1, sum_to(ctx.grad * (1 - share), ctx.input_shape(1)));
+}
+void maximum_bprop(BpropCtx& ctx) { max_min_bprop(ctx, true); }
+void minimum_bprop(BpropCtx& ctx) { max_min_bprop(ctx, false); }
+
+// Inputs cond, a, b: each value input gets the gradient where it was chosen.
+void where_bprop(BpropCtx& ctx) {
+  Tensor cond = ctx.input(0);
+  if (ctx.needs(1)) ctx.set(1, sum_to(where(cond, ctx.grad, 0.0), ctx.input_shape(1)));
+  if (ctx.needs(2)) ctx.set(2, sum_to(where(cond, 0.0, ctx.grad), ctx.input_shape(2)));
+}
+
+const bool registered = [] {
+  register_bprop(OpKind::Add, add_bprop, kSaveNone);
+  register_bprop(OpKind::Sub, sub_bprop, kSaveNone);
+  register_bprop(OpKind::Mul, mul_bprop, kSaveIn0 | kSaveIn1);
+  register_bprop(OpKind::Div, div_bprop, kSaveIn0 | kSaveIn1);
+  register_bprop(OpKind::Pow, pow_bprop, kSaveIn0 | kSaveIn1);
+  register_bprop(OpKind::Maximum, maximum_bprop, kSaveIn0 | kSaveIn1);
+  register_bprop(OpKind::Minimum, minimum_bprop, kSaveIn0 | kSaveIn1);
+  register_bprop(OpKind::Where, where_bprop, kSaveIn0);
+  return true;
+}();
+
+}  // namespace
 
 }  // namespace tg

@@ -1,4 +1,5 @@
 // Tensor accessors, conversions (to dtype, to device, clone, contiguous) and the in-place ops.
+#include "autograd/node.h"
 #include "ops/ops_common.h"
 
 namespace tg {
@@ -66,9 +67,10 @@ void* Tensor::data_ptr_checked(DType want, Loc loc) const {
 Tensor Tensor::clone(Loc loc) const {
   OpScope scope("clone", loc);
   check_defined(*this, "clone");
+  RecordScope rec{this};
   Tensor out = make_tensor(shape(), dtype(), device());
   if (numel() > 0) backend_of(*this).copy(impl_of(out), impl_of(*this));
-  return out;
+  return rec.finish(OpKind::Clone, out);
 }
 
 Tensor Tensor::contiguous(Loc loc) const {
@@ -81,27 +83,29 @@ Tensor Tensor::to(DType dtype, Loc loc) const {
   OpScope scope("to", loc);
   check_defined(*this, "to");
   if (dtype == this->dtype()) return *this;
+  RecordScope rec{this};
   Tensor out = make_tensor(shape(), dtype, device());
   if (numel() > 0) backend_of(*this).copy(impl_of(out), impl_of(*this));
-  return out;
+  return rec.finish(OpKind::Cast, out);
 }
 
 Tensor Tensor::to(Device device, Loc loc) const {
   OpScope scope("to", loc);
   check_defined(*this, "to");
   if (device == this->device()) return *this;
+  RecordScope rec{this};
   Backend& dst_be = backend_for(device);
   Tensor src = contiguous();
   Tensor out = make_tensor(shape(), dtype(), device);
-  if (numel() == 0) return out;
+  if (numel() == 0) return rec.finish(OpKind::ToDevice, out);
   if (src.device().is_cpu()) {
     dst_be.copy_from_host(impl_of(out), src.raw_data_ptr());
   } else if (device.is_cpu()) {
     backend_of(src).copy_to_host(out.raw_data_ptr(), impl_of(src));
   } else {  // device to device, through the host
-    return src.to(kCPU).to(device);
+    out = src.to(kCPU).to(device);
   }
-  return out;
+  return rec.finish(OpKind::ToDevice, out);
 }
 
 // --- in place -----------------------------------------------------------------------------------
@@ -137,6 +141,20 @@ Tensor operand_for(const Tensor& self, const Tensor& src, DType dtype, const cha
   return expand_to(s, self.shape());
 }
 
+// See Note [In-place ops] (autograd/record.cpp).
+void inplace_with_grad(Tensor& self, OpKind kind, const Tensor& other, const char* op) {
+  check_inplace(self, op);
+  Shape shape = broadcast_shapes(self.shape(), other.shape(), op);
+  TG_CHECK(shape == self.shape(),
+           "{}: the other operand of shape {} does not broadcast to this tensor's shape {}", op,
+           other.shape(), self.shape());
+  // mul and div save their first input for the other's gradient: keep the old value intact.
+  bool saves_self = (kind == OpKind::Mul || kind == OpKind::Div) && other.requires_grad();
+  Tensor o = other.is_alias_of(self) ? other.clone() : other;
+  Tensor result = binary_op(kind, saves_self ? self.clone() : self, o, Loc::current());
+  rebase_history(self, result.to(self.dtype()));
+}
+
 Tensor& inplace_binary(Tensor& self, OpKind kind, const Tensor& other, Loc loc, const char* op) {
   OpScope scope(op, loc);
   check_defined(self, op);
@@ -148,6 +166,10 @@ Tensor& inplace_binary(Tensor& self, OpKind kind, const Tensor& other, Loc loc, 
            "{}: the result type {} cannot be stored in place into a {} tensor (shape {})", op,
            dtype_name(compute), dtype_name(self.dtype()), self.shape());
   check_writable(self, op);
+  if (inplace_needs_grad(self, &other)) {
+    inplace_with_grad(self, kind, other, op);
+    return self;
+  }
   if (compute == self.dtype()) {
     Tensor o = operand_for(self, other, compute, op);
     if (self.numel() > 0) backend_of(self).binary(kind, impl_of(self), impl_of(self), impl_of(o));
@@ -185,6 +207,11 @@ Tensor& Tensor::fill_(Scalar value, Loc loc) {
   OpScope scope("fill_", loc);
   check_defined(*this, "fill_");
   check_writable(*this, "fill_");
+  if (inplace_needs_grad(*this, nullptr)) {  // the new values are constants: history ends here
+    check_inplace(*this, "fill_");
+    rebase_history(*this, full_like(*this, value));
+    return *this;
+  }
   if (numel() > 0) backend_of(*this).fill(impl_of(*this), value);
   impl()->bump_version();
   return *this;
@@ -197,6 +224,15 @@ Tensor& Tensor::copy_(const Tensor& src, Loc loc) {
   check_defined(*this, "copy_");
   check_defined(src, "copy_", "source");
   check_writable(*this, "copy_");
+  if (inplace_needs_grad(*this, &src)) {
+    check_inplace(*this, "copy_");
+    Shape shape = broadcast_shapes(this->shape(), src.shape(), "copy_");
+    TG_CHECK(shape == this->shape(),
+             "copy_: the source of shape {} does not broadcast to this tensor's shape {}",
+             src.shape(), this->shape());
+    rebase_history(*this, src.to(device()).to(dtype()).expand(this->shape()));
+    return *this;
+  }
   Tensor s = src.device() == device() ? src : src.to(device());
   s = operand_for(*this, s, s.dtype(), "copy_");
   if (numel() > 0) backend_of(*this).copy(impl_of(*this), impl_of(s));
@@ -207,10 +243,32 @@ Tensor& Tensor::copy_(const Tensor& src, Loc loc) {
 Tensor& Tensor::clamp_(std::optional<Scalar> min, std::optional<Scalar> max, Loc loc) {
   OpScope scope("clamp_", loc);
   check_defined(*this, "clamp_");
-  Tensor result = tg::clamp(*this, min, max);
+  bool with_grad = inplace_needs_grad(*this, nullptr);
+  if (with_grad) check_inplace(*this, "clamp_");
+  // clamp saves its input: under autograd it reads a copy, since *this is about to change.
+  Tensor result = tg::clamp(with_grad ? clone() : *this, min, max);
   TG_CHECK(can_cast(result.dtype(), dtype()),
            "clamp_: float bounds cannot clamp a {} tensor in place", dtype_name(dtype()));
+  if (result.requires_grad()) {
+    rebase_history(*this, result);
+    return *this;
+  }
   return copy_(result);
 }
+
+// --- bprops of the copies -------------------------------------------------------------------------
+
+namespace {
+void cast_bprop(BpropCtx& ctx) { ctx.set(0, ctx.grad.to(ctx.input_dtype(0))); }
+void to_device_bprop(BpropCtx& ctx) { ctx.set(0, ctx.grad.to(ctx.input_device(0))); }
+void clone_bprop(BpropCtx& ctx) { ctx.set(0, ctx.grad); }
+
+const bool registered = [] {
+  register_bprop(OpKind::Cast, cast_bprop, kSaveNone);
+  register_bprop(OpKind::ToDevice, to_device_bprop, kSaveNone);
+  register_bprop(OpKind::Clone, clone_bprop, kSaveNone);
+  return true;
+}();
+}  // namespace
 
 }  // namespace tg

@@ -1,5 +1,6 @@
 // Indexing ops: index_select, gather, scatter_add (backend kernels), and masked_fill, one_hot,
 // tril, triu (composed from comparisons and where).
+#include "autograd/node.h"
 #include "ops/ops_common.h"
 
 namespace tg {
@@ -20,6 +21,7 @@ Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index, Loc loc) 
   check_same_device(x, index, "index_select");
   TG_CHECK(index.dim() <= 1, "index_select: index must be 0-d or 1-D, got shape {}", index.shape());
   int64_t w = wrap_dim(dim, x.dim(), "index_select");
+  RecordScope rec{&x, &index};
   Shape shape = x.shape();
   if (x.dim() > 0) shape[w] = index.numel();
   Tensor out = make_tensor(shape, x.dtype(), x.device());
@@ -27,11 +29,11 @@ Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index, Loc loc) 
   TG_CHECK(x.dim() > 0 || index.numel() == 1, "index_select: a 0-d input takes one index");
   if (x.dim() == 0) {
     backend_of(x).index(OpKind::Gather, impl_of(out), impl_of(x), 0, impl_of(index.reshape({})));
-    return out;
+    return rec.finish(OpKind::IndexSelect, out, {.dim = w});
   }
   backend_of(x).index(OpKind::IndexSelect, impl_of(out), impl_of(x), static_cast<int>(w),
                       impl_of(idx));
-  return out;
+  return rec.finish(OpKind::IndexSelect, out, {.dim = w});
 }
 
 Tensor gather(const Tensor& x, int64_t dim, const Tensor& index, Loc loc) {
@@ -43,14 +45,15 @@ Tensor gather(const Tensor& x, int64_t dim, const Tensor& index, Loc loc) {
            "gather: index has {} dims (shape {}), the input has {} (shape {}); they must match",
            index.dim(), index.shape(), x.dim(), x.shape());
   int64_t w = wrap_dim(dim, x.dim(), "gather");
+  RecordScope rec{&x, &index};
   for (int64_t d = 0; d < x.dim(); ++d)
     TG_CHECK(d == w || index.shape()[d] <= x.shape()[d],
              "gather: index shape {} exceeds input shape {} at dim {}", index.shape(), x.shape(), d);
   Tensor out = make_tensor(index.shape(), x.dtype(), x.device());
-  if (out.numel() == 0) return out;
-  backend_of(x).index(OpKind::Gather, impl_of(out), impl_of(x), static_cast<int>(w),
-                      impl_of(index));
-  return out;
+  if (out.numel() > 0)
+    backend_of(x).index(OpKind::Gather, impl_of(out), impl_of(x), static_cast<int>(w),
+                        impl_of(index));
+  return rec.finish(OpKind::Gather, out, {.dim = w});
 }
 
 Tensor scatter_add(const Tensor& x, int64_t dim, const Tensor& index, const Tensor& src, Loc loc) {
@@ -64,6 +67,7 @@ Tensor scatter_add(const Tensor& x, int64_t dim, const Tensor& index, const Tens
            "scatter_add: input {}, index {} and src {} must have the same number of dims",
            x.shape(), index.shape(), src.shape());
   int64_t w = wrap_dim(dim, x.dim(), "scatter_add");
+  RecordScope rec{&x, &index, &src};
   for (int64_t d = 0; d < x.dim(); ++d) {
     TG_CHECK(index.shape()[d] <= src.shape()[d],
              "scatter_add: index shape {} exceeds src shape {} at dim {}", index.shape(),
@@ -73,13 +77,14 @@ Tensor scatter_add(const Tensor& x, int64_t dim, const Tensor& index, const Tens
              x.shape(), d);
   }
   Tensor out = x.clone();
-  if (index.numel() == 0) return out;
-  // Only the part of src that index covers is scattered.
-  Tensor s = cast_if_needed(src, x.dtype());
-  for (int64_t d = 0; d < x.dim(); ++d) s = s.slice(d, 0, index.shape()[d]);
-  backend_of(x).index(OpKind::ScatterAdd, impl_of(out), impl_of(s), static_cast<int>(w),
-                      impl_of(index));
-  return out;
+  if (index.numel() > 0) {
+    // Only the part of src that index covers is scattered.
+    Tensor s = cast_if_needed(src, x.dtype());
+    for (int64_t d = 0; d < x.dim(); ++d) s = s.slice(d, 0, index.shape()[d]);
+    backend_of(x).index(OpKind::ScatterAdd, impl_of(out), impl_of(s), static_cast<int>(w),
+                        impl_of(index));
+  }
+  return rec.finish(OpKind::ScatterAdd, out, {.dim = w});
 }
 
 Tensor masked_fill(const Tensor& x, const Tensor& mask, Scalar value, Loc loc) {
@@ -129,5 +134,58 @@ Tensor triu(const Tensor& x, int64_t diagonal, Loc loc) {
   OpScope scope("triu", loc);
   return band(x, diagonal, false, "triu");
 }
+
+// --- bprops (the index is input 1; it gets no gradient) ------------------------------------------
+
+namespace {
+
+// Gathering's adjoint: g added into zeros of the input's shape at the gathered positions.
+void gather_bprop(BpropCtx& ctx) {
+  const Shape& in = ctx.input_shape(0);
+  Tensor g = ctx.grad;
+  if (in.empty()) return ctx.set(0, g.sum());
+  TensorOptions opts{.dtype = g.dtype(), .device = g.device()};
+  ctx.set(0, zeros(in, opts).scatter_add(ctx.attrs().dim, ctx.input(1), g));
+}
+
+void index_select_bprop(BpropCtx& ctx) {
+  const Shape& in = ctx.input_shape(0);
+  Tensor g = ctx.grad;
+  if (in.empty()) return ctx.set(0, g.reshape({}));
+  int64_t dim = ctx.attrs().dim;
+  Tensor index = ctx.input(1).reshape({-1});
+  index = where(index < 0, index + in[dim], index);
+  Shape along(g.dim(), 1);
+  along[dim] = index.numel();
+  Tensor full_index = index.reshape(along).expand(g.shape()).contiguous();
+  TensorOptions opts{.dtype = g.dtype(), .device = g.device()};
+  ctx.set(0, zeros(in, opts).scatter_add(dim, full_index, g));
+}
+
+// Inputs x, index, src: x's gradient passes through; src's is gathered back (zero for the part of
+// src that index does not cover).
+void scatter_add_bprop(BpropCtx& ctx) {
+  ctx.set(0, ctx.grad);
+  if (!ctx.needs(2)) return;
+  Tensor g = gather(ctx.grad, ctx.attrs().dim, ctx.input(1));
+  const Shape& want = ctx.input_shape(2);
+  TensorOptions opts{.dtype = g.dtype(), .device = g.device()};
+  for (int64_t d = 0; d < g.dim(); ++d) {
+    if (g.shape()[d] == want[d]) continue;
+    Shape pad = g.shape();
+    pad[d] = want[d] - g.shape()[d];
+    g = cat({g, zeros(pad, opts)}, d);
+  }
+  ctx.set(2, g);
+}
+
+const bool registered = [] {
+  register_bprop(OpKind::IndexSelect, index_select_bprop, kSaveIn1);
+  register_bprop(OpKind::Gather, gather_bprop, kSaveIn1);
+  register_bprop(OpKind::ScatterAdd, scatter_add_bprop, kSaveIn1);
+  return true;
+}();
+
+}  // namespace
 
 }  // namespace tg

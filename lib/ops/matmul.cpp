@@ -1,4 +1,5 @@
-// matmul with NumPy semantics, and mm, bmm, dot, outer on top of it.
+// matmul with NumPy semantics and its bprop, and mm, bmm, dot, outer on top of it.
+#include "autograd/node.h"
 #include "ops/ops_common.h"
 
 namespace tg {
@@ -10,6 +11,7 @@ Tensor matmul(const Tensor& a, const Tensor& b, Loc loc) {
   check_same_device(a, b, "matmul");
   TG_CHECK(a.dim() > 0 && b.dim() > 0, "matmul: both operands need at least 1 dim, got shapes {} and {}",
            a.shape(), b.shape());
+  RecordScope rec{&a, &b};
   // 1-D operands become matrices: a as a row, b as a column; the added dims are dropped after.
   Tensor a2 = a.dim() == 1 ? a.unsqueeze(0) : a;
   Tensor b2 = b.dim() == 1 ? b.unsqueeze(1) : b;
@@ -39,8 +41,32 @@ Tensor matmul(const Tensor& a, const Tensor& b, Loc loc) {
   Shape shape = batch;
   if (a.dim() > 1) shape.push_back(m);
   if (b.dim() > 1) shape.push_back(n);
-  return out.reshape(shape);
+  return rec.finish(OpKind::Matmul, out.reshape(shape));
 }
+
+// --- bprop ----------------------------------------------------------------------------------------
+// With 1-D operands promoted to matrices as the forward does (a as a row, b as a column):
+// dA = G·Bᵀ and dB = Aᵀ·G, summed over broadcast batch dims, then the added dims dropped.
+namespace {
+void matmul_bprop(BpropCtx& ctx) {
+  Tensor a = ctx.input(0), b = ctx.input(1);
+  Tensor a2 = a.dim() == 1 ? a.unsqueeze(0) : a;
+  Tensor b2 = b.dim() == 1 ? b.unsqueeze(1) : b;
+  Tensor g = ctx.grad;
+  if (a.dim() == 1) g = g.unsqueeze(b.dim() == 1 ? 0 : -2);
+  if (b.dim() == 1) g = g.unsqueeze(-1);
+  if (ctx.needs(0)) {
+    Tensor ga = matmul(g, b2.transpose(-1, -2));
+    ctx.set(0, sum_to(ga, a2.shape()).reshape(a.shape()));
+  }
+  if (ctx.needs(1)) {
+    Tensor gb = matmul(a2.transpose(-1, -2), g);
+    ctx.set(1, sum_to(gb, b2.shape()).reshape(b.shape()));
+  }
+}
+
+const bool registered = register_bprop(OpKind::Matmul, matmul_bprop, kSaveIn0 | kSaveIn1);
+}  // namespace
 
 Tensor mm(const Tensor& a, const Tensor& b, Loc loc) {
   OpScope scope("mm", loc);

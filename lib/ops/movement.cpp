@@ -2,6 +2,7 @@
 // copying joins and splits (cat, stack, split, chunk).
 #include <algorithm>
 
+#include "autograd/node.h"
 #include "ops/ops_common.h"
 
 namespace tg {
@@ -65,22 +66,24 @@ Shape infer_shape(const Shape& shape, int64_t numel, const Shape& from, const ch
 Tensor Tensor::view(const Shape& shape, Loc loc) const {
   OpScope scope("view", loc);
   check_defined(*this, "view");
+  RecordScope rec{this};
   Shape target = infer_shape(shape, numel(), this->shape(), "view");
   auto strides = view_strides(this->shape(), this->strides(), target, numel());
   TG_CHECK(strides.has_value(),
            "view: shape {} is not compatible with the strides {} of the input (shape {}); use "
            "reshape, which copies when it must",
            target, this->strides(), this->shape());
-  return make_view(*this, target, *strides, storage_offset());
+  return rec.finish(OpKind::Reshape, make_view(*this, target, *strides, storage_offset()));
 }
 
 Tensor Tensor::reshape(const Shape& shape, Loc loc) const {
   OpScope scope("reshape", loc);
   check_defined(*this, "reshape");
+  RecordScope rec{this};
   Shape target = infer_shape(shape, numel(), this->shape(), "reshape");
   if (auto strides = view_strides(this->shape(), this->strides(), target, numel()))
-    return make_view(*this, target, *strides, storage_offset());
-  return contiguous().view(target);
+    return rec.finish(OpKind::Reshape, make_view(*this, target, *strides, storage_offset()));
+  return rec.finish(OpKind::Reshape, contiguous().view(target));
 }
 
 Tensor Tensor::flatten(int64_t start_dim, int64_t end_dim, Loc loc) const {
@@ -100,9 +103,10 @@ Tensor Tensor::flatten(int64_t start_dim, int64_t end_dim, Loc loc) const {
 Tensor Tensor::permute(const Shape& dims, Loc loc) const {
   OpScope scope("permute", loc);
   check_defined(*this, "permute");
+  RecordScope rec{this};
   TG_CHECK(static_cast<int64_t>(dims.size()) == dim(),
            "permute: {} dims given for a tensor of {} dims (shape {})", dims.size(), dim(), shape());
-  Shape sizes(dims.size()), strides(dims.size());
+  Shape sizes(dims.size()), strides(dims.size()), perm(dims.size());
   std::vector<bool> seen(dims.size(), false);
   for (size_t i = 0; i < dims.size(); ++i) {
     int64_t d = wrap_dim(dims[i], dim(), "permute");
@@ -110,8 +114,10 @@ Tensor Tensor::permute(const Shape& dims, Loc loc) const {
     seen[d] = true;
     sizes[i] = shape()[d];
     strides[i] = this->strides()[d];
+    perm[i] = d;
   }
-  return make_view(*this, sizes, strides, storage_offset());
+  return rec.finish(OpKind::Permute, make_view(*this, sizes, strides, storage_offset()),
+                    {.dims = perm});
 }
 
 Tensor Tensor::transpose(int64_t d0, int64_t d1, Loc loc) const {
@@ -135,21 +141,23 @@ Tensor Tensor::t(Loc loc) const {
 Tensor Tensor::unsqueeze(int64_t d, Loc loc) const {
   OpScope scope("unsqueeze", loc);
   check_defined(*this, "unsqueeze");
+  RecordScope rec{this};
   int64_t w = wrap_dim(d, dim() + 1, "unsqueeze");
   Shape sizes = shape(), strides = this->strides();
   int64_t st = w < dim() ? sizes[w] * strides[w] : 1;
   sizes.insert(sizes.begin() + w, 1);
   strides.insert(strides.begin() + w, st);
-  return make_view(*this, sizes, strides, storage_offset());
+  return rec.finish(OpKind::Reshape, make_view(*this, sizes, strides, storage_offset()));
 }
 
 Tensor Tensor::squeeze(Loc loc) const {
   OpScope scope("squeeze", loc);
   check_defined(*this, "squeeze");
+  RecordScope rec{this};
   Shape sizes, strides;
   for (int64_t d = 0; d < dim(); ++d)
     if (shape()[d] != 1) sizes.push_back(shape()[d]), strides.push_back(this->strides()[d]);
-  return make_view(*this, sizes, strides, storage_offset());
+  return rec.finish(OpKind::Reshape, make_view(*this, sizes, strides, storage_offset()));
 }
 
 Tensor Tensor::squeeze(int64_t d, Loc loc) const {
@@ -158,15 +166,17 @@ Tensor Tensor::squeeze(int64_t d, Loc loc) const {
   if (dim() == 0) return *this;
   int64_t w = wrap_dim(d, dim(), "squeeze");
   if (shape()[w] != 1) return *this;
+  RecordScope rec{this};
   Shape sizes = shape(), strides = this->strides();
   sizes.erase(sizes.begin() + w);
   strides.erase(strides.begin() + w);
-  return make_view(*this, sizes, strides, storage_offset());
+  return rec.finish(OpKind::Reshape, make_view(*this, sizes, strides, storage_offset()));
 }
 
 Tensor Tensor::expand(const Shape& target, Loc loc) const {
   OpScope scope("expand", loc);
   check_defined(*this, "expand");
+  RecordScope rec{this};
   TG_CHECK(target.size() >= static_cast<size_t>(dim()),
            "expand: the target shape {} has fewer dims than the input shape {}", target, shape());
   size_t lead = target.size() - static_cast<size_t>(dim());
@@ -186,7 +196,7 @@ Tensor Tensor::expand(const Shape& target, Loc loc) const {
     sizes[i] = want;
     strides[i] = want == have ? this->strides()[i - lead] : 0;
   }
-  return make_view(*this, sizes, strides, storage_offset());
+  return rec.finish(OpKind::Expand, make_view(*this, sizes, strides, storage_offset()));
 }
 
 Tensor Tensor::expand_as(const Tensor& other, Loc loc) const { return expand(other.shape(), loc); }
@@ -197,6 +207,7 @@ Tensor Tensor::slice(int64_t d, int64_t start, int64_t end, int64_t step, Loc lo
   TG_CHECK(dim() > 0, "slice: cannot slice a 0-d tensor");
   TG_CHECK(step > 0, "slice: step must be positive, got {}", step);
   int64_t w = wrap_dim(d, dim(), "slice");
+  RecordScope rec{this};
   int64_t n = shape()[w];
   // Python-style clamping: negative bounds count from the end, out-of-range ones clamp.
   if (start < 0) start += n;
@@ -206,7 +217,9 @@ Tensor Tensor::slice(int64_t d, int64_t start, int64_t end, int64_t step, Loc lo
   Shape sizes = shape(), strides = this->strides();
   sizes[w] = (end - start + step - 1) / step;
   strides[w] *= step;
-  return make_view(*this, sizes, strides, storage_offset() + start * this->strides()[w]);
+  return rec.finish(OpKind::Slice,
+                    make_view(*this, sizes, strides, storage_offset() + start * this->strides()[w]),
+                    {.dim = w, .i1 = start, .i2 = step});
 }
 
 Tensor Tensor::narrow(int64_t d, int64_t start, int64_t length, Loc loc) const {
@@ -231,11 +244,13 @@ Tensor Tensor::select(int64_t d, int64_t index, Loc loc) const {
   TG_CHECK(index >= -n && index < n, "select: index {} is out of range for dim {} of size {} (shape {})",
            index, d, n, shape());
   if (index < 0) index += n;
+  RecordScope rec{this};
   Shape sizes = shape(), strides = this->strides();
   int64_t offset = storage_offset() + index * strides[w];
   sizes.erase(sizes.begin() + w);
   strides.erase(strides.begin() + w);
-  return make_view(*this, sizes, strides, offset);
+  return rec.finish(OpKind::Select, make_view(*this, sizes, strides, offset),
+                    {.dim = w, .i1 = index});
 }
 
 Tensor Tensor::diagonal(int64_t offset, int64_t dim1, int64_t dim2, Loc loc) const {
@@ -244,6 +259,7 @@ Tensor Tensor::diagonal(int64_t offset, int64_t dim1, int64_t dim2, Loc loc) con
   TG_CHECK(dim() >= 2, "diagonal: needs at least 2 dims, got shape {}", shape());
   int64_t a = wrap_dim(dim1, dim(), "diagonal"), b = wrap_dim(dim2, dim(), "diagonal");
   TG_CHECK(a != b, "diagonal: dim1 and dim2 are both {}", a);
+  RecordScope rec{this};
   int64_t len, start = storage_offset();
   if (offset >= 0) {
     len = std::max<int64_t>(std::min(shape()[a], shape()[b] - offset), 0);
@@ -257,7 +273,8 @@ Tensor Tensor::diagonal(int64_t offset, int64_t dim1, int64_t dim2, Loc loc) con
     if (d != a && d != b) sizes.push_back(shape()[d]), st.push_back(strides()[d]);
   sizes.push_back(len);
   st.push_back(strides()[a] + strides()[b]);
-  return make_view(*this, sizes, st, start);
+  return rec.finish(OpKind::Diagonal, make_view(*this, sizes, st, start),
+                    {.dim = offset, .i1 = a, .i2 = b});
 }
 
 std::vector<Tensor> Tensor::split(int64_t split_size, int64_t d, Loc loc) const {
@@ -312,6 +329,7 @@ Tensor cat(const std::vector<Tensor>& tensors, int64_t dim, Loc loc) {
     dtype = promote_types(dtype, t.dtype());
   }
   shape[w] = total;
+  RecordScope rec(tensors);
   Tensor out = make_tensor(shape, dtype, first.device());
   int64_t at = 0;
   for (const Tensor& t : tensors) {
@@ -319,7 +337,7 @@ Tensor cat(const std::vector<Tensor>& tensors, int64_t dim, Loc loc) {
     if (n > 0) backend_of(out).copy(impl_of(out.slice(w, at, at + n)), impl_of(t));
     at += n;
   }
-  return out;
+  return rec.finish(OpKind::Cat, out, {.dim = w});
 }
 
 Tensor stack(const std::vector<Tensor>& tensors, int64_t dim, Loc loc) {
@@ -336,5 +354,96 @@ Tensor stack(const std::vector<Tensor>& tensors, int64_t dim, Loc loc) {
   for (const Tensor& t : tensors) parts.push_back(t.unsqueeze(w));
   return cat(parts, w);
 }
+
+// --- bprops: the adjoint of each view, and of cat ----------------------------------------------
+
+namespace {
+
+void reshape_bprop(BpropCtx& ctx) { ctx.set(0, ctx.grad.reshape(ctx.input_shape(0))); }
+
+void permute_bprop(BpropCtx& ctx) {
+  const std::vector<int64_t>& perm = ctx.attrs().dims;
+  Shape inverse(perm.size());
+  for (size_t i = 0; i < perm.size(); ++i) inverse[perm[i]] = static_cast<int64_t>(i);
+  ctx.set(0, ctx.grad.permute(inverse));
+}
+
+void expand_bprop(BpropCtx& ctx) { ctx.set(0, sum_to(ctx.grad, ctx.input_shape(0))); }
+
+// g placed at [start, start + step·n) of a zero tensor of the input's shape along `dim`.
+Tensor embed_slice(const BpropCtx& ctx, const Tensor& g, int64_t dim, int64_t start, int64_t step) {
+  const Shape& in = ctx.input_shape(0);
+  int64_t n = g.shape()[dim];
+  TensorOptions opts{.dtype = g.dtype(), .device = g.device()};
+  if (step == 1) {
+    Shape before = in, after = in;
+    before[dim] = start;
+    after[dim] = in[dim] - start - n;
+    return cat({zeros(before, opts), g, zeros(after, opts)}, dim);
+  }
+  Shape along(g.dim(), 1);
+  along[dim] = n;
+  Tensor index = (arange(n, {.device = g.device()}) * step + start).reshape(along);
+  return zeros(in, opts).scatter_add(dim, index.expand(g.shape()).contiguous(), g);
+}
+
+void slice_bprop(BpropCtx& ctx) {
+  const NodeAttrs& a = ctx.attrs();
+  ctx.set(0, embed_slice(ctx, ctx.grad, a.dim, a.i1, a.i2));
+}
+
+void select_bprop(BpropCtx& ctx) {
+  const NodeAttrs& a = ctx.attrs();
+  ctx.set(0, embed_slice(ctx, ctx.grad.unsqueeze(a.dim), a.dim, a.i1, 1));
+}
+
+// The diagonal's gradient on the diagonal of a zero matrix: built in the layout (other dims...,
+// dim1, dim2) by masking a broadcast of g, then permuted back.
+void diagonal_bprop(BpropCtx& ctx) {
+  const Shape& in = ctx.input_shape(0);
+  int64_t offset = ctx.attrs().dim, d1 = ctx.attrs().i1, d2 = ctx.attrs().i2;
+  int64_t rows = in[d1], cols = in[d2];
+  Tensor g = ctx.grad;
+  TensorOptions opts{.dtype = g.dtype(), .device = g.device()};
+  int64_t len = g.shape()[g.dim() - 1];
+  int64_t target = offset >= 0 ? rows : cols;  // element k sits in row k, or in column k
+  Shape pad = g.shape();
+  pad[pad.size() - 1] = target - len;
+  Tensor padded = cat({g, zeros(pad, opts)}, -1);
+  padded = offset >= 0 ? padded.unsqueeze(-1) : padded.unsqueeze(-2);
+  Tensor i = arange(rows, {.device = g.device()}).unsqueeze(1);
+  Tensor j = arange(cols, {.device = g.device()}).unsqueeze(0);
+  Tensor full = where(j - i == offset, padded, 0.0);
+  Shape layout;
+  for (int64_t d = 0; d < static_cast<int64_t>(in.size()); ++d)
+    if (d != d1 && d != d2) layout.push_back(d);
+  layout.push_back(d1);
+  layout.push_back(d2);
+  Shape inverse(layout.size());
+  for (size_t k = 0; k < layout.size(); ++k) inverse[layout[k]] = static_cast<int64_t>(k);
+  ctx.set(0, full.permute(inverse));
+}
+
+void cat_bprop(BpropCtx& ctx) {
+  int64_t dim = ctx.attrs().dim, at = 0;
+  for (size_t i = 0; i < ctx.num_inputs(); ++i) {
+    int64_t n = ctx.input_shape(i)[dim];
+    if (ctx.needs(i)) ctx.set(i, ctx.grad.narrow(dim, at, n));
+    at += n;
+  }
+}
+
+const bool registered = [] {
+  register_bprop(OpKind::Reshape, reshape_bprop, kSaveNone);
+  register_bprop(OpKind::Permute, permute_bprop, kSaveNone);
+  register_bprop(OpKind::Expand, expand_bprop, kSaveNone);
+  register_bprop(OpKind::Slice, slice_bprop, kSaveNone);
+  register_bprop(OpKind::Select, select_bprop, kSaveNone);
+  register_bprop(OpKind::Diagonal, diagonal_bprop, kSaveNone);
+  register_bprop(OpKind::Cat, cat_bprop, kSaveNone);
+  return true;
+}();
+
+}  // namespace
 
 }  // namespace tg

@@ -5,12 +5,19 @@
 
 namespace tg {
 namespace {
-constexpr std::array<OpInfo, kNumOps> kOps{{
-#define TG_OP(kind, name, family) {OpKind::kind, name, OpFamily::family, nullptr},
+// Constant-initialized, so the family files' registrations (dynamic initialization) find it ready.
+constinit std::array<OpInfo, kNumOps> kOps{{
+#define TG_OP(kind, name, family) {OpKind::kind, name, OpFamily::family, nullptr, kSaveNone},
 #include "ops/op_list.def"
 #undef TG_OP
 }};
 }  // namespace
+
+bool register_bprop(OpKind kind, BpropFn bprop, uint8_t save) {
+  kOps[static_cast<size_t>(kind)].bprop = bprop;
+  kOps[static_cast<size_t>(kind)].save = save;
+  return true;
+}
 
 const OpInfo& op_info(OpKind kind) { return kOps[static_cast<size_t>(kind)]; }
 std::span<const OpInfo> all_ops() { return kOps; }

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <numeric>
 
+#include "autograd/node.h"
 #include "ops/ops_common.h"
 
 namespace tg {
@@ -35,20 +36,35 @@ Tensor reduce_op(OpKind kind, const Tensor& x, const std::vector<bool>& mask, bo
   return out;
 }
 
+// What a reduction's bprop needs: the reduced dims (wrapped) and keepdim.
+NodeAttrs reduce_attrs(const std::vector<bool>& mask, bool keepdim) {
+  NodeAttrs a;
+  for (size_t d = 0; d < mask.size(); ++d)
+    if (mask[d]) a.dims.push_back(static_cast<int64_t>(d));
+  a.keepdim = keepdim;
+  return a;
+}
+
 // Sum and prod of integers and bools accumulate in i64, as in PyTorch.
 Tensor sum_like(OpKind kind, const Tensor& x, const Shape& dims, bool keepdim, Loc loc) {
   const char* name = op_name(kind).data();
   OpScope scope(name, loc);
   check_defined(x, name);
+  RecordScope rec{&x};
   DType dt = is_floating(x.dtype()) ? x.dtype() : kI64;
-  return reduce_op(kind, cast_if_needed(x, dt), reduced_mask(dims, x.dim(), name), keepdim, dt);
+  auto mask = reduced_mask(dims, x.dim(), name);
+  Tensor out = reduce_op(kind, cast_if_needed(x, dt), mask, keepdim, dt);
+  return rec.finish(kind, out, reduce_attrs(mask, keepdim));
 }
 
 Tensor minmax(OpKind kind, const Tensor& x, const Shape& dims, bool keepdim, Loc loc) {
   const char* name = op_name(kind).data();
   OpScope scope(name, loc);
   check_defined(x, name);
-  return reduce_op(kind, x, reduced_mask(dims, x.dim(), name), keepdim, x.dtype());
+  RecordScope rec{&x};
+  auto mask = reduced_mask(dims, x.dim(), name);
+  Tensor out = reduce_op(kind, x, mask, keepdim, x.dtype());
+  return rec.finish(kind, out, reduce_attrs(mask, keepdim));
 }
 
 Tensor arg(OpKind kind, const Tensor& x, std::optional<int64_t> dim, bool keepdim, Loc loc) {
@@ -130,9 +146,9 @@ Tensor norm(const Tensor& x, double p, const Shape& dims, bool keepdim, Loc loc)
   return pow(pow(a, p).sum(dims, keepdim), 1.0 / p);
 }
 
-Tensor logsumexp(const Tensor& x, const Shape& dims, bool keepdim, Loc loc) {
-  OpScope scope("logsumexp", loc);
-  check_defined(x, "logsumexp");
+namespace {
+// The max-shifted composite; recorded as one Logsumexp node by logsumexp().
+Tensor logsumexp_forward(const Tensor& x, const Shape& dims, bool keepdim) {
   Tensor xf = to_float(x);
   if (xf.numel() == 0) return log(exp(xf).sum(dims, keepdim));  // -inf, as ln 0
   Tensor m = xf.amax(dims, true);
@@ -140,6 +156,16 @@ Tensor logsumexp(const Tensor& x, const Shape& dims, bool keepdim, Loc loc) {
   Tensor shift = where(m.abs() == INFINITY, 0.0, m);
   Tensor out = log(exp(xf - shift).sum(dims, true)) + shift;
   return keepdim ? out : out.reshape(reduced_shape(x.shape(), reduced_mask(dims, x.dim(), "logsumexp"), false));
+}
+}  // namespace
+
+Tensor logsumexp(const Tensor& x, const Shape& dims, bool keepdim, Loc loc) {
+  OpScope scope("logsumexp", loc);
+  check_defined(x, "logsumexp");
+  RecordScope rec{&x};  // one node with a stable bprop, not the composite's
+  auto mask = reduced_mask(dims, x.dim(), "logsumexp");
+  return rec.finish(OpKind::Logsumexp, logsumexp_forward(x, dims, keepdim),
+                    reduce_attrs(mask, keepdim));
 }
 
 Tensor logsumexp(const Tensor& x, int64_t dim, bool keepdim, Loc loc) {
@@ -149,21 +175,89 @@ Tensor logsumexp(const Tensor& x, int64_t dim, bool keepdim, Loc loc) {
 Tensor softmax(const Tensor& x, int64_t dim, Loc loc) {
   OpScope scope("softmax", loc);
   check_defined(x, "softmax");
+  RecordScope rec{&x};
   Tensor xf = to_float(x);
-  wrap_dim(dim, x.dim(), "softmax");
-  if (xf.numel() == 0) return xf.clone();
+  int64_t d = wrap_dim(dim, x.dim(), "softmax");
+  if (xf.numel() == 0) return rec.finish(OpKind::Softmax, xf.clone(), {.dim = d});
   Tensor m = xf.amax({dim}, true);
   Tensor e = exp(xf - where(m.abs() == INFINITY, 0.0, m));
-  return e / e.sum({dim}, true);
+  return rec.finish(OpKind::Softmax, e / e.sum({dim}, true), {.dim = d});
 }
 
 Tensor log_softmax(const Tensor& x, int64_t dim, Loc loc) {
   OpScope scope("log_softmax", loc);
   check_defined(x, "log_softmax");
+  RecordScope rec{&x};
   Tensor xf = to_float(x);
-  wrap_dim(dim, x.dim(), "log_softmax");
-  if (xf.numel() == 0) return xf.clone();
-  return xf - logsumexp(xf, {dim}, true);
+  int64_t d = wrap_dim(dim, x.dim(), "log_softmax");
+  if (xf.numel() == 0) return rec.finish(OpKind::LogSoftmax, xf.clone(), {.dim = d});
+  return rec.finish(OpKind::LogSoftmax, xf - logsumexp(xf, {dim}, true), {.dim = d});
 }
+
+// --- bprops -------------------------------------------------------------------------------------
+
+namespace {
+
+// A reduction's output (or its gradient) with the reduced dims back as size 1.
+Tensor keep_dims(const Tensor& t, const BpropCtx& ctx) {
+  Shape keep = ctx.input_shape(0);
+  for (int64_t d : ctx.attrs().dims) keep[d] = 1;
+  return t.reshape(keep);
+}
+
+void sum_bprop(BpropCtx& ctx) {
+  ctx.set(0, keep_dims(ctx.grad, ctx).expand(ctx.input_shape(0)));
+}
+
+// Π x: the product of the others, written so that zeros are exact: with no zero in the group it is
+// Π/x; the single zero of a group gets the product of the rest; everything else gets 0.
+void prod_bprop(BpropCtx& ctx) {
+  Tensor x = ctx.input(0);
+  Shape dims = ctx.attrs().dims;
+  Tensor zero = x == 0;
+  Tensor zeros_in_group = zero.to(x.dtype()).sum(dims, true);
+  Tensor nonzero = where(zero, 1.0, x);
+  Tensor prod_nonzero = nonzero.prod(dims, true);
+  Tensor others = where(zero, where(zeros_in_group == 1, prod_nonzero, 0.0),
+                        where(zeros_in_group == 0, prod_nonzero / nonzero, 0.0));
+  ctx.set(0, keep_dims(ctx.grad, ctx) * others);
+}
+
+// The maximum's gradient is shared evenly by the elements that tie for it (PyTorch's amax rule).
+void amax_amin_bprop(BpropCtx& ctx) {
+  Tensor x = ctx.input(0);
+  Tensor hit = (x == keep_dims(ctx.result(), ctx)).to(x.dtype());
+  Tensor count = hit.sum(ctx.attrs().dims, true);
+  ctx.set(0, keep_dims(ctx.grad, ctx) * hit / count);
+}
+
+void logsumexp_bprop(BpropCtx& ctx) {
+  Tensor x = ctx.input(0);
+  ctx.set(0, keep_dims(ctx.grad, ctx) * exp(x - keep_dims(ctx.result(), ctx)));
+}
+
+void softmax_bprop(BpropCtx& ctx) {
+  Tensor y = ctx.result();
+  int64_t d = ctx.attrs().dim;
+  ctx.set(0, y * (ctx.grad - (ctx.grad * y).sum({d}, true)));
+}
+
+void log_softmax_bprop(BpropCtx& ctx) {
+  int64_t d = ctx.attrs().dim;
+  ctx.set(0, ctx.grad - exp(ctx.result()) * ctx.grad.sum({d}, true));
+}
+
+const bool registered = [] {
+  register_bprop(OpKind::Sum, sum_bprop, kSaveNone);
+  register_bprop(OpKind::Prod, prod_bprop, kSaveIn0);
+  register_bprop(OpKind::Amax, amax_amin_bprop, kSaveIn0 | kSaveResult);
+  register_bprop(OpKind::Amin, amax_amin_bprop, kSaveIn0 | kSaveResult);
+  register_bprop(OpKind::Logsumexp, logsumexp_bprop, kSaveIn0 | kSaveResult);
+  register_bprop(OpKind::Softmax, softmax_bprop, kSaveResult);
+  register_bprop(OpKind::LogSoftmax, log_softmax_bprop, kSaveResult);
+  return true;
+}();
+
+}  // namespace
 
 }  // namespace tg

@@ -18,6 +18,7 @@ Tensor Tensor::tanh(Loc loc) const { return tg::tanh(*this, loc); }
 Tensor Tensor::sigmoid(Loc loc) const { return tg::sigmoid(*this, loc); }
 Tensor Tensor::relu(Loc loc) const { return tg::relu(*this, loc); }
 Tensor Tensor::gelu(Loc loc) const { return tg::gelu(*this, loc); }
+Tensor Tensor::erf(Loc loc) const { return tg::erf(*this, loc); }
 Tensor Tensor::softplus(Loc loc) const { return tg::softplus(*this, loc); }
 Tensor Tensor::log_sigmoid(Loc loc) const { return tg::log_sigmoid(*this, loc); }
 Tensor Tensor::logical_not(Loc loc) const { return tg::logical_not(*this, loc); }

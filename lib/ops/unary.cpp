@@ -1,7 +1,8 @@
 // Unary elementwise ops. Per op: the dtype rule (integers go to f32 for transcendental ops, as in
-// PyTorch), the forward (a backend call), and the bprop slot (filled by the autograd layer).
+// PyTorch), the forward (a backend call), and the bprop (in public ops, so it records itself).
 #include <cmath>
 
+#include "autograd/node.h"
 #include "ops/ops_common.h"
 
 namespace tg {
@@ -35,10 +36,11 @@ Tensor unary_op(OpKind kind, const Tensor& x, const OpAttrs& attrs, Loc loc) {
       break;
     case IntRule::Bool: dtype = kBool; break;
   }
+  RecordScope rec{&x};
   Tensor in = cast_if_needed(x, dtype);
   Tensor out = make_tensor(x.shape(), dtype, x.device());
   backend_of(x).unary(kind, impl_of(out), impl_of(in), attrs);
-  return out;
+  return rec.finish(kind, out, {.scalars = attrs});
 }
 
 Tensor simple(OpKind kind, const Tensor& x, Loc loc) { return unary_op(kind, x, {}, loc); }
@@ -60,6 +62,7 @@ Tensor tanh(const Tensor& x, Loc loc) { return simple(OpKind::Tanh, x, loc); }
 Tensor sigmoid(const Tensor& x, Loc loc) { return simple(OpKind::Sigmoid, x, loc); }
 Tensor relu(const Tensor& x, Loc loc) { return simple(OpKind::Relu, x, loc); }
 Tensor gelu(const Tensor& x, Loc loc) { return simple(OpKind::Gelu, x, loc); }
+Tensor erf(const Tensor& x, Loc loc) { return simple(OpKind::Erf, x, loc); }
 Tensor softplus(const Tensor& x, Loc loc) { return simple(OpKind::Softplus, x, loc); }
 Tensor log_sigmoid(const Tensor& x, Loc loc) { return simple(OpKind::LogSigmoid, x, loc); }
 Tensor logical_not(const Tensor& x, Loc loc) { return simple(OpKind::LogicalNot, x, loc); }
@@ -84,6 +87,79 @@ Tensor clamp(const Tensor& x, std::optional<Scalar> min, std::optional<Scalar> m
   return unary_op(OpKind::Clamp, in, attrs, loc);
 }
 
-// --- bprop slots: the autograd layer registers one rule per op here (next issue). ---------------
+// --- bprops: d(loss)/dx from grad = d(loss)/d(result) -------------------------------------------
+
+namespace {
+constexpr double kTwoOverSqrtPi = 1.1283791670955126;    // 2/√π
+constexpr double kInvSqrt2Pi = 0.3989422804014327;       // 1/√(2π)
+
+#define TG_BPROP(name, expr) \
+  void name(BpropCtx& ctx) { ctx.set(0, expr); }
+
+TG_BPROP(neg_bprop, -ctx.grad)
+TG_BPROP(exp_bprop, ctx.grad * ctx.result())
+TG_BPROP(log_bprop, ctx.grad / ctx.input(0))
+TG_BPROP(log1p_bprop, ctx.grad / (ctx.input(0) + 1))
+TG_BPROP(expm1_bprop, ctx.grad * (ctx.result() + 1))
+TG_BPROP(sqrt_bprop, ctx.grad / (2 * ctx.result()))
+TG_BPROP(rsqrt_bprop, ctx.grad * pow(ctx.result(), 3) * -0.5)
+TG_BPROP(abs_bprop, ctx.grad * sign(ctx.input(0)))
+TG_BPROP(sign_bprop, zeros_like(ctx.grad))
+TG_BPROP(sin_bprop, ctx.grad * cos(ctx.input(0)))
+TG_BPROP(cos_bprop, -ctx.grad * sin(ctx.input(0)))
+TG_BPROP(tanh_bprop, ctx.grad * (1 - ctx.result() * ctx.result()))
+TG_BPROP(sigmoid_bprop, ctx.grad * ctx.result() * (1 - ctx.result()))
+TG_BPROP(relu_bprop, where(ctx.result() > 0, ctx.grad, 0.0))
+TG_BPROP(erf_bprop, ctx.grad * kTwoOverSqrtPi * exp(-ctx.input(0) * ctx.input(0)))
+TG_BPROP(softplus_bprop, ctx.grad * sigmoid(ctx.input(0)))
+TG_BPROP(log_sigmoid_bprop, ctx.grad * sigmoid(-ctx.input(0)))
+#undef TG_BPROP
+
+// gelu(x) = x·Φ(x): d/dx = Φ(x) + x·φ(x).
+void gelu_bprop(BpropCtx& ctx) {
+  Tensor x = ctx.input(0);
+  Tensor cdf = 0.5 * (1 + erf(x * M_SQRT1_2));
+  Tensor pdf = kInvSqrt2Pi * exp(-0.5 * x * x);
+  ctx.set(0, ctx.grad * (cdf + x * pdf));
+}
+
+// x^p: p·x^(p-1), and 0 for p = 0 (PyTorch's rule, so that 0^0 has gradient 0, not NaN).
+void pow_scalar_bprop(BpropCtx& ctx) {
+  double p = ctx.attrs().scalars.a;
+  if (p == 0) return ctx.set(0, zeros_like(ctx.grad));
+  ctx.set(0, ctx.grad * p * pow(ctx.input(0), p - 1));
+}
+
+// Passes the gradient where lo <= x <= hi (at a bound too, as PyTorch does).
+void clamp_bprop(BpropCtx& ctx) {
+  Tensor x = ctx.input(0);
+  const OpAttrs& b = ctx.attrs().scalars;
+  ctx.set(0, where(logical_and(x >= b.a, x <= b.b), ctx.grad, 0.0));
+}
+
+const bool registered = [] {
+  register_bprop(OpKind::Neg, neg_bprop, kSaveNone);
+  register_bprop(OpKind::Exp, exp_bprop, kSaveResult);
+  register_bprop(OpKind::Log, log_bprop, kSaveIn0);
+  register_bprop(OpKind::Log1p, log1p_bprop, kSaveIn0);
+  register_bprop(OpKind::Expm1, expm1_bprop, kSaveResult);
+  register_bprop(OpKind::Sqrt, sqrt_bprop, kSaveResult);
+  register_bprop(OpKind::Rsqrt, rsqrt_bprop, kSaveResult);
+  register_bprop(OpKind::Abs, abs_bprop, kSaveIn0);
+  register_bprop(OpKind::Sign, sign_bprop, kSaveNone);
+  register_bprop(OpKind::Sin, sin_bprop, kSaveIn0);
+  register_bprop(OpKind::Cos, cos_bprop, kSaveIn0);
+  register_bprop(OpKind::Tanh, tanh_bprop, kSaveResult);
+  register_bprop(OpKind::Sigmoid, sigmoid_bprop, kSaveResult);
+  register_bprop(OpKind::Relu, relu_bprop, kSaveResult);
+  register_bprop(OpKind::Gelu, gelu_bprop, kSaveIn0);
+  register_bprop(OpKind::Erf, erf_bprop, kSaveIn0);
+  register_bprop(OpKind::Softplus, softplus_bprop, kSaveIn0);
+  register_bprop(OpKind::LogSigmoid, log_sigmoid_bprop, kSaveIn0);
+  register_bprop(OpKind::PowScalar, pow_scalar_bprop, kSaveIn0);
+  register_bprop(OpKind::Clamp, clamp_bprop, kSaveIn0);
+  return true;
+}();
+}  // namespace
 
 }  // namespace tg

@@ -161,7 +161,8 @@ void unary_kernel(OpKind kind, const TensorImpl& out, const TensorImpl& x, const
       TG_UNARY_CASE(Neg) TG_UNARY_CASE(Exp) TG_UNARY_CASE(Log) TG_UNARY_CASE(Log1p)
       TG_UNARY_CASE(Expm1) TG_UNARY_CASE(Sqrt) TG_UNARY_CASE(Rsqrt) TG_UNARY_CASE(Abs)
       TG_UNARY_CASE(Sign) TG_UNARY_CASE(Sin) TG_UNARY_CASE(Cos) TG_UNARY_CASE(Tanh)
-      TG_UNARY_CASE(Sigmoid) TG_UNARY_CASE(Relu) TG_UNARY_CASE(Gelu) TG_UNARY_CASE(Softplus)
+      TG_UNARY_CASE(Sigmoid) TG_UNARY_CASE(Relu) TG_UNARY_CASE(Gelu) TG_UNARY_CASE(Erf)
+      TG_UNARY_CASE(Softplus)
       TG_UNARY_CASE(LogSigmoid) TG_UNARY_CASE(PowScalar) TG_UNARY_CASE(Clamp)
       TG_UNARY_CASE(LogicalNot)
       default: TG_INTERNAL_ASSERT(false && "not a unary op");

@@ -84,6 +84,7 @@ template <class T> T scalar_unary(OpKind kind, T x, const OpAttrs& attrs) {
       case OpKind::Sigmoid: return T(1) / (T(1) + std::exp(-x));
       case OpKind::Relu: return x > 0 ? x : (x != x ? x : T(0));
       case OpKind::Gelu: return T(0.5) * x * (T(1) + std::erf(x * T(M_SQRT1_2)));
+      case OpKind::Erf: return std::erf(x);
       case OpKind::Softplus:  // max(x, 0) + ln(1 + e^-|x|): no overflow for large |x|
         return (x > 0 ? x : T(0)) + std::log1p(std::exp(-std::abs(x)));
       case OpKind::LogSigmoid: return (x < 0 ? x : T(0)) - std::log1p(std::exp(-std::abs(x)));
