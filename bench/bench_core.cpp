@@ -3,6 +3,8 @@
 // calibrated number of repetitions. Run: scripts/tg bench  (or build/release/bench/bench_core).
 #include <tapegrad/tapegrad.h>
 
+#include "harness.h"
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -17,40 +19,8 @@
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-// Median seconds per call of f.
-double measure(const std::function<void()>& f, double trial_seconds = 0.05) {
-  f();  // warm up
-  int64_t reps = 1;
-  for (;;) {
-    auto t0 = Clock::now();
-    for (int64_t i = 0; i < reps; ++i) f();
-    double dt = std::chrono::duration<double>(Clock::now() - t0).count();
-    if (dt >= trial_seconds / 4) {
-      reps = std::max<int64_t>(1, static_cast<int64_t>(reps * trial_seconds / dt));
-      break;
-    }
-    reps *= 4;
-  }
-  std::vector<double> trials;
-  for (int t = 0; t < 7; ++t) {
-    auto t0 = Clock::now();
-    for (int64_t i = 0; i < reps; ++i) f();
-    trials.push_back(std::chrono::duration<double>(Clock::now() - t0).count() / reps);
-  }
-  std::sort(trials.begin(), trials.end());
-  return trials[3];
-}
-
-void row(const char* name, double ours, double theirs, const char* unit, bool lower_is_better) {
-  if (theirs > 0) {
-    double ratio = lower_is_better ? theirs / ours : ours / theirs;
-    std::printf("%-34s %12.3f %12.3f  %-8s %6.2fx\n", name, ours, theirs, unit, ratio);
-  } else {
-    std::printf("%-34s %12.3f %12s  %-8s\n", name, ours, "-", unit);
-  }
-}
+using bench::measure;
+using bench::row;
 
 // STREAM-style add with plain loops: the memory bandwidth an elementwise op can reach.
 double stream_add_gbs(int64_t n) {

@@ -10,7 +10,8 @@ using namespace tg;
 namespace {
 
 // Calls fn(k, p) for each element k (row-major) of t with p pointing at it.
-template <class Fn> void for_each_element(const Tensor& t, Fn fn) {
+template <class Fn>
+void for_each_element(const Tensor& t, Fn fn) {
   double* base = static_cast<double*>(t.raw_data_ptr());
   std::vector<int64_t> idx(static_cast<size_t>(t.dim()), 0);
   for (int64_t k = 0; k < t.numel(); ++k) {
@@ -123,8 +124,8 @@ std::string full_check(const MultiFn& f, const Setup& s, const std::vector<Tenso
         double n = num[k][out_index];
         if (!close(row[k], n, o)) {
           std::ostringstream m;
-          m << "d output[" << out_index << "] / d input element " << k << ": analytical "
-            << row[k] << ", numerical " << n;
+          m << "d output[" << out_index << "] / d input element " << k << ": analytical " << row[k]
+            << ", numerical " << n;
           return m.str();
         }
       }

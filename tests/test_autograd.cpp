@@ -48,7 +48,9 @@ TEST_CASE("slides: Jacobian of x**2 at [4, 4] and Hessian of sum(x**2)") {
 }
 
 TEST_CASE("vjp, jvp and hvp agree with the Jacobian and Hessian") {
-  auto f = [](const Tensor& x) { return tanh(x.matmul(tensor({{1.0, 2.0}, {-1.0, 0.5}, {0.3, 0.2}}))); };
+  auto f = [](const Tensor& x) {
+    return tanh(x.matmul(tensor({{1.0, 2.0}, {-1.0, 0.5}, {0.3, 0.2}})));
+  };
   auto x = tensor({0.1, -0.4, 0.7});
   auto j = jacobian(f, x);  // [2, 3]
   auto v_out = tensor({0.5, -1.5});
@@ -80,7 +82,7 @@ TEST_CASE("grad of grad: third derivative of x^4 and of exp") {
 
 TEST_CASE("engine: shared subexpressions, accumulation into leaves, retain_graph") {
   auto x = tensor({1.0, 2.0}).requires_grad_();
-  auto y = x * x;             // used twice below
+  auto y = x * x;              // used twice below
   auto z = (y + y * 3).sum();  // dz/dx = 4 * 2x
   z.backward({}, /*retain_graph=*/true);
   check_close(x.grad(), {8, 16});
@@ -117,8 +119,11 @@ TEST_CASE("non-leaf gradients: grad() of an intermediate, retain_grad, hooks") {
   auto g = grad({y}, {h}, {.retain_graph = true});
   check_close(g[0], {6, -12});
   int calls = 0;
-  x.register_hook([&](const Tensor& gx) { ++calls; return gx * 10; });  // replaces the gradient
-  h.register_hook([&](const Tensor&) { ++calls; });                        // observes only
+  x.register_hook([&](const Tensor& gx) {
+    ++calls;
+    return gx * 10;
+  });                                                // replaces the gradient
+  h.register_hook([&](const Tensor&) { ++calls; });  // observes only
   y.backward();
   CHECK(calls == 2);
   check_close(h.grad(), {6, -12});
@@ -146,14 +151,17 @@ TEST_CASE("no_grad, enable_grad, detach, requires_grad flags") {
   REQUIRE(y.grad_fn() != nullptr);
   CHECK(y.grad_fn()->name() == "MulBackward");
   CHECK(y.grad_fn()->op() == "mul");
-  CHECK(std::string(y.grad_fn()->where().file_name()).find("test_autograd.cpp") != std::string::npos);
+  CHECK(std::string(y.grad_fn()->where().file_name()).find("test_autograd.cpp") !=
+        std::string::npos);
   auto d = y.detach();
   CHECK_FALSE(d.requires_grad());
   CHECK(d.is_alias_of(y));
   // Non-differentiable outputs never record.
   CHECK_FALSE((x > 0).requires_grad());
   CHECK_FALSE(x.argmax().requires_grad());
-  CHECK(error_of([&] { tensor({1, 2}).requires_grad_(); }).find("only floating") != std::string::npos);
+  CHECK(error_of([&] {
+          tensor({1, 2}).requires_grad_();
+        }).find("only floating") != std::string::npos);
   CHECK(error_of([&] { y.requires_grad_(false); }).find("only leaf") != std::string::npos);
 }
 
@@ -226,7 +234,9 @@ TEST_CASE("errors: backward and grad misuse") {
   CHECK(err.find("input 0 (shape [1]) does not require grad") != std::string::npos);
   err = error_of([&] { jacobian([](const Tensor& t) { return t; }, tensor({1, 2})); });
   CHECK(err.find("must be floating") != std::string::npos);
-  err = error_of([&] { hvp([](const Tensor& t) { return t * 2; }, tensor({1.0, 2.0}), tensor({1.0, 1.0})); });
+  err = error_of([&] {
+    hvp([](const Tensor& t) { return t * 2; }, tensor({1.0, 2.0}), tensor({1.0, 1.0}));
+  });
   CHECK(err.find("one element") != std::string::npos);
 }
 

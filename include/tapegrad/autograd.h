@@ -107,7 +107,8 @@ void backward(const std::vector<Tensor>& outputs, const std::vector<Tensor>& gra
 // of broadcasting, used by every bprop of a broadcasting op.
 Tensor sum_to(const Tensor& x, const Shape& shape, Loc loc = Loc::current());
 
-// --- transforms of a function from Tensor to Tensor -----------------------------------------------
+// --- transforms of a function from Tensor to Tensor
+// -----------------------------------------------
 using TensorFn = std::function<Tensor(const Tensor&)>;
 // J[i..., j...] = d f(x)[i...] / d x[j...]: shape f(x).shape + x.shape.
 Tensor jacobian(const TensorFn& f, const Tensor& x, Loc loc = Loc::current());
@@ -121,12 +122,13 @@ Tensor jvp(const TensorFn& f, const Tensor& x, const Tensor& v, Loc loc = Loc::c
 // H·v for a scalar f, with v of the shape of x, without forming H.
 Tensor hvp(const TensorFn& f, const Tensor& x, const Tensor& v, Loc loc = Loc::current());
 
-// --- looking at the tape --------------------------------------------------------------------------
-// The tape that produced t, one node a line: id, backward name, output shape and dtype, the
-// user's file:line, and where its inputs come from.
+// --- looking at the tape
+// -------------------------------------------------------------------------- The tape that produced
+// t, one node a line: id, backward name, output shape and dtype, the user's file:line, and where
+// its inputs come from.
 std::string graph_string(const Tensor& t);
-void print_graph(const Tensor& t);                    // to stdout
+void print_graph(const Tensor& t);  // to stdout
 void print_graph(const Tensor& t, std::ostream& os);
-std::string to_dot(const Tensor& t);                  // Graphviz text: `dot -Tsvg`
+std::string to_dot(const Tensor& t);  // Graphviz text: `dot -Tsvg`
 
 }  // namespace tg

@@ -290,8 +290,8 @@ std::vector<Tensor> grad(const std::vector<Tensor>& outputs, const std::vector<T
   std::vector<Tensor> result(inputs.size());
   for (size_t i = 0; i < inputs.size(); ++i) {
     // An input given twice shares one capture slot: the first index.
-    size_t slot = static_cast<size_t>(
-        std::find(captures.begin(), captures.end(), captures[i]) - captures.begin());
+    size_t slot = static_cast<size_t>(std::find(captures.begin(), captures.end(), captures[i]) -
+                                      captures.begin());
     result[i] = p.captured[slot];
     TG_CHECK(result[i].defined() || options.allow_unused,
              "grad: input {} (shape {}) was not used to compute the outputs; pass .allow_unused = "

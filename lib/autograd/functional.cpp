@@ -27,7 +27,9 @@ Tensor call(const TensorFn& f, const Tensor& x, const char* op) {
 Tensor vjp_at(const Tensor& y, const Tensor& x, const Tensor& v, bool create_graph, bool retain) {
   if (!y.requires_grad()) return zeros_like(x);
   Tensor g = grad({y}, {x},
-                  {.grad_outputs = {v}, .retain_graph = retain, .create_graph = create_graph,
+                  {.grad_outputs = {v},
+                   .retain_graph = retain,
+                   .create_graph = create_graph,
                    .allow_unused = true})[0];
   return g.defined() ? g : zeros_like(x);
 }

@@ -49,9 +49,8 @@ std::string graph_string(const Tensor& t) {
       if (!inputs.empty()) inputs += ", ";
       inputs += in.fn ? fmt::format("#{}", ids[in.fn.get()]) : std::string("-");
     }
-    std::string where = n->is_accumulator
-                            ? std::string("leaf")
-                            : fmt::format("{}:{}", n->loc.file_name(), n->loc.line());
+    std::string where = n->is_accumulator ? std::string("leaf")
+                                          : fmt::format("{}:{}", n->loc.file_name(), n->loc.line());
     out += fmt::format("  #{:<3} {:<24} {:<16} {:<5} {}{}\n", ids[n], describe(*n),
                        fmt::format("{}", n->out_shape), dtype_name(n->out_dtype), where,
                        inputs.empty() ? "" : "  <- " + inputs);
@@ -71,8 +70,8 @@ std::string to_dot(const Tensor& t) {
     std::string file = n->loc.file_name();
     if (auto slash = file.rfind('/'); slash != std::string::npos) file = file.substr(slash + 1);
     std::string where = n->is_accumulator ? "leaf" : fmt::format("{}:{}", file, n->loc.line());
-    out += fmt::format("  n{} [label=\"{}\\n{} {}\\n{}\"{}];\n", ids[n], describe(*n),
-                       n->out_shape, dtype_name(n->out_dtype), where,
+    out += fmt::format("  n{} [label=\"{}\\n{} {}\\n{}\"{}];\n", ids[n], describe(*n), n->out_shape,
+                       dtype_name(n->out_dtype), where,
                        n->is_accumulator ? ", style=filled, fillcolor=lightblue" : "");
   }
   for (const NodeImpl* n : order)

@@ -5,6 +5,7 @@
 #include <span>
 #include <vector>
 
+#include "autograd/pool.h"
 #include "backend/backend.h"
 #include "core/tensor_impl.h"
 #include "tapegrad/autograd.h"
@@ -13,8 +14,9 @@ namespace tg {
 
 // Scalar and shape attributes a bprop needs: reduced dims and keepdim, a permutation, a slice...
 struct NodeAttrs {
-  OpAttrs scalars;         // PowScalar exponent, Clamp bounds
-  std::vector<int64_t> dims;  // reduced dims (wrapped), permutation (a heap list: most ops have none)
+  OpAttrs scalars;  // PowScalar exponent, Clamp bounds
+  std::vector<int64_t>
+      dims;                // reduced dims (wrapped), permutation (a heap list: most ops have none)
   int64_t dim = 0;         // the dim of slice/select/cat/gather/softmax...; diagonal: offset
   int64_t i1 = 0, i2 = 0;  // slice: start, step; select: index; diagonal: dim1, dim2
   bool keepdim = false;
@@ -47,9 +49,9 @@ class NodeImpl final : public Node, public std::enable_shared_from_this<NodeImpl
   ~NodeImpl() override;
 
   OpKind op = OpKind::Neg;
-  bool is_accumulator = false;             // AccumulateGrad: gradients go into `leaf`'s .grad()
+  bool is_accumulator = false;  // AccumulateGrad: gradients go into `leaf`'s .grad()
   std::shared_ptr<TensorImpl> leaf;
-  std::vector<InputSlot> inputs;
+  std::vector<InputSlot, pool::Allocator<InputSlot>> inputs;
   NodeAttrs attrs;
   Shape out_shape;
   DType out_dtype = kF32;
@@ -57,10 +59,9 @@ class NodeImpl final : public Node, public std::enable_shared_from_this<NodeImpl
   bool saves_result = false;
   SavedTensor result;
   Loc loc;
-  uint64_t seq = 0;                        // creation order
   std::vector<std::function<Tensor(const Tensor&)>> hooks;  // on the output's gradient
-  std::weak_ptr<TensorImpl> retained;      // the output, when it retains its grad
-  bool released = false;                   // saved tensors freed by a backward pass
+  std::weak_ptr<TensorImpl> retained;                       // the output, when it retains its grad
+  bool released = false;  // saved tensors freed by a backward pass
 
   // Engine scratch (see engine.cpp); valid during one pass only.
   uint64_t task = 0;
@@ -112,7 +113,7 @@ class BpropCtx {
   BpropCtx(NodeImpl& node, Tensor g, std::vector<Tensor>& grads, bool create_graph)
       : grad(std::move(g)), node_(node), grads_(grads), create_graph_(create_graph) {}
 
-  const Tensor grad;  // of the output
+  const Tensor grad;             // of the output
   Tensor input(size_t i) const;  // saved input i, version-checked
   Tensor result() const;         // saved output, version-checked
   bool needs(size_t i) const { return node_.inputs[i].fn != nullptr; }

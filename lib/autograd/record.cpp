@@ -10,7 +10,6 @@ namespace tg {
 namespace {
 thread_local bool t_grad_enabled = true;
 thread_local bool t_anomaly = false;
-std::atomic<uint64_t> g_next_seq{1};
 
 // A view of t's data with no autograd state.
 Tensor alias_of(const Tensor& t) {
@@ -27,7 +26,8 @@ Tensor alias_of(const Tensor& t) {
 }
 
 const TensorImpl& checked_impl(const Tensor& t, const char* what) {
-  if (!t.defined()) throw_error(fmt::format("{}: the tensor is undefined (default-constructed)", what));
+  if (!t.defined())
+    throw_error(fmt::format("{}: the tensor is undefined (default-constructed)", what));
   return *t.impl();
 }
 }  // namespace
@@ -40,7 +40,8 @@ AnomalyModeGuard::~AnomalyModeGuard() { t_anomaly = prev_; }
 AnomalySuspend::AnomalySuspend() : prev_(t_anomaly) { t_anomaly = false; }
 AnomalySuspend::~AnomalySuspend() { t_anomaly = prev_; }
 
-// --- nodes ----------------------------------------------------------------------------------------
+// --- nodes
+// ----------------------------------------------------------------------------------------
 
 std::string NodeImpl::backward_name() const {
   if (is_accumulator) return "AccumulateGrad";
@@ -110,19 +111,19 @@ std::vector<std::shared_ptr<Node>> Node::next_functions() const {
 std::shared_ptr<NodeImpl> accumulator_of(const Tensor& leaf) {
   AutogradMeta& meta = leaf.impl()->autograd_meta();
   if (auto acc = meta.accumulator.lock()) return acc;
-  auto acc = std::make_shared<NodeImpl>();
+  auto acc = std::allocate_shared<NodeImpl>(pool::Allocator<NodeImpl>());
   acc->is_accumulator = true;
   acc->leaf = leaf.impl_ptr();
   acc->out_shape = leaf.shape();
   acc->out_dtype = leaf.dtype();
   acc->out_device = leaf.device();
   acc->loc = OpScope::current_loc();
-  acc->seq = g_next_seq.fetch_add(1, std::memory_order_relaxed);
   meta.accumulator = acc;
   return acc;
 }
 
-// --- recording ------------------------------------------------------------------------------------
+// --- recording
+// ------------------------------------------------------------------------------------
 
 RecordScope::RecordScope(std::initializer_list<const Tensor*> inputs) {
   if (!t_grad_enabled) return;
@@ -153,11 +154,10 @@ const Tensor& RecordScope::finish(OpKind kind, const Tensor& out, NodeAttrs attr
   if (info.bprop == nullptr) return out;
   for (size_t i = 0; i < n_; ++i)
     if (input(i)->impl() == out.impl()) return out;  // the op returned its input (a no-op view)
-  auto node = std::make_shared<NodeImpl>();
+  auto node = std::allocate_shared<NodeImpl>(pool::Allocator<NodeImpl>());
   node->op = kind;
   node->attrs = std::move(attrs);
   node->loc = OpScope::current_loc();
-  node->seq = g_next_seq.fetch_add(1, std::memory_order_relaxed);
   node->inputs.resize(n_);
   for (size_t i = 0; i < n_; ++i) {
     const Tensor& t = *input(i);
@@ -190,14 +190,14 @@ const Tensor& RecordScope::finish(OpKind kind, const Tensor& out, NodeAttrs attr
   return out;
 }
 
-// --- saved tensors --------------------------------------------------------------------------------
+// --- saved tensors
+// --------------------------------------------------------------------------------
 
-Tensor BpropCtx::input(size_t i) const {
-  return unpack(node_.inputs[i].saved, "input", i, false);
-}
+Tensor BpropCtx::input(size_t i) const { return unpack(node_.inputs[i].saved, "input", i, false); }
 Tensor BpropCtx::result() const { return unpack(node_.result, "output", 0, true); }
 
-Tensor BpropCtx::unpack(const SavedTensor& s, const char* what, size_t index, bool is_result) const {
+Tensor BpropCtx::unpack(const SavedTensor& s, const char* what, size_t index,
+                        bool is_result) const {
   TG_INTERNAL_ASSERT(s.value.defined());  // the op's save mask does not cover what its bprop reads
   uint64_t now = s.value.version();
   if (now != s.version) {
@@ -233,7 +233,8 @@ void check_finite(const Tensor& t, std::string_view op, const char* phase, const
   }
 }
 
-// --- in-place ops ---------------------------------------------------------------------------------
+// --- in-place ops
+// ---------------------------------------------------------------------------------
 
 // Note [In-place ops]
 // Under autograd, `self.op_(other)` computes `result = op(self, other)` out of place (recorded as
@@ -271,7 +272,8 @@ void rebase_history(Tensor& self, const Tensor& result_in) {
   s.output_nr = result.impl()->output_nr;
 }
 
-// --- Tensor's autograd methods --------------------------------------------------------------------
+// --- Tensor's autograd methods
+// --------------------------------------------------------------------
 
 Tensor& Tensor::requires_grad_(bool requires_grad, Loc loc) {
   OpScope scope("requires_grad_", loc);
@@ -303,9 +305,9 @@ void Tensor::set_grad(const Tensor& grad, Loc loc) {
   TensorImpl& s = const_cast<TensorImpl&>(checked_impl(*this, "set_grad"));
   if (grad.defined()) {
     TG_CHECK(grad.shape() == shape() && grad.dtype() == dtype() && grad.device() == device(),
-             "set_grad: the gradient ({}, {}, {}) must match the tensor ({}, {}, {})",
-             grad.shape(), dtype_name(grad.dtype()), grad.device().str(), shape(),
-             dtype_name(dtype()), device().str());
+             "set_grad: the gradient ({}, {}, {}) must match the tensor ({}, {}, {})", grad.shape(),
+             dtype_name(grad.dtype()), grad.device().str(), shape(), dtype_name(dtype()),
+             device().str());
   }
   if (!grad.defined() && !s.meta) return;
   s.autograd_meta().grad = grad;
@@ -348,8 +350,7 @@ void Tensor::add_hook(std::function<Tensor(const Tensor&)> hook, Loc loc) {
   }
 }
 
-void Tensor::backward(const Tensor& gradient, bool retain_graph, bool create_graph,
-                      Loc loc) const {
+void Tensor::backward(const Tensor& gradient, bool retain_graph, bool create_graph, Loc loc) const {
   std::vector<Tensor> seeds;
   if (gradient.defined()) seeds.push_back(gradient);
   tg::backward({*this}, seeds, retain_graph, create_graph, loc);
