@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <sstream>
+#include <thread>
 
 using namespace tg;
 
@@ -296,4 +297,22 @@ TEST_CASE("sum_to undoes broadcasting") {
   check_close(sum_to(g, {3, 1}), {8, 8, 8});  // summed over the leading 2 and the 4
   CHECK(sum_to(g, {}).item<double>() == 24);
   CHECK(error_of([&] { sum_to(g, {2, 4}); }).find("sum_to") != std::string::npos);
+}
+
+TEST_CASE("grad mode is per thread") {
+  NoGradGuard no_grad;
+  bool other = false;
+  std::thread t([&] { other = is_grad_enabled(); });
+  t.join();
+  CHECK(other);
+  CHECK_FALSE(is_grad_enabled());
+}
+
+TEST_CASE("backward with create_graph leaves a differentiable .grad()") {
+  auto x = tensor({2.0}).requires_grad_();
+  (x * x * x).backward({}, false, /*create_graph=*/true);  // grad = 3x² = 12
+  REQUIRE(x.grad().requires_grad());
+  CHECK(x.grad().item<double>() == 12);
+  auto g2 = grad({x.grad()}, {x})[0];  // d(3x²)/dx = 6x
+  CHECK(g2.item<double>() == 12);
 }
