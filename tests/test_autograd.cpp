@@ -316,3 +316,10 @@ TEST_CASE("backward with create_graph leaves a differentiable .grad()") {
   auto g2 = grad({x.grad()}, {x})[0];  // d(3x²)/dx = 6x
   CHECK(g2.item<double>() == 12);
 }
+
+TEST_CASE("printing shows requires_grad and the grad_fn") {
+  auto x = tensor({1.0}).requires_grad_();
+  CHECK(x.str().find(", requires_grad=true)") != std::string::npos);
+  CHECK((x * 2).str().find(", grad_fn=<MulBackward>)") != std::string::npos);
+  CHECK(x.detach().str().find("grad") == std::string::npos);
+}

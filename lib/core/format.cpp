@@ -7,6 +7,7 @@
 #include <ostream>
 
 #include "ops/ops_common.h"
+#include "tapegrad/autograd.h"
 #include "tapegrad/format.h"
 
 namespace tg {
@@ -70,6 +71,7 @@ void print_rec(std::string& out, const Printer& p, const double* data, const Sha
 
 std::string Tensor::str() const {
   if (!defined()) return "tensor(undefined)";
+  NoGradGuard no_grad;  // reading values is not part of the tape
   Tensor host = to(kCPU).to(kF64).contiguous();
   bool elide = numel() > kThreshold;
   Printer p;
@@ -102,7 +104,12 @@ std::string Tensor::str() const {
   } else {
     print_rec(out, p, data, host.shape(), host.strides(), 0, elide, 7, width);
   }
-  out += fmt::format(", dtype={}, shape={}, device={})", dtype_name(dtype()), shape(), device().str());
+  out += fmt::format(", dtype={}, shape={}, device={}", dtype_name(dtype()), shape(), device().str());
+  if (auto fn = grad_fn())
+    out += fmt::format(", grad_fn=<{}>", fn->name());
+  else if (requires_grad())
+    out += ", requires_grad=true";
+  out += ")";
   return out;
 }
 

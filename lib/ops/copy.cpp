@@ -39,6 +39,7 @@ int64_t Tensor::stride(int64_t d, Loc loc) const {
 void Tensor::item_into(DType want, void* out, Loc loc) const {
   OpScope scope("item", loc);
   check_defined(*this, "item");
+  NoGradGuard no_grad;
   TG_CHECK(numel() == 1, "item: the tensor has {} elements (shape {}); item() needs exactly one",
            numel(), shape());
   Tensor v = cast_if_needed(reshape({}), want).to(kCPU).contiguous();
@@ -48,6 +49,7 @@ void Tensor::item_into(DType want, void* out, Loc loc) const {
 void Tensor::to_vector_into(DType want, void* out, Loc loc) const {
   OpScope scope("to_vector", loc);
   check_defined(*this, "to_vector");
+  NoGradGuard no_grad;
   Tensor v = cast_if_needed(*this, want).to(kCPU).contiguous();
   if (numel() > 0) cpu_backend().copy_to_host(out, impl_of(v));
 }
