@@ -315,6 +315,7 @@ TEST_CASE("backward with create_graph leaves a differentiable .grad()") {
   CHECK(x.grad().item<double>() == 12);
   auto g2 = grad({x.grad()}, {x})[0];  // d(3x²)/dx = 6x
   CHECK(g2.item<double>() == 12);
+  x.set_grad({});  // x.grad()'s tape ends in x itself: a cycle until cleared (as in PyTorch)
 }
 
 TEST_CASE("printing shows requires_grad and the grad_fn") {

@@ -204,6 +204,8 @@ class Tensor {
   }
   // Accumulates d(this)/d(leaf) into the grad() of every leaf that requires grad. `gradient` may be
   // left out for a one-element tensor. The tape's saved tensors are freed unless retain_graph.
+  // With create_graph, a leaf's grad() keeps a tape that ends in the leaf itself: clear it with
+  // set_grad({}) when done (as in PyTorch), or use tg::grad, which returns the gradients instead.
   void backward(const Tensor& gradient = {}, bool retain_graph = false, bool create_graph = false,
                 Loc loc = Loc::current()) const;
   // A name shown by print_graph and to_dot.
