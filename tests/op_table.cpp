@@ -7,13 +7,8 @@
 namespace tgtest {
 using namespace tg;
 
-namespace {
-
-constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
-constexpr double kInf = std::numeric_limits<double>::infinity();
-
 // Deterministic pseudo-random values in [lo, hi), independent of the library's RNG.
-Tensor input(const Shape& shape, DType dt, double lo, double hi, int seed = 1) {
+Tensor input(const Shape& shape, DType dt, double lo, double hi, int seed) {
   std::vector<double> v(static_cast<size_t>(numel_of(shape)));
   for (size_t i = 0; i < v.size(); ++i) {
     double s = std::sin(static_cast<double>(i) * 12.9898 + seed * 78.233) * 43758.5453;
@@ -23,12 +18,17 @@ Tensor input(const Shape& shape, DType dt, double lo, double hi, int seed = 1) {
 }
 
 // Same values, but a non-contiguous view: built transposed, then transposed back.
-Tensor noncontig(const Shape& shape, DType dt, double lo, double hi, int seed = 1) {
+Tensor noncontig(const Shape& shape, DType dt, double lo, double hi, int seed) {
   Shape t = shape;
   std::swap(t[t.size() - 1], t[t.size() - 2]);
   Tensor x = input(t, dt, lo, hi, seed).transpose(-1, -2);
   return x;
 }
+
+namespace {
+
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+constexpr double kInf = std::numeric_limits<double>::infinity();
 
 Tensor boolean(const Shape& shape, int seed) { return input(shape, kF64, -1, 1, seed) > 0; }
 
@@ -590,7 +590,7 @@ const std::vector<OpRow>& op_table() {
   static const std::vector<OpRow> table = [] {
     std::vector<OpRow> t;
     for (auto rows : {unary_rows(), binary_rows(), reduce_rows(), std::vector<OpRow>{matmul_row()},
-                      view_rows(), index_rows()})
+                      view_rows(), index_rows(), window_rows()})
       t.insert(t.end(), rows.begin(), rows.end());
     return t;
   }();

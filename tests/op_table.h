@@ -36,4 +36,12 @@ struct OpRow {
 
 const std::vector<OpRow>& op_table();
 
+// Deterministic pseudo-random values in [lo, hi), independent of the library's RNG.
+tg::Tensor input(const tg::Shape& shape, tg::DType dt, double lo, double hi, int seed = 1);
+// Same values, but a non-contiguous view: built transposed, then transposed back.
+tg::Tensor noncontig(const tg::Shape& shape, tg::DType dt, double lo, double hi, int seed = 1);
+
+// The rows of one family, kept in their own file (op_table_window.cpp).
+std::vector<OpRow> window_rows();
+
 }  // namespace tgtest

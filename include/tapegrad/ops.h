@@ -212,6 +212,37 @@ Tensor one_hot(const Tensor& labels, int64_t num_classes = -1, Loc loc = Loc::cu
 Tensor tril(const Tensor& x, int64_t diagonal = 0, Loc loc = Loc::current());
 Tensor triu(const Tensor& x, int64_t diagonal = 0, Loc loc = Loc::current());
 
+// --- convolution and pooling over images (N, C, H, W); a 3-D (C, H, W) input is one image -------
+// A pair of sizes (height, width); one number means both: `conv2d(x, w, b, /*stride=*/2)`.
+struct Size2 {
+  Size2(int64_t both) : h(both), w(both) {}  // NOLINT: implicit, as in PyTorch
+  Size2(int64_t h, int64_t w) : h(h), w(w) {}
+  int64_t h, w;
+};
+// Cross-correlation, as PyTorch's conv2d: weight (out, in/groups, kh, kw), bias (out) or undefined.
+Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias = {}, Size2 stride = 1,
+              Size2 padding = 0, Size2 dilation = 1, int64_t groups = 1, Loc loc = Loc::current());
+// Pooling; stride defaults to the kernel. Padding is at most half the kernel; max pooling never
+// picks it, average pooling counts it as zeros (PyTorch's count_include_pad).
+Tensor max_pool2d(const Tensor& x, Size2 kernel, std::optional<Size2> stride = std::nullopt,
+                  Size2 padding = 0, Size2 dilation = 1, Loc loc = Loc::current());
+// The maxima and, as i64, the flat position h*W + w of each in its input plane.
+std::pair<Tensor, Tensor> max_pool2d_with_indices(const Tensor& x, Size2 kernel,
+                                                  std::optional<Size2> stride = std::nullopt,
+                                                  Size2 padding = 0, Size2 dilation = 1,
+                                                  Loc loc = Loc::current());
+Tensor avg_pool2d(const Tensor& x, Size2 kernel, std::optional<Size2> stride = std::nullopt,
+                  Size2 padding = 0, Loc loc = Loc::current());
+// Averages over PyTorch's adaptive bins: [floor(i·H/OH), ceil((i+1)·H/OH)).
+Tensor adaptive_avg_pool2d(const Tensor& x, Size2 output_size, Loc loc = Loc::current());
+// The columns convolution multiplies: (N, C·kh·kw, OH·OW), zeros where a window is in the padding
+// (PyTorch's unfold). col2im (PyTorch's fold) is its adjoint: it sums columns back into
+// (N, C, H, W) images of `image_size`.
+Tensor im2col(const Tensor& x, Size2 kernel, Size2 stride = 1, Size2 padding = 0,
+              Size2 dilation = 1, Loc loc = Loc::current());
+Tensor col2im(const Tensor& cols, Size2 image_size, Size2 kernel, Size2 stride = 1,
+              Size2 padding = 0, Size2 dilation = 1, Loc loc = Loc::current());
+
 // --- threads --------------------------------------------------------------------------------------
 // Threads for intra-op loops and for BLAS (tapegrad owns both pools). Default: all cores.
 void set_num_threads(int n, Loc loc = Loc::current());

@@ -16,6 +16,13 @@ struct OpAttrs {
   double b = 0;
 };
 
+// A 2-D sliding window: kernel, stride, zero padding, dilation (height then width).
+struct Window2d {
+  int64_t kh = 1, kw = 1, sh = 1, sw = 1, ph = 0, pw = 0, dh = 1, dw = 1;
+  int64_t out_h(int64_t h) const { return (h + 2 * ph - dh * (kh - 1) - 1) / sh + 1; }
+  int64_t out_w(int64_t w) const { return (w + 2 * pw - dw * (kw - 1) - 1) / sw + 1; }
+};
+
 enum class RandomKind : uint8_t { Uniform, Normal, Int };
 
 class Backend {
@@ -59,6 +66,15 @@ class Backend {
   // ScatterAdd: out[... index ...] += x (out already holds the base). index is i64, checked here.
   virtual void index(OpKind kind, const TensorImpl& out, const TensorImpl& x, int dim,
                      const TensorImpl& index) = 0;
+
+  // Sliding windows over contiguous (N, C, H, W) images (floating dtypes):
+  // Im2col: out (N, C*kh*kw, OH*OW) from x (N, C, H, W), zeros where the window is in the padding.
+  // Col2im: its adjoint: out (N, C, H, W) = the sum of x (N, C*kh*kw, OH*OW) over the windows.
+  // MaxPool2d: out (N, C, OH, OW), the padding never wins; `indices` (i64, same shape, may be null)
+  //   gets the flat position h*W + w of each maximum (the first one; NaN wins).
+  // AvgPool2d: out (N, C, OH, OW), the window's sum over kh*kw (padding counts as zeros).
+  virtual void window(OpKind kind, const TensorImpl& out, const TensorImpl& x, const Window2d& w,
+                      const TensorImpl* indices) = 0;
 };
 
 Backend& backend_for(Device device);

@@ -18,9 +18,9 @@ inline constexpr int kNumOps = 0
 #include "ops/op_list.def"
 #undef TG_OP
     ;
-static_assert(kNumOps == 64, "op_list.def changed: update this count and tests/op_table.cpp");
+static_assert(kNumOps == 69, "op_list.def changed: update this count and tests/op_table.cpp");
 
-enum class OpFamily : uint8_t { Unary, Binary, Ternary, Reduce, Composite, Linalg, View, Index, Copy };
+enum class OpFamily : uint8_t { Unary, Binary, Ternary, Reduce, Composite, Linalg, View, Index, Window, Copy };
 
 class BpropCtx;  // lib/autograd/node.h: the node, its saved tensors, the incoming gradient
 using BpropFn = void (*)(BpropCtx& ctx);

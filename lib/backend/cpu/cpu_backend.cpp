@@ -165,6 +165,10 @@ class CpuBackend final : public Backend {
              const TensorImpl& index) override {
     index_kernel(kind, out, x, dim, index);
   }
+  void window(OpKind kind, const TensorImpl& out, const TensorImpl& x, const Window2d& w,
+              const TensorImpl* indices) override {
+    window_kernel(kind, out, x, w, indices);
+  }
 
  private:
   CachingAllocator allocator_;

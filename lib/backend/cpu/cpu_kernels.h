@@ -15,6 +15,8 @@ void reduce_kernel(OpKind kind, const TensorImpl& out, const TensorImpl& x, int 
 void matmul_kernel(const TensorImpl& out, const TensorImpl& a, const TensorImpl& b);
 void index_kernel(OpKind kind, const TensorImpl& out, const TensorImpl& x, int dim,
                   const TensorImpl& index);
+void window_kernel(OpKind kind, const TensorImpl& out, const TensorImpl& x, const Window2d& w,
+                   const TensorImpl* indices);
 void random_kernel(RandomKind kind, const TensorImpl& dst, uint64_t seed, uint64_t offset,
                    double a, double b);
 void iota_kernel(const TensorImpl& dst, double start, double step);

@@ -36,6 +36,10 @@ class CudaStub final : public Backend {
   void index(OpKind, const TensorImpl&, const TensorImpl&, int, const TensorImpl&) override {
     no_cuda();
   }
+  void window(OpKind, const TensorImpl&, const TensorImpl&, const Window2d&,
+              const TensorImpl*) override {
+    no_cuda();
+  }
 };
 
 }  // namespace

@@ -1,0 +1,151 @@
+// CPU sliding-window kernels: im2col and its adjoint col2im (convolution is a gemm over their
+// columns), max and average pooling. Images are contiguous (N, C, H, W); each (n, c) plane is
+// independent, so planes are the unit of parallel work and results do not depend on thread count.
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "backend/cpu/cpu_kernels.h"
+#include "backend/cpu/loops.h"
+
+namespace tg::cpu {
+namespace {
+
+// The output columns [lo, hi) whose input position o*stride + off lies in [0, size).
+struct Span {
+  int64_t lo, hi;
+};
+Span valid_span(int64_t out_size, int64_t stride, int64_t off, int64_t size) {
+  int64_t lo = off >= 0 ? 0 : (-off + stride - 1) / stride;
+  int64_t hi = off >= size ? 0 : (size - 1 - off) / stride + 1;
+  lo = std::min(lo, out_size);
+  hi = std::clamp(hi, lo, out_size);
+  return {lo, hi};
+}
+
+struct Geometry {
+  int64_t N, C, H, W, OH, OW;
+};
+
+// Calls f(plane, ki, kj) for every (n, c) plane and kernel offset, planes in parallel.
+template <class F>
+void for_planes(const Geometry& g, int64_t work_per_plane, F&& f) {
+  int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, work_per_plane));
+  parallel_for(g.N * g.C, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) f(p);
+  });
+}
+
+template <class T>
+void im2col(T* cols, const T* x, const Geometry& g, const Window2d& w) {
+  int64_t L = g.OH * g.OW, K = w.kh * w.kw;
+  for_planes(g, K * L, [&](int64_t p) {
+    const T* plane = x + p * g.H * g.W;
+    T* rows = cols + p * K * L;  // (n, c) owns rows c*K .. c*K+K-1 of sample n's columns
+    for (int64_t ki = 0; ki < w.kh; ++ki) {
+      for (int64_t kj = 0; kj < w.kw; ++kj) {
+        T* row = rows + (ki * w.kw + kj) * L;
+        int64_t offw = kj * w.dw - w.pw;
+        Span sw = valid_span(g.OW, w.sw, offw, g.W);
+        for (int64_t oh = 0; oh < g.OH; ++oh) {
+          T* dst = row + oh * g.OW;
+          int64_t ih = oh * w.sh - w.ph + ki * w.dh;
+          if (ih < 0 || ih >= g.H) {
+            std::fill(dst, dst + g.OW, T(0));
+            continue;
+          }
+          const T* src = plane + ih * g.W;  // input column ow * sw + offw
+          std::fill(dst, dst + sw.lo, T(0));
+          if (w.sw == 1) {
+            if (sw.hi > sw.lo)
+              std::memcpy(dst + sw.lo, src + sw.lo + offw, (sw.hi - sw.lo) * sizeof(T));
+          } else {
+            for (int64_t ow = sw.lo; ow < sw.hi; ++ow) dst[ow] = src[ow * w.sw + offw];
+          }
+          std::fill(dst + sw.hi, dst + g.OW, T(0));
+        }
+      }
+    }
+  });
+}
+
+template <class T>
+void col2im(T* x, const T* cols, const Geometry& g, const Window2d& w) {
+  int64_t L = g.OH * g.OW, K = w.kh * w.kw;
+  for_planes(g, K * L, [&](int64_t p) {
+    T* plane = x + p * g.H * g.W;
+    std::fill(plane, plane + g.H * g.W, T(0));
+    const T* rows = cols + p * K * L;
+    for (int64_t ki = 0; ki < w.kh; ++ki) {
+      for (int64_t kj = 0; kj < w.kw; ++kj) {
+        const T* row = rows + (ki * w.kw + kj) * L;
+        int64_t offw = kj * w.dw - w.pw;
+        Span sw = valid_span(g.OW, w.sw, offw, g.W);
+        for (int64_t oh = 0; oh < g.OH; ++oh) {
+          int64_t ih = oh * w.sh - w.ph + ki * w.dh;
+          if (ih < 0 || ih >= g.H) continue;
+          const T* src = row + oh * g.OW;
+          T* dst = plane + ih * g.W;
+          for (int64_t ow = sw.lo; ow < sw.hi; ++ow) dst[ow * w.sw + offw] += src[ow];
+        }
+      }
+    }
+  });
+}
+
+template <class T>
+void pool(OpKind kind, T* out, int64_t* indices, const T* x, const Geometry& g, const Window2d& w) {
+  bool is_max = kind == OpKind::MaxPool2d;
+  T inv = T(1) / static_cast<T>(w.kh * w.kw);
+  for_planes(g, g.OH * g.OW * w.kh * w.kw, [&](int64_t p) {
+    const T* plane = x + p * g.H * g.W;
+    T* o = out + p * g.OH * g.OW;
+    int64_t* idx = indices ? indices + p * g.OH * g.OW : nullptr;
+    for (int64_t oh = 0; oh < g.OH; ++oh) {
+      for (int64_t ow = 0; ow < g.OW; ++ow) {
+        T best = is_max ? -std::numeric_limits<T>::infinity() : T(0);
+        int64_t arg = -1;
+        for (int64_t ki = 0; ki < w.kh; ++ki) {
+          int64_t ih = oh * w.sh - w.ph + ki * w.dh;
+          if (ih < 0 || ih >= g.H) continue;
+          for (int64_t kj = 0; kj < w.kw; ++kj) {
+            int64_t iw = ow * w.sw - w.pw + kj * w.dw;
+            if (iw < 0 || iw >= g.W) continue;
+            T v = plane[ih * g.W + iw];
+            if (!is_max) {
+              best += v;
+            } else if (arg < 0 || v > best || (std::isnan(v) && !std::isnan(best))) {
+              best = v;
+              arg = ih * g.W + iw;
+            }
+          }
+        }
+        o[oh * g.OW + ow] = is_max ? best : best * inv;
+        if (idx) idx[oh * g.OW + ow] = std::max<int64_t>(arg, 0);
+      }
+    }
+  });
+}
+
+}  // namespace
+
+void window_kernel(OpKind kind, const TensorImpl& out, const TensorImpl& x, const Window2d& w,
+                   const TensorImpl* indices) {
+  // Geometry from the image side: x for im2col and pooling, out for col2im.
+  const TensorImpl& image = kind == OpKind::Col2im ? out : x;
+  Geometry g{image.sizes[0], image.sizes[1], image.sizes[2], image.sizes[3], 0, 0};
+  g.OH = w.out_h(g.H);
+  g.OW = w.out_w(g.W);
+  TG_DISPATCH_FLOAT(out.dtype, [&] {
+    T* o = reinterpret_cast<T*>(out.data());
+    const T* xi = reinterpret_cast<const T*>(x.data());
+    switch (kind) {
+      case OpKind::Im2col: im2col(o, xi, g, w); break;
+      case OpKind::Col2im: col2im(o, xi, g, w); break;
+      default:
+        pool(kind, o, indices ? reinterpret_cast<int64_t*>(indices->data()) : nullptr, xi, g, w);
+    }
+  });
+}
+
+}  // namespace tg::cpu
