@@ -19,10 +19,14 @@
 #pragma once
 
 #include "tapegrad/autograd.h"
+#include "tapegrad/data.h"
 #include "tapegrad/device.h"
 #include "tapegrad/dtype.h"
 #include "tapegrad/error.h"
 #include "tapegrad/format.h"
+#include "tapegrad/io.h"
+#include "tapegrad/nn.h"
 #include "tapegrad/ops.h"
+#include "tapegrad/optim.h"
 #include "tapegrad/shape.h"
 #include "tapegrad/tensor.h"

@@ -190,6 +190,10 @@ class Tensor {
   std::shared_ptr<Node> grad_fn() const;  // the node that made this tensor; null for a leaf
   // The same data, cut from the tape (shares storage and version counter).
   Tensor detach() const;
+  // Makes this leaf hold src's data (storage, shape, dtype, device) while every handle to it stays
+  // valid: how a module moves its parameters to a device or dtype. The grad is cleared when the
+  // shape, dtype or device changes.
+  void set_data(const Tensor& src, Loc loc = Loc::current());
   // backward() also fills grad() of this non-leaf tensor.
   void retain_grad(Loc loc = Loc::current());
   bool retains_grad() const;

@@ -320,6 +320,26 @@ Tensor Tensor::detach() const {
   return alias_of(*this);
 }
 
+void Tensor::set_data(const Tensor& src, Loc loc) {
+  OpScope scope("set_data", loc);
+  TensorImpl& s = const_cast<TensorImpl&>(checked_impl(*this, "set_data"));
+  const TensorImpl& from = checked_impl(src, "set_data");
+  TG_CHECK(!s.grad_fn, "set_data: only a leaf's data can be replaced (this tensor was made by {})",
+           s.grad_fn ? s.grad_fn->name() : "");
+  TG_CHECK(!s.requires_grad || is_floating(from.dtype),
+           "set_data: a tensor that requires grad cannot hold {} data", dtype_name(from.dtype));
+  bool same_kind = s.sizes == from.sizes && s.dtype == from.dtype && device() == src.device();
+  if (&s == &from) return;
+  s.storage = from.storage;
+  s.sizes = from.sizes;
+  s.strides = from.strides;
+  s.offset = from.offset;
+  s.numel = from.numel;
+  s.dtype = from.dtype;
+  s.is_view = from.is_view;
+  if (!same_kind && s.meta) s.meta->grad = Tensor();
+}
+
 void Tensor::retain_grad(Loc loc) {
   OpScope scope("retain_grad", loc);
   TensorImpl& s = const_cast<TensorImpl&>(checked_impl(*this, "retain_grad"));

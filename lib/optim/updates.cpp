@@ -1,0 +1,173 @@
+// The update rules, each PyTorch's (torch/optim/*.py, single-tensor path), with PyTorch's state
+// names (exp_avg, exp_avg_sq, momentum_buffer, square_avg, sum, step). Updates run in place and
+// unrecorded; temporaries are made only where the formula needs one.
+#include <cmath>
+
+#include "core/check.h"
+#include "tapegrad/ops.h"
+#include "tapegrad/optim.h"
+
+namespace tg::optim {
+
+namespace {
+
+std::vector<ParamGroup> one_group(std::vector<Tensor> params) {
+  return {ParamGroup{std::move(params)}};
+}
+
+// The state tensor `name` of a parameter, made by `init` on first use.
+template <class Init>
+Tensor state_tensor(std::map<std::string, Tensor>& st, const char* name, Init init) {
+  auto it = st.find(name);
+  if (it != st.end()) return it->second;
+  return st.emplace(name, init()).first->second;
+}
+
+// Increments and returns the step count (a 0-d f64 tensor, as PyTorch keeps it).
+double next_step(std::map<std::string, Tensor>& st) {
+  Tensor s = state_tensor(st, "step", [] { return zeros({}, {.dtype = kF64}); });
+  double step = s.item<double>() + 1;
+  s.fill_(step);
+  return step;
+}
+
+void check_range(double v, double lo, double hi, const char* what, const char* opt) {
+  TG_CHECK(v >= lo && v <= hi, "{}: {} must be in [{}, {}], got {}", opt, what, lo, hi, v);
+}
+
+}  // namespace
+
+// --- SGD -----------------------------------------------------------------------------------------
+
+SGD::SGD(std::vector<Tensor> params, SGDOptions o) : SGD(one_group(std::move(params)), o) {}
+SGD::SGD(std::vector<ParamGroup> groups, SGDOptions o)
+    : Optimizer(std::move(groups), o.lr, o.weight_decay, "SGD"), options(o) {
+  TG_CHECK(o.momentum >= 0, "SGD: momentum must be non-negative, got {}", o.momentum);
+  TG_CHECK(!o.nesterov || (o.momentum > 0 && o.dampening == 0),
+           "SGD: Nesterov momentum needs momentum > 0 and dampening = 0");
+}
+
+void SGD::step() {
+  for_each_param([&](Tensor& p, const Tensor& g, const ParamGroup& group, size_t i) {
+    double lr = *group.lr, wd = *group.weight_decay;
+    Tensor d = wd != 0 ? g + p * wd : g;
+    if (options.momentum != 0) {
+      auto& st = state_of(i);
+      auto it = st.find("momentum_buffer");
+      Tensor buf;
+      if (it == st.end()) {
+        buf = st.emplace("momentum_buffer", d.clone()).first->second;
+      } else {
+        buf = it->second;
+        buf.mul_(options.momentum);
+        buf.add_(options.dampening == 0 ? d : d * (1 - options.dampening));
+      }
+      d = options.nesterov ? d + buf * options.momentum : buf;
+    }
+    p.sub_(d * lr);
+  });
+}
+
+// --- Adam, AdamW -----------------------------------------------------------------------------------
+
+Adam::Adam(std::vector<Tensor> params, AdamOptions o) : Adam(one_group(std::move(params)), o) {}
+Adam::Adam(std::vector<ParamGroup> groups, AdamOptions o) : Adam(std::move(groups), o, false, "Adam") {}
+Adam::Adam(std::vector<ParamGroup> groups, AdamOptions o, bool decoupled, const char* name)
+    : Optimizer(std::move(groups), o.lr, o.weight_decay, name), options(o), decoupled_(decoupled) {
+  check_range(o.betas.first, 0, 1 - 1e-12, "betas.first", name);
+  check_range(o.betas.second, 0, 1 - 1e-12, "betas.second", name);
+  TG_CHECK(o.eps >= 0, "{}: eps must be non-negative, got {}", name, o.eps);
+}
+
+void Adam::step() {
+  auto [b1, b2] = options.betas;
+  for_each_param([&](Tensor& p, const Tensor& g, const ParamGroup& group, size_t i) {
+    double lr = *group.lr, wd = *group.weight_decay;
+    auto& st = state_of(i);
+    double step = next_step(st);
+    Tensor m = state_tensor(st, "exp_avg", [&] { return zeros_like(p); });
+    Tensor v = state_tensor(st, "exp_avg_sq", [&] { return zeros_like(p); });
+    Tensor grad = g;
+    if (wd != 0) {
+      if (decoupled_) p.mul_(1 - lr * wd);
+      else grad = g + p * wd;
+    }
+    m.mul_(b1).add_(grad * (1 - b1));
+    v.mul_(b2).add_(grad * grad * (1 - b2));
+    double bc1 = 1 - std::pow(b1, step), bc2 = 1 - std::pow(b2, step);
+    Tensor second = v;
+    if (options.amsgrad) {
+      Tensor vmax = state_tensor(st, "max_exp_avg_sq", [&] { return zeros_like(p); });
+      vmax.copy_(maximum(vmax, v));
+      second = vmax;
+    }
+    Tensor denom = sqrt(second).mul_(1 / std::sqrt(bc2)).add_(options.eps);
+    p.sub_((m / denom).mul_(lr / bc1));
+  });
+}
+
+AdamW::AdamW(std::vector<Tensor> params, AdamWOptions o) : AdamW(one_group(std::move(params)), o) {}
+AdamW::AdamW(std::vector<ParamGroup> groups, AdamWOptions o)
+    : Adam(std::move(groups), {o.lr, o.betas, o.eps, o.weight_decay, o.amsgrad}, true, "AdamW") {}
+
+// --- RMSprop -------------------------------------------------------------------------------------
+
+RMSprop::RMSprop(std::vector<Tensor> params, RMSpropOptions o)
+    : RMSprop(one_group(std::move(params)), o) {}
+RMSprop::RMSprop(std::vector<ParamGroup> groups, RMSpropOptions o)
+    : Optimizer(std::move(groups), o.lr, o.weight_decay, "RMSprop"), options(o) {
+  check_range(o.alpha, 0, 1, "alpha", "RMSprop");
+  TG_CHECK(o.eps >= 0 && o.momentum >= 0, "RMSprop: eps and momentum must be non-negative");
+}
+
+void RMSprop::step() {
+  double alpha = options.alpha;
+  for_each_param([&](Tensor& p, const Tensor& g, const ParamGroup& group, size_t i) {
+    double lr = *group.lr, wd = *group.weight_decay;
+    auto& st = state_of(i);
+    next_step(st);
+    Tensor grad = wd != 0 ? g + p * wd : g;
+    Tensor sq = state_tensor(st, "square_avg", [&] { return zeros_like(p); });
+    sq.mul_(alpha).add_(grad * grad * (1 - alpha));
+    Tensor avg;
+    if (options.centered) {
+      Tensor ga = state_tensor(st, "grad_avg", [&] { return zeros_like(p); });
+      ga.mul_(alpha).add_(grad * (1 - alpha));
+      avg = sqrt(sq - ga * ga).add_(options.eps);
+    } else {
+      avg = sqrt(sq).add_(options.eps);
+    }
+    if (options.momentum > 0) {
+      Tensor buf = state_tensor(st, "momentum_buffer", [&] { return zeros_like(p); });
+      buf.mul_(options.momentum).add_(grad / avg);
+      p.sub_(buf * lr);
+    } else {
+      p.sub_((grad / avg).mul_(lr));
+    }
+  });
+}
+
+// --- Adagrad -------------------------------------------------------------------------------------
+
+Adagrad::Adagrad(std::vector<Tensor> params, AdagradOptions o)
+    : Adagrad(one_group(std::move(params)), o) {}
+Adagrad::Adagrad(std::vector<ParamGroup> groups, AdagradOptions o)
+    : Optimizer(std::move(groups), o.lr, o.weight_decay, "Adagrad"), options(o) {
+  TG_CHECK(o.lr_decay >= 0 && o.initial_accumulator_value >= 0 && o.eps >= 0,
+           "Adagrad: lr_decay, initial_accumulator_value and eps must be non-negative");
+}
+
+void Adagrad::step() {
+  for_each_param([&](Tensor& p, const Tensor& g, const ParamGroup& group, size_t i) {
+    double lr = *group.lr, wd = *group.weight_decay;
+    auto& st = state_of(i);
+    double step = next_step(st);
+    Tensor grad = wd != 0 ? g + p * wd : g;
+    Tensor sum = state_tensor(st, "sum", [&] { return full_like(p, options.initial_accumulator_value); });
+    sum.add_(grad * grad);
+    double clr = lr / (1 + (step - 1) * options.lr_decay);
+    p.sub_((grad / sqrt(sum).add_(options.eps)).mul_(clr));
+  });
+}
+
+}  // namespace tg::optim
