@@ -121,6 +121,8 @@ class HeaderParser {
 };
 
 Descr parse_descr(const std::string& d, const std::string& what) {
+  TG_CHECK(d.size() < 2 || d[1] != 'O',
+           "{}: object arrays are refused (they hold Python objects, not data)", what);
   TG_CHECK(d.size() >= 3, "{}: unsupported dtype '{}'", what, d);
   char order = d[0] == '=' ? '<' : d[0];
   char kind = d[1];
@@ -129,7 +131,6 @@ Descr parse_descr(const std::string& d, const std::string& what) {
                std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; }),
            "{}: unsupported dtype '{}'", what, d);
   int size = std::stoi(digits.substr(0, 3));
-  TG_CHECK(kind != 'O', "{}: object arrays are refused (they hold Python objects, not data)", what);
   auto is = [&](char k, int s) { return kind == k && size == s; };
   if (is('f', 4)) return {order, kind, size, kF32};
   if (is('f', 8)) return {order, kind, size, kF64};
