@@ -81,6 +81,8 @@ Tensor randn(const Shape& shape, TensorOptions opts = {}, Loc loc = Loc::current
 // Integers uniform in [low, high); i64 unless opts.dtype says otherwise.
 Tensor randint(int64_t low, int64_t high, const Shape& shape, TensorOptions opts = {},
                Loc loc = Loc::current());
+// A random permutation of 0 .. n-1 (i64 unless opts.dtype says otherwise).
+Tensor randperm(int64_t n, TensorOptions opts = {}, Loc loc = Loc::current());
 Tensor rand_like(const Tensor& t, TensorOptions opts = {}, Loc loc = Loc::current());
 Tensor randn_like(const Tensor& t, TensorOptions opts = {}, Loc loc = Loc::current());
 

@@ -1,6 +1,8 @@
 // Factories: constant, range and random tensors, and tensors from host data.
+#include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <numeric>
 
 #include "ops/ops_common.h"
 
@@ -157,6 +159,20 @@ Tensor randint(int64_t low, int64_t high, const Shape& shape, TensorOptions opts
   TG_CHECK(low < high, "randint: low ({}) must be less than high ({})", low, high);
   return random_tensor(RandomKind::Int, shape, opts.dtype.value_or(kI64), opts.device,
                        static_cast<double>(low), static_cast<double>(high));
+}
+
+Tensor randperm(int64_t n, TensorOptions opts, Loc loc) {
+  OpScope scope("randperm", loc);
+  TG_CHECK(n >= 0, "randperm: n must be non-negative, got {}", n);
+  // Sorting uniform keys from the generator: the same permutation on every device and thread count.
+  std::vector<double> keys = rand({n}, {.dtype = kF64}).to_vector<double>();
+  std::vector<int64_t> perm(static_cast<size_t>(n));
+  std::iota(perm.begin(), perm.end(), int64_t{0});
+  std::stable_sort(perm.begin(), perm.end(), [&](int64_t a, int64_t b) {
+    return keys[static_cast<size_t>(a)] < keys[static_cast<size_t>(b)];
+  });
+  Tensor out = tensor(perm, {.dtype = opts.dtype.value_or(kI64)});
+  return opts.device == kCPU ? out : out.to(opts.device);
 }
 
 Tensor rand_like(const Tensor& t, TensorOptions opts, Loc loc) {
