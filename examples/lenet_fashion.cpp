@@ -24,7 +24,7 @@ struct LeNet : nn::Module {
 };
 
 int main(int argc, char** argv) try {
-  int epochs = argc > 1 ? std::atoi(argv[1]) : 4;
+  int epochs = argc > 1 ? std::atoi(argv[1]) : 5;
   std::string root = argc > 2 ? argv[2] : "/usr/share/datasets/fashion-mnist";
   if (!std::filesystem::exists(root + "/train-images-idx3-ubyte.gz") &&
       !std::filesystem::exists(root + "/train-images-idx3-ubyte")) {

@@ -20,6 +20,7 @@ struct NodeAttrs {
   int64_t dim = 0;         // the dim of slice/select/cat/gather/softmax...; diagonal: offset
   int64_t i1 = 0, i2 = 0;  // slice: start, step; select: index; diagonal: dim1, dim2
   bool keepdim = false;
+  Tensor extra;  // a non-differentiable by-product of the forward: max_pool2d's argmax indices
 };
 
 // A tensor kept for the bprop, with the version it had (see Note [Saved tensors]).
@@ -122,6 +123,7 @@ class BpropCtx {
   Device input_device(size_t i) const { return node_.inputs[i].device; }
   size_t num_inputs() const { return node_.inputs.size(); }
   const NodeAttrs& attrs() const { return node_.attrs; }
+  bool create_graph() const { return create_graph_; }  // is this backward pass being recorded?
   // The gradient for input i (ignored when the input needs none).
   void set(size_t i, Tensor g) {
     if (needs(i)) grads_[i] = std::move(g);

@@ -61,6 +61,7 @@ std::string NodeImpl::backward_name() const {
 void NodeImpl::release_saved() {
   for (auto& in : inputs) in.saved.value = Tensor();
   result.value = Tensor();
+  attrs.extra = Tensor();
   released = true;
 }
 

@@ -138,7 +138,11 @@ Tensor conv2d_primitive(const Tensor& x, const Tensor& weight, const Window2d& w
                              cols.slice(1, g * cg, (g + 1) * cg)));
     out = cat(parts, 1);
   }
-  return rec.finish(OpKind::Conv2d, out.reshape({n, o, oh, ow}), window_attrs(w, groups));
+  NodeAttrs attrs = window_attrs(w, groups);
+  // The columns, kept for the weight's gradient (a by-product: a recorded backward pass
+  // recomputes them with im2col, so that they depend on x).
+  if (rec.active() && weight.requires_grad()) attrs.extra = cols;
+  return rec.finish(OpKind::Conv2d, out.reshape({n, o, oh, ow}), std::move(attrs));
 }
 
 }  // namespace
@@ -186,7 +190,9 @@ std::pair<Tensor, Tensor> max_pool2d_with_indices(const Tensor& x, Size2 kernel,
     Shape shape{x4.size(0), x4.size(1), oh, ow};
     indices = make_tensor(shape, kI64, x4.device());
     Tensor out = window_forward(OpKind::MaxPool2d, x4, w, shape, &indices);
-    return rec.finish(OpKind::MaxPool2d, out, window_attrs(w));
+    NodeAttrs attrs = window_attrs(w);
+    if (rec.active()) attrs.extra = indices;  // the bprop scatters through them
+    return rec.finish(OpKind::MaxPool2d, out, std::move(attrs));
   });
   if (x.dim() == 3) indices = indices.squeeze(0);
   return {values, indices};
@@ -269,7 +275,10 @@ void conv2d_bprop(BpropCtx& ctx) {
   Tensor g = ctx.grad.reshape({n, groups, og, ctx.grad.size(2) * ctx.grad.size(3)});
   if (ctx.needs(1)) {
     Tensor x = ctx.input(0);
-    Tensor cols = im2col(x, kernel_of(w), stride_of(w), padding_of(w), dilation_of(w))
+    const Tensor& kept = ctx.attrs().extra;
+    Tensor cols = (kept.defined() && !ctx.create_graph()
+                       ? kept.to(x.dtype())
+                       : im2col(x, kernel_of(w), stride_of(w), padding_of(w), dilation_of(w)))
                       .reshape({n, groups, cg, g.size(3)});
     Tensor gw = matmul(g, cols.transpose(-1, -2)).sum({0});
     ctx.set(1, gw.reshape(ws).to(ctx.input_dtype(1)));
@@ -283,17 +292,11 @@ void conv2d_bprop(BpropCtx& ctx) {
   }
 }
 
-// The gradient goes to each window's maximum (found again from the saved input).
+// The gradient goes to each window's maximum, at the indices the forward kept.
 void max_pool2d_bprop(BpropCtx& ctx) {
-  Window2d w = window_of(ctx.attrs());
   const Shape& xs = ctx.input_shape(0);
-  Tensor indices;
-  {
-    NoGradGuard no_grad;
-    indices = max_pool2d_with_indices(ctx.input(0), kernel_of(w), stride_of(w), padding_of(w),
-                                      dilation_of(w))
-                  .second;
-  }
+  const Tensor& indices = ctx.attrs().extra;
+  TG_INTERNAL_ASSERT(indices.defined());
   int64_t n = xs[0], c = xs[1];
   Tensor g = ctx.grad.reshape({n, c, -1});
   TensorOptions opts{.dtype = g.dtype(), .device = g.device()};
@@ -316,7 +319,7 @@ const bool registered = [] {
   register_bprop(OpKind::Im2col, im2col_bprop, kSaveNone);
   register_bprop(OpKind::Col2im, col2im_bprop, kSaveNone);
   register_bprop(OpKind::Conv2d, conv2d_bprop, kSaveIn0 | kSaveIn1);
-  register_bprop(OpKind::MaxPool2d, max_pool2d_bprop, kSaveIn0);
+  register_bprop(OpKind::MaxPool2d, max_pool2d_bprop, kSaveNone);
   register_bprop(OpKind::AvgPool2d, avg_pool2d_bprop, kSaveNone);
   return true;
 }();

@@ -71,6 +71,30 @@ void index_kernel(OpKind kind, const TensorImpl& out, const TensorImpl& x, int d
         d = wrap_add(d, v);
       }
     };
+    // Fast path: gather/scatter along the last dim of contiguous tensors whose other dims agree
+    // (cross_entropy's gather, max pooling's scatter): rows, no multi-index arithmetic.
+    int nd = static_cast<int>(space.sizes.size());
+    const TensorImpl& along = kind == OpKind::ScatterAdd ? out : x;
+    bool rows = kind != OpKind::IndexSelect && nd >= 1 && dim == nd - 1 && out.is_contiguous() &&
+                x.is_contiguous() && index.is_contiguous() && index.sizes == space.sizes &&
+                static_cast<int>(along.sizes.size()) == nd;
+    for (int d = 0; rows && d < nd - 1; ++d) rows = along.sizes[d] == space.sizes[d];
+    if (rows && n > 0) {
+      int64_t m = space.sizes[nd - 1];
+      if (kind == OpKind::ScatterAdd) {
+        for (int64_t r = 0; r < n / m; ++r)
+          for (int64_t j = 0; j < m; ++j) {
+            T& d = o[r * dim_size + wrap(ip[r * m + j], dim_size)];
+            d = wrap_add(d, xi[r * m + j]);
+          }
+      } else {
+        parallel_for(n / m, std::max<int64_t>(1, kParallelGrain / m), [&](int64_t b, int64_t e) {
+          for (int64_t r = b; r < e; ++r)
+            for (int64_t j = 0; j < m; ++j) o[r * m + j] = xi[r * dim_size + wrap(ip[r * m + j], dim_size)];
+        });
+      }
+      return;
+    }
     if (x.sizes.empty() && out.sizes.empty()) {  // 0-d: one element, index 0 or -1
       o[0] = kind == OpKind::ScatterAdd ? wrap_add(o[0], xi[0]) : xi[0];
       return;

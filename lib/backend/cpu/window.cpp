@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <vector>
 
 #include "backend/cpu/cpu_kernels.h"
 #include "backend/cpu/loops.h"
@@ -93,6 +94,46 @@ void col2im(T* x, const T* cols, const Geometry& g, const Window2d& w) {
   });
 }
 
+// Without padding every window is inside the image: a whole output row is updated tap by tap,
+// in loops over ow that the compiler vectorizes (compare and select, no branches).
+template <class T>
+void pool_unpadded(bool is_max, T* o, int64_t* idx, const T* plane, const Geometry& g,
+                   const Window2d& w) {
+  // Locals and restrict: the loops must not reload sizes through pointers that might alias.
+  const int64_t OH = g.OH, OW = g.OW, W = g.W, sw = w.sw;
+  std::vector<int64_t> scratch(idx ? 0 : static_cast<size_t>(OW));
+  T inv = T(1) / static_cast<T>(w.kh * w.kw);
+  for (int64_t oh = 0; oh < OH; ++oh) {
+    T* __restrict best = o + oh * OW;
+    int64_t* __restrict arg = idx ? idx + oh * OW : scratch.data();
+    for (int64_t ki = 0; ki < w.kh; ++ki) {
+      for (int64_t kj = 0; kj < w.kw; ++kj) {
+        const int64_t base = (oh * w.sh + ki * w.dh) * W + kj * w.dw;
+        const T* __restrict src = plane + base;
+        bool first = ki == 0 && kj == 0;
+        if (!is_max) {
+          if (first)
+            for (int64_t ow = 0; ow < OW; ++ow) best[ow] = src[ow * sw];
+          else
+            for (int64_t ow = 0; ow < OW; ++ow) best[ow] += src[ow * sw];
+        } else if (first) {
+          for (int64_t ow = 0; ow < OW; ++ow) best[ow] = src[ow * sw], arg[ow] = base + ow * sw;
+        } else {
+          for (int64_t ow = 0; ow < OW; ++ow) {
+            T v = src[ow * sw], b = best[ow];
+            bool take = (v > b) | ((v != v) & (b == b));  // NaN wins
+            best[ow] = take ? v : b;
+            arg[ow] = take ? base + ow * sw : arg[ow];
+          }
+        }
+      }
+    }
+    if (!is_max)
+      for (int64_t ow = 0; ow < OW; ++ow) best[ow] *= inv;
+  }
+}
+
+// A window entirely inside the image takes the fast path, without bound checks.
 template <class T>
 void pool(OpKind kind, T* out, int64_t* indices, const T* x, const Geometry& g, const Window2d& w) {
   bool is_max = kind == OpKind::MaxPool2d;
@@ -101,22 +142,34 @@ void pool(OpKind kind, T* out, int64_t* indices, const T* x, const Geometry& g, 
     const T* plane = x + p * g.H * g.W;
     T* o = out + p * g.OH * g.OW;
     int64_t* idx = indices ? indices + p * g.OH * g.OW : nullptr;
+    if (w.ph == 0 && w.pw == 0) return pool_unpadded(is_max, o, idx, plane, g, w);
     for (int64_t oh = 0; oh < g.OH; ++oh) {
+      int64_t ih0 = oh * w.sh - w.ph;
+      bool rows_inside = ih0 >= 0 && ih0 + (w.kh - 1) * w.dh < g.H;
       for (int64_t ow = 0; ow < g.OW; ++ow) {
+        int64_t iw0 = ow * w.sw - w.pw;
+        bool inside = rows_inside && iw0 >= 0 && iw0 + (w.kw - 1) * w.dw < g.W;
         T best = is_max ? -std::numeric_limits<T>::infinity() : T(0);
         int64_t arg = -1;
-        for (int64_t ki = 0; ki < w.kh; ++ki) {
-          int64_t ih = oh * w.sh - w.ph + ki * w.dh;
-          if (ih < 0 || ih >= g.H) continue;
-          for (int64_t kj = 0; kj < w.kw; ++kj) {
-            int64_t iw = ow * w.sw - w.pw + kj * w.dw;
-            if (iw < 0 || iw >= g.W) continue;
-            T v = plane[ih * g.W + iw];
-            if (!is_max) {
-              best += v;
-            } else if (arg < 0 || v > best || (std::isnan(v) && !std::isnan(best))) {
-              best = v;
-              arg = ih * g.W + iw;
+        auto visit = [&](int64_t pos) {
+          T v = plane[pos];
+          if (!is_max) {
+            best += v;
+          } else if (arg < 0 || v > best || (v != v && best == best)) {  // NaN wins
+            best = v;
+            arg = pos;
+          }
+        };
+        if (inside) {
+          for (int64_t ki = 0; ki < w.kh; ++ki)
+            for (int64_t kj = 0; kj < w.kw; ++kj) visit((ih0 + ki * w.dh) * g.W + iw0 + kj * w.dw);
+        } else {
+          for (int64_t ki = 0; ki < w.kh; ++ki) {
+            int64_t ih = ih0 + ki * w.dh;
+            if (ih < 0 || ih >= g.H) continue;
+            for (int64_t kj = 0; kj < w.kw; ++kj) {
+              int64_t iw = iw0 + kj * w.dw;
+              if (iw >= 0 && iw < g.W) visit(ih * g.W + iw);
             }
           }
         }
