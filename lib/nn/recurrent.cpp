@@ -1,6 +1,5 @@
 // Recurrent layers: the RNN, LSTM and GRU cells and the stacked sequence layers over them, with
-// PyTorch's equations, gate order and parameter names. A sequence layer projects the inputs of all
-// steps in one gemm, then steps through time with the hidden-state gemm only.
+// PyTorch's equations, gate order and parameter names.
 #include <fmt/format.h>
 
 #include <cmath>
@@ -172,23 +171,24 @@ Tensor RecurrentBase::run(const Tensor& x_in, std::vector<Tensor>& state, int ki
     check_state(s, {layers_n, n, hidden_size}, name.c_str(), "the initial state");
   }
   std::vector<std::vector<Tensor>> finals(state.size());
+  // Steps pass between layers as separate tensors, stacked once at the end: selecting steps of a
+  // stacked tensor would give every step's backward a gradient of the whole sequence's size.
+  std::vector<Tensor> inputs;
+  for (int64_t t = 0; t < steps; ++t) inputs.push_back(x.select(0, t));
   for (int64_t l = 0; l < layers_n; ++l) {
     const LayerWeights& w = layers[static_cast<size_t>(l)];
     Tensor h = state[0].defined() ? state[0].select(0, l) : zeros_state(x, n, hidden_size);
     Tensor c;
     if (kind == kLstm) c = state[1].defined() ? state[1].select(0, l) : zeros_state(x, n, hidden_size);
-    Tensor xi = F::linear(x, w.weight_ih, w.bias_ih);  // every step's input projection at once
-    std::vector<Tensor> outs;
-    outs.reserve(static_cast<size_t>(steps));
+    bool drop = options.dropout > 0 && l + 1 < layers_n && is_training();
     for (int64_t t = 0; t < steps; ++t) {
-      step(kind, xi.select(0, t), h, c, w.weight_hh, w.bias_hh);
-      outs.push_back(h);
+      step(kind, F::linear(inputs[static_cast<size_t>(t)], w.weight_ih, w.bias_ih), h, c, w.weight_hh, w.bias_hh);
+      inputs[static_cast<size_t>(t)] = drop ? F::dropout(h, options.dropout, true) : h;
     }
-    x = steps > 0 ? stack(outs, 0) : zeros({0, n, hidden_size}, {.dtype = x.dtype(), .device = x.device()});
-    if (options.dropout > 0 && l + 1 < layers_n) x = F::dropout(x, options.dropout, is_training());
     finals[0].push_back(h);
     if (kind == kLstm) finals[1].push_back(c);
   }
+  x = steps > 0 ? stack(inputs, 0) : zeros({0, n, hidden_size}, {.dtype = x.dtype(), .device = x.device()});
   for (size_t i = 0; i < state.size(); ++i) {
     state[i] = stack(finals[i], 0);
     if (unbatched) state[i] = state[i].squeeze(1);
