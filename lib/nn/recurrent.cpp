@@ -80,6 +80,28 @@ std::string RNNCellBase::extra_repr() const {
   return fmt::format("{}, {}, bias={}", input_size, hidden_size, bias_ih.defined());
 }
 
+namespace {
+// One step of a cell on a batch (N, input) or on one input (input): shape checks, zero initial
+// states, batching; returns (h', c') (c' undefined but for the LSTM).
+std::tuple<Tensor, Tensor> cell_forward(const RNNCellBase& cell, int kind, const char* name,
+                                        const Tensor& x, Tensor h, Tensor c) {
+  check_input(x, cell.input_size, 2, name);
+  bool one = x.dim() == 1;
+  Tensor xb = one ? x.unsqueeze(0) : x;
+  int64_t n = xb.size(0);
+  auto prepare = [&](Tensor& s, const char* what) {
+    if (s.defined() && s.dim() == 1) s = s.unsqueeze(0);
+    check_state(s, {n, cell.hidden_size}, name, what);
+    if (!s.defined()) s = zeros_state(xb, n, cell.hidden_size);
+  };
+  prepare(h, "h");
+  if (kind == kLstm) prepare(c, "c");
+  step(kind, F::linear(xb, cell.weight_ih, cell.bias_ih), h, c, cell.weight_hh, cell.bias_hh);
+  if (one) return {h.squeeze(0), c.defined() ? c.squeeze(0) : c};
+  return {h, c};
+}
+}  // namespace
+
 RNNCell::RNNCell(int64_t in, int64_t hidden, bool bias, std::string nl)
     : RNNCellBase(in, hidden, bias, 1), nonlinearity(std::move(nl)) {
   TG_CHECK(nonlinearity == "tanh" || nonlinearity == "relu",
@@ -87,43 +109,20 @@ RNNCell::RNNCell(int64_t in, int64_t hidden, bool bias, std::string nl)
 }
 Tensor RNNCell::forward(const Tensor& x) { return forward(x, Tensor()); }
 Tensor RNNCell::forward(const Tensor& x, const Tensor& h0) {
-  check_input(x, input_size, 2, "RNNCell");
-  Tensor xb = x.dim() == 1 ? x.unsqueeze(0) : x;
-  Tensor h = h0.defined() ? (h0.dim() == 1 ? h0.unsqueeze(0) : h0) : zeros_state(xb, xb.size(0), hidden_size);
-  check_state(h, {xb.size(0), hidden_size}, "RNNCell", "h");
-  Tensor c;
-  step(nonlinearity == "relu" ? kRnnRelu : kRnnTanh, F::linear(xb, weight_ih, bias_ih), h, c,
-       weight_hh, bias_hh);
-  return x.dim() == 1 ? h.squeeze(0) : h;
+  int kind = nonlinearity == "relu" ? kRnnRelu : kRnnTanh;
+  return std::get<0>(cell_forward(*this, kind, "RNNCell", x, h0, Tensor()));
 }
 
 LSTMCell::LSTMCell(int64_t in, int64_t hidden, bool bias) : RNNCellBase(in, hidden, bias, 4) {}
 Tensor LSTMCell::forward(const Tensor& x) { return std::get<0>(forward(x, {Tensor(), Tensor()})); }
 std::tuple<Tensor, Tensor> LSTMCell::forward(const Tensor& x, const std::tuple<Tensor, Tensor>& hc) {
-  check_input(x, input_size, 2, "LSTMCell");
-  Tensor xb = x.dim() == 1 ? x.unsqueeze(0) : x;
-  int64_t n = xb.size(0);
-  auto batch = [&](const Tensor& s) { return s.defined() && s.dim() == 1 ? s.unsqueeze(0) : s; };
-  Tensor h = batch(std::get<0>(hc)), c = batch(std::get<1>(hc));
-  check_state(h, {n, hidden_size}, "LSTMCell", "h");
-  check_state(c, {n, hidden_size}, "LSTMCell", "c");
-  if (!h.defined()) h = zeros_state(xb, n, hidden_size);
-  if (!c.defined()) c = zeros_state(xb, n, hidden_size);
-  step(kLstm, F::linear(xb, weight_ih, bias_ih), h, c, weight_hh, bias_hh);
-  if (x.dim() == 1) return {h.squeeze(0), c.squeeze(0)};
-  return {h, c};
+  return cell_forward(*this, kLstm, "LSTMCell", x, std::get<0>(hc), std::get<1>(hc));
 }
 
 GRUCell::GRUCell(int64_t in, int64_t hidden, bool bias) : RNNCellBase(in, hidden, bias, 3) {}
 Tensor GRUCell::forward(const Tensor& x) { return forward(x, Tensor()); }
 Tensor GRUCell::forward(const Tensor& x, const Tensor& h0) {
-  check_input(x, input_size, 2, "GRUCell");
-  Tensor xb = x.dim() == 1 ? x.unsqueeze(0) : x;
-  Tensor h = h0.defined() ? (h0.dim() == 1 ? h0.unsqueeze(0) : h0) : zeros_state(xb, xb.size(0), hidden_size);
-  check_state(h, {xb.size(0), hidden_size}, "GRUCell", "h");
-  Tensor c;
-  step(kGru, F::linear(xb, weight_ih, bias_ih), h, c, weight_hh, bias_hh);
-  return x.dim() == 1 ? h.squeeze(0) : h;
+  return std::get<0>(cell_forward(*this, kGru, "GRUCell", x, h0, Tensor()));
 }
 
 // --- sequence layers -------------------------------------------------------------------------------
