@@ -20,8 +20,14 @@ struct NodeAttrs {
   int64_t dim = 0;         // the dim of slice/select/cat/gather/softmax...; diagonal: offset
   int64_t i1 = 0, i2 = 0;  // slice: start, step; select: index; diagonal: dim1, dim2
   bool keepdim = false;
-  Tensor extra;  // a non-differentiable by-product of the forward: max_pool2d's argmax indices
+  Tensor extra;  // a by-product of the forward (Note [Saved by-products])
 };
+
+// Note [Saved by-products]
+// Some forwards compute something their bprop needs again: max_pool2d's argmax indices, conv2d's
+// im2col columns. The node keeps it in attrs.extra (freed with the saved tensors) instead of
+// recomputing it. Such a value is a constant of the tape: a bprop may use it only where it needs
+// no gradient of its own (indices always; columns only when the backward pass is not recorded).
 
 // A tensor kept for the bprop, with the version it had (see Note [Saved tensors]).
 struct SavedTensor {

@@ -67,7 +67,8 @@ class Backend {
   virtual void index(OpKind kind, const TensorImpl& out, const TensorImpl& x, int dim,
                      const TensorImpl& index) = 0;
 
-  // Sliding windows over contiguous (N, C, H, W) images (floating dtypes):
+  // Sliding windows over contiguous (N, C, H, W) images (floating dtypes); the columns of
+  // im2col/col2im may be any (N, C*kh*kw, L) view whose rows are contiguous:
   // Im2col: out (N, C*kh*kw, OH*OW) from x (N, C, H, W), zeros where the window is in the padding.
   // Col2im: its adjoint: out (N, C, H, W) = the sum of x (N, C*kh*kw, OH*OW) over the windows.
   // MaxPool2d: out (N, C, OH, OW), the padding never wins; `indices` (i64, same shape, may be null)

@@ -104,7 +104,7 @@ Tensor col2im(const Tensor& cols, Size2 image_size, Size2 kernel, Size2 stride, 
   RecordScope rec{&cols};
   Shape shape{cols.size(0), cols.size(1) / kk, image_size.h, image_size.w};
   Tensor out = make_tensor(shape, cols.dtype(), cols.device());
-  Tensor cc = cols.contiguous();
+  Tensor cc = cols.stride(2) == 1 ? cols : cols.contiguous();  // rows need to be contiguous only
   if (out.numel() > 0) {
     if (cols.numel() > 0)
       backend_of(cols).window(OpKind::Col2im, impl_of(out), impl_of(cc), w, nullptr);
@@ -116,33 +116,44 @@ Tensor col2im(const Tensor& cols, Size2 image_size, Size2 kernel, Size2 stride, 
 
 namespace {
 
+// Note [Convolution layout]
+// With groups = 1 the columns are laid out (C·kk, N, L) (a permuted view is what im2col fills),
+// so the forward, the weight gradient and the input gradient are each one gemm over all samples:
+// out (O, N·L) = W·X, dW = G·Xᵀ, dX = Wᵀ·G with G the gradient as (O, N·L). Grouped and 1x1
+// convolutions use per-sample (N, C·kk, L) columns.
+
 // The convolution primitive over (x, weight); conv2d() adds the bias as a separate op.
 Tensor conv2d_primitive(const Tensor& x, const Tensor& weight, const Window2d& w, int64_t groups) {
   auto [oh, ow] = check_image(x, w, "conv2d");
-  int64_t n = x.size(0), c = x.size(1), o = weight.size(0), kk = w.kh * w.kw;
+  int64_t n = x.size(0), c = x.size(1), o = weight.size(0), kk = w.kh * w.kw, l = oh * ow;
   RecordScope rec{&x, &weight};
   Tensor xin = cast_if_needed(x, promote_types(x.dtype(), weight.dtype()));
   Tensor wt = cast_if_needed(weight, xin.dtype());
+  NodeAttrs attrs = window_attrs(w, groups);
+  bool keep = rec.active() && weight.requires_grad();
   // A 1x1 window with stride 1 and no padding reads the image as its own columns.
   bool pointwise = kk == 1 && w.sh == 1 && w.sw == 1 && w.ph == 0 && w.pw == 0;
-  Tensor cols = pointwise ? xin.reshape({n, c, oh * ow})
-                          : window_forward(OpKind::Im2col, xin, w, {n, c * kk, oh * ow});
   Tensor out;
-  if (groups == 1) {
-    out = matmul(wt.reshape({o, c * kk}), cols);
+  if (groups == 1 && !pointwise) {
+    Tensor cols = make_tensor({c * kk, n, l}, xin.dtype(), xin.device());
+    Tensor xc = xin.contiguous();
+    if (cols.numel() > 0)
+      backend_of(x).window(OpKind::Im2col, impl_of(cols.permute({1, 0, 2})), impl_of(xc), w, nullptr);
+    Tensor flat = cols.reshape({c * kk, n * l});
+    out = matmul(wt.reshape({o, c * kk}), flat).reshape({o, n, oh, ow}).permute({1, 0, 2, 3}).contiguous();
+    if (keep) attrs.extra = flat;  // for the weight's gradient (Note [Saved by-products])
   } else {
+    Tensor cols = pointwise ? xin.reshape({n, c, l})
+                            : window_forward(OpKind::Im2col, xin, w, {n, c * kk, l});
     std::vector<Tensor> parts;
     int64_t cg = c / groups * kk, og = o / groups;
     for (int64_t g = 0; g < groups; ++g)
       parts.push_back(matmul(wt.slice(0, g * og, (g + 1) * og).reshape({og, cg}),
                              cols.slice(1, g * cg, (g + 1) * cg)));
-    out = cat(parts, 1);
+    out = (groups == 1 ? parts[0] : cat(parts, 1)).reshape({n, o, oh, ow});
+    if (keep) attrs.extra = cols;
   }
-  NodeAttrs attrs = window_attrs(w, groups);
-  // The columns, kept for the weight's gradient (a by-product: a recorded backward pass
-  // recomputes them with im2col, so that they depend on x).
-  if (rec.active() && weight.requires_grad()) attrs.extra = cols;
-  return rec.finish(OpKind::Conv2d, out.reshape({n, o, oh, ow}), std::move(attrs));
+  return rec.finish(OpKind::Conv2d, out, std::move(attrs));
 }
 
 }  // namespace
@@ -263,32 +274,46 @@ void col2im_bprop(BpropCtx& ctx) {
   ctx.set(0, im2col(ctx.grad, kernel_of(w), stride_of(w), padding_of(w), dilation_of(w)));
 }
 
-// With columns X = im2col(x) (N, C·kk, L) and W as (O, C·kk) per group: out = W·X, so
-// dW = Σ_n G_n·X_nᵀ and dx = col2im(Wᵀ·G).
+// With columns X = im2col(x) and W as (O, C·kk) per group: out = W·X, so dW = Σ_n G_n·X_nᵀ and
+// dx = col2im(Wᵀ·G) (Note [Convolution layout]). The forward's columns serve dW unless this pass
+// is recorded, where they are recomputed by im2col so that second derivatives reach x.
 void conv2d_bprop(BpropCtx& ctx) {
   Window2d w = window_of(ctx.attrs());
   int64_t groups = ctx.attrs().i1;
   const Shape& xs = ctx.input_shape(0);
   const Shape& ws = ctx.input_shape(1);
   int64_t n = xs[0], c = xs[1], o = ws[0], kk = w.kh * w.kw;
-  int64_t cg = c / groups * kk, og = o / groups;
-  Tensor g = ctx.grad.reshape({n, groups, og, ctx.grad.size(2) * ctx.grad.size(3)});
+  int64_t cg = c / groups * kk, og = o / groups, l = ctx.grad.size(2) * ctx.grad.size(3);
+  bool pointwise = kk == 1 && w.sh == 1 && w.sw == 1 && w.ph == 0 && w.pw == 0;
+  const Tensor& kept = ctx.attrs().extra;
+  bool use_kept = kept.defined() && !ctx.create_graph();
+  auto columns = [&] { return im2col(ctx.input(0), kernel_of(w), stride_of(w), padding_of(w), dilation_of(w)); };
+  auto image = [&](const Tensor& gcols) {  // (N, C·kk, L) columns back to x's gradient
+    return col2im(gcols, {xs[2], xs[3]}, kernel_of(w), stride_of(w), padding_of(w), dilation_of(w))
+        .to(ctx.input_dtype(0));
+  };
+  if (groups == 1 && !pointwise) {
+    Tensor g = ctx.grad.permute({1, 0, 2, 3}).reshape({o, n * l});
+    if (ctx.needs(1)) {
+      ctx.input(0);  // the version check of x
+      Tensor flat = use_kept ? kept : columns().permute({1, 0, 2}).reshape({c * kk, n * l});
+      ctx.set(1, matmul(g, flat.t()).reshape(ws).to(ctx.input_dtype(1)));
+    }
+    if (ctx.needs(0)) {
+      Tensor gcols = matmul(ctx.input(1).reshape({o, c * kk}).t(), g);
+      ctx.set(0, image(gcols.reshape({c * kk, n, l}).permute({1, 0, 2})));
+    }
+    return;
+  }
+  Tensor g = ctx.grad.reshape({n, groups, og, l});
   if (ctx.needs(1)) {
     Tensor x = ctx.input(0);
-    const Tensor& kept = ctx.attrs().extra;
-    Tensor cols = (kept.defined() && !ctx.create_graph()
-                       ? kept.to(x.dtype())
-                       : im2col(x, kernel_of(w), stride_of(w), padding_of(w), dilation_of(w)))
-                      .reshape({n, groups, cg, g.size(3)});
-    Tensor gw = matmul(g, cols.transpose(-1, -2)).sum({0});
-    ctx.set(1, gw.reshape(ws).to(ctx.input_dtype(1)));
+    Tensor cols = (use_kept ? kept.to(x.dtype()) : columns()).reshape({n, groups, cg, l});
+    ctx.set(1, matmul(g, cols.transpose(-1, -2)).sum({0}).reshape(ws).to(ctx.input_dtype(1)));
   }
   if (ctx.needs(0)) {
     Tensor wt = ctx.input(1).reshape({groups, og, cg});
-    Tensor gcols = matmul(wt.transpose(-1, -2), g).reshape({n, c * kk, g.size(3)});
-    ctx.set(0, col2im(gcols, {xs[2], xs[3]}, kernel_of(w), stride_of(w), padding_of(w),
-                      dilation_of(w))
-                   .to(ctx.input_dtype(0)));
+    ctx.set(0, image(matmul(wt.transpose(-1, -2), g).reshape({n, c * kk, l})));
   }
 }
 

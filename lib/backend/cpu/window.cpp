@@ -1,5 +1,6 @@
 // CPU sliding-window kernels: im2col and its adjoint col2im (convolution is a gemm over their
-// columns), max and average pooling. Images are contiguous (N, C, H, W); each (n, c) plane is
+// columns), max and average pooling. Images are contiguous (N, C, H, W), columns any (N, C*K, L)
+// view with contiguous rows (conv2d lays them out (C*K, N, L)); each (n, c) plane is
 // independent, so planes are the unit of parallel work and results do not depend on thread count.
 #include <cmath>
 #include <cstring>
@@ -26,6 +27,9 @@ Span valid_span(int64_t out_size, int64_t stride, int64_t off, int64_t size) {
 
 struct Geometry {
   int64_t N, C, H, W, OH, OW;
+  int64_t col_n = 0, col_r = 0;  // element strides of the columns' sample and row dims
+  // The first of the K rows that image plane p = (n, c) owns in the columns.
+  int64_t rows_of(int64_t p, int64_t K) const { return p / C * col_n + p % C * K * col_r; }
 };
 
 // Calls f(plane, ki, kj) for every (n, c) plane and kernel offset, planes in parallel.
@@ -42,10 +46,10 @@ void im2col(T* cols, const T* x, const Geometry& g, const Window2d& w) {
   int64_t L = g.OH * g.OW, K = w.kh * w.kw;
   for_planes(g, K * L, [&](int64_t p) {
     const T* plane = x + p * g.H * g.W;
-    T* rows = cols + p * K * L;  // (n, c) owns rows c*K .. c*K+K-1 of sample n's columns
+    T* rows = cols + g.rows_of(p, K);  // (n, c) owns rows c*K .. c*K+K-1 of sample n
     for (int64_t ki = 0; ki < w.kh; ++ki) {
       for (int64_t kj = 0; kj < w.kw; ++kj) {
-        T* row = rows + (ki * w.kw + kj) * L;
+        T* row = rows + (ki * w.kw + kj) * g.col_r;
         int64_t offw = kj * w.dw - w.pw;
         Span sw = valid_span(g.OW, w.sw, offw, g.W);
         for (int64_t oh = 0; oh < g.OH; ++oh) {
@@ -76,10 +80,10 @@ void col2im(T* x, const T* cols, const Geometry& g, const Window2d& w) {
   for_planes(g, K * L, [&](int64_t p) {
     T* plane = x + p * g.H * g.W;
     std::fill(plane, plane + g.H * g.W, T(0));
-    const T* rows = cols + p * K * L;
+    const T* rows = cols + g.rows_of(p, K);
     for (int64_t ki = 0; ki < w.kh; ++ki) {
       for (int64_t kj = 0; kj < w.kw; ++kj) {
-        const T* row = rows + (ki * w.kw + kj) * L;
+        const T* row = rows + (ki * w.kw + kj) * g.col_r;
         int64_t offw = kj * w.dw - w.pw;
         Span sw = valid_span(g.OW, w.sw, offw, g.W);
         for (int64_t oh = 0; oh < g.OH; ++oh) {
@@ -189,6 +193,13 @@ void window_kernel(OpKind kind, const TensorImpl& out, const TensorImpl& x, cons
   Geometry g{image.sizes[0], image.sizes[1], image.sizes[2], image.sizes[3], 0, 0};
   g.OH = w.out_h(g.H);
   g.OW = w.out_w(g.W);
+  // The columns (out of im2col, x of col2im) may be any (N, C*K) view with contiguous rows.
+  const TensorImpl& cols = kind == OpKind::Im2col ? out : x;
+  if (kind == OpKind::Im2col || kind == OpKind::Col2im) {
+    TG_INTERNAL_ASSERT(cols.strides[2] == 1 || cols.sizes[2] == 1);
+    g.col_n = cols.strides[0];
+    g.col_r = cols.strides[1];
+  }
   TG_DISPATCH_FLOAT(out.dtype, [&] {
     T* o = reinterpret_cast<T*>(out.data());
     const T* xi = reinterpret_cast<const T*>(x.data());
