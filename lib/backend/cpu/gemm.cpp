@@ -58,13 +58,13 @@ void gemv(int trans, int64_t m, int64_t n, const T* a, int64_t lda, const T* x, 
     cblas_dgemv(kRowMajor, trans, (int)m, (int)n, 1.0, a, (int)lda, x, (int)incx, 0.0, y, (int)incy);
 }
 
-// One (m×k)·(k×n) product with element strides; c is contiguous m×n.
+// One (m×k)·(k×n) product with element strides; c is m×n with row stride ldc.
 template <class T>
 void matmul_2d(const T* a, int64_t m, int64_t k, int64_t ars, int64_t acs, const T* b, int64_t n,
-               int64_t brs, int64_t bcs, T* c) {
+               int64_t brs, int64_t bcs, T* c, int64_t ldc) {
   if (m == 0 || n == 0) return;
   if (k == 0) {
-    std::fill(c, c + m * n, T(0));
+    for (int64_t i = 0; i < m; ++i) std::fill(c + i * ldc, c + i * ldc + n, T(0));
     return;
   }
   std::vector<T> acopy, bcopy;
@@ -89,12 +89,39 @@ void matmul_2d(const T* a, int64_t m, int64_t k, int64_t ars, int64_t acs, const
     else gemv<T>(kNoTrans, n, k, b, lb.ld, a, acs, c, 1);
     return;
   }
-  if (n == 1 && fits_int(brs)) {
-    if (la.trans == kNoTrans) gemv<T>(kNoTrans, m, k, a, la.ld, b, brs, c, 1);
-    else gemv<T>(kTrans, k, m, a, la.ld, b, brs, c, 1);
+  if (n == 1 && fits_int(brs) && fits_int(ldc)) {
+    if (la.trans == kNoTrans) gemv<T>(kNoTrans, m, k, a, la.ld, b, brs, c, ldc);
+    else gemv<T>(kTrans, k, m, a, la.ld, b, brs, c, ldc);
     return;
   }
-  gemm<T>(la.trans, lb.trans, m, n, k, a, la.ld, b, lb.ld, c, n);
+  gemm<T>(la.trans, lb.trans, m, n, k, a, la.ld, b, lb.ld, c, ldc);
+}
+
+// Note [One thread pool]
+// OpenBLAS keeps its own pool of threads, and ours (OpenMP) spins for a while after each parallel
+// loop: with both on the same cores each steals the other's, and 2 threads ran slower than 1.
+// So OpenBLAS always runs single-threaded, and matmul splits its work over our pool: whole
+// products of a batch, else blocks of rows (or of columns when there are few rows), each block
+// one BLAS call.
+template <class T>
+void matmul_parallel(const T* a, int64_t m, int64_t k, int64_t ars, int64_t acs, const T* b,
+                     int64_t n, int64_t brs, int64_t bcs, T* c) {
+  constexpr int64_t kMinWork = 1 << 18;  // multiply-adds per block
+  int threads = num_threads();
+  int64_t work = m * n * std::max<int64_t>(k, 1);
+  int64_t blocks = std::min<int64_t>(threads, work / kMinWork);
+  if (blocks <= 1) return matmul_2d<T>(a, m, k, ars, acs, b, n, brs, bcs, c, n);
+  bool by_rows = m >= n || m >= 8 * blocks;
+  int64_t extent = by_rows ? m : n;
+  blocks = std::min(blocks, extent);
+#pragma omp parallel for num_threads(static_cast<int>(blocks)) schedule(static)
+  for (int64_t t = 0; t < blocks; ++t) {
+    int64_t lo = extent * t / blocks, hi = extent * (t + 1) / blocks;
+    if (by_rows)
+      matmul_2d<T>(a + lo * ars, hi - lo, k, ars, acs, b, n, brs, bcs, c + lo * n, n);
+    else
+      matmul_2d<T>(a, m, k, ars, acs, b + lo * bcs, hi - lo, brs, bcs, c + lo, n);
+  }
 }
 
 template <class T>
@@ -118,18 +145,27 @@ void matmul_kernel(const TensorImpl& out, const TensorImpl& a, const TensorImpl&
     const T* pa = reinterpret_cast<const T*>(a.data());
     const T* pb = reinterpret_cast<const T*>(b.data());
     T* pc = reinterpret_cast<T*>(out.data());
-    for (int64_t i = 0; i < batch; ++i) {
+    auto one = [&](int64_t i) {
       const T* ai = pa + i * a.strides[0];
       const T* bi = pb + i * b.strides[0];
       T* ci = pc + i * m * n;
-      if constexpr (std::is_floating_point_v<T>)
-        matmul_2d<T>(ai, m, k, a.strides[1], a.strides[2], bi, n, b.strides[1], b.strides[2], ci);
-      else
+      if constexpr (std::is_floating_point_v<T>) {
+        if (batch == 1)
+          matmul_parallel<T>(ai, m, k, a.strides[1], a.strides[2], bi, n, b.strides[1], b.strides[2], ci);
+        else
+          matmul_2d<T>(ai, m, k, a.strides[1], a.strides[2], bi, n, b.strides[1], b.strides[2], ci, n);
+      } else {
         matmul_2d_loops<T>(ai, m, k, a.strides[1], a.strides[2], bi, n, b.strides[1], b.strides[2], ci);
-    }
+      }
+    };
+    // A batch goes over the pool one product per task (Note [One thread pool]).
+    int64_t grain = std::max<int64_t>(1, (int64_t{1} << 18) / std::max<int64_t>(1, m * n * k));
+    if (batch == 1) one(0);
+    else parallel_for(batch, grain, [&](int64_t lo, int64_t hi) { for (int64_t i = lo; i < hi; ++i) one(i); });
   });
 }
 
-void set_blas_threads(int n) { openblas_set_num_threads(n); }
+// OpenBLAS stays on one thread whatever n is (Note [One thread pool]).
+void set_blas_threads(int) { openblas_set_num_threads(1); }
 
 }  // namespace tg::cpu
