@@ -23,4 +23,13 @@ inline Device cuda(int index = 0) { return Device{DeviceKind::CUDA, index}; }
 bool cuda_is_available();
 int cuda_device_count();
 
+// Bytes of tensor storage alive on a device now, and the most alive at once since the last
+// reset_peak_memory (caches inside backends not counted).
+struct MemoryStats {
+  int64_t allocated = 0;
+  int64_t peak = 0;
+};
+MemoryStats memory_stats(Device device = Device{});
+void reset_peak_memory(Device device = Device{});
+
 }  // namespace tg

@@ -48,10 +48,15 @@ class Optimizer {
   // Calls f(param, grad, group, flat index) for every parameter that has a gradient, without
   // recording.
   template <class F> void for_each_param(F&& f);
+  // Each group's learning rate as a 0-d f64 tensor, refreshed from param_groups()[g].lr now
+  // and, inside a traced step, before every replay (so schedulers work on traced steps too).
+  std::vector<Tensor> lr_tensors();
   const char* name_;
 
  private:
   double default_lr_, default_wd_;
+  std::vector<Tensor> lr_tensors_;
+  std::shared_ptr<int> alive_ = std::make_shared<int>(0);  // replay hooks outlive no optimizer
   std::vector<ParamGroup> groups_;
   std::vector<std::map<std::string, Tensor>> state_;
 };
@@ -189,10 +194,10 @@ template <class F>
 void Optimizer::for_each_param(F&& f) {
   NoGradGuard no_grad;
   size_t i = 0;
-  for (auto& g : groups_)
-    for (auto& p : g.params) {
+  for (size_t gi = 0; gi < groups_.size(); ++gi)
+    for (auto& p : groups_[gi].params) {
       Tensor grad = p.grad();
-      if (grad.defined()) f(p, grad, g, i);
+      if (grad.defined()) f(p, grad, gi, i);
       ++i;
     }
 }

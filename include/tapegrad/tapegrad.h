@@ -30,3 +30,4 @@
 #include "tapegrad/optim.h"
 #include "tapegrad/shape.h"
 #include "tapegrad/tensor.h"
+#include "tapegrad/trace.h"

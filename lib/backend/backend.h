@@ -78,7 +78,22 @@ class Backend {
                       const TensorImpl* indices) = 0;
 };
 
+// Note [Trace hooks]
+// While tg::trace records a function (lib/trace/), the thread's hook is set: backend_for() hands
+// out the recorder's backend, which runs each call on the real one and appends it to the graph,
+// and allocate_storage() reports every storage made, so the recorder can tell the function's own
+// values from the state it reads. NoTraceGuard clears the hook for a scope.
+class TraceHook {
+ public:
+  virtual ~TraceHook() = default;
+  virtual Backend& backend(Device device) = 0;
+  virtual void on_allocate(const std::shared_ptr<Storage>& storage) = 0;
+};
+extern thread_local TraceHook* t_trace_hook;
+
 Backend& backend_for(Device device);
+// The device's own backend, never the recorder's.
+Backend& device_backend(Device device);
 Backend& cpu_backend();
 // The CUDA backend when built with CUDA (lib/backend/cuda/), else a stub that throws.
 Backend& cuda_backend();

@@ -60,14 +60,48 @@ void throw_error(std::string message) {
 
 // --- storage and tensors --------------------------------------------------------------------------
 
+namespace {
+constexpr int kMaxDevices = 17;  // the CPU, then cuda:0..15
+struct Counters {
+  std::atomic<int64_t> allocated{0};
+  std::atomic<int64_t> peak{0};
+};
+Counters& counters(Device d) {
+  static Counters c[kMaxDevices];
+  int i = d.is_cpu() ? 0 : 1 + d.index;
+  return c[i >= 0 && i < kMaxDevices ? i : kMaxDevices - 1];
+}
+}  // namespace
+
+MemoryStats memory_stats(Device device) {
+  Counters& c = counters(device);
+  return {c.allocated.load(), c.peak.load()};
+}
+
+void reset_peak_memory(Device device) {
+  Counters& c = counters(device);
+  c.peak = c.allocated.load();
+}
+
 Storage::~Storage() {
-  if (data != nullptr) backend_for(device).deallocate(data, nbytes);
+  if (data != nullptr && owns_data) {
+    counters(device).allocated.fetch_sub(static_cast<int64_t>(nbytes));
+    backend_for(device).deallocate(data, nbytes);
+  }
 }
 
 std::shared_ptr<Storage> allocate_storage(size_t nbytes, Device device) {
   Backend& be = backend_for(device);
   void* data = nbytes ? be.allocate(nbytes) : nullptr;
-  return std::make_shared<Storage>(data, nbytes, device);
+  auto storage = std::make_shared<Storage>(data, nbytes, device);
+  if (data != nullptr) {
+    Counters& c = counters(device);
+    int64_t now = c.allocated.fetch_add(static_cast<int64_t>(nbytes)) + static_cast<int64_t>(nbytes);
+    int64_t peak = c.peak.load();
+    while (now > peak && !c.peak.compare_exchange_weak(peak, now)) {}
+  }
+  if (t_trace_hook != nullptr) t_trace_hook->on_allocate(storage);
+  return storage;
 }
 
 void Shape::too_long(size_t n) {

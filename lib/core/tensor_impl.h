@@ -24,6 +24,7 @@ struct Storage {
   size_t nbytes;
   Device device;
   std::atomic<uint64_t> version{0};
+  bool owns_data = true;  // false: a slice of a traced graph's arena (Note [Memory plan])
 };
 
 std::shared_ptr<Storage> allocate_storage(size_t nbytes, Device device);

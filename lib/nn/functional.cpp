@@ -1,6 +1,7 @@
 // nn::functional: linear, dropout, batch_norm, layer_norm, embedding, composed from public ops
 // (so they differentiate through their primitives), and the im2col aliases.
 #include "tapegrad/nn/functional.h"
+#include "tapegrad/trace.h"
 
 #include "core/check.h"
 #include "tapegrad/format.h"
@@ -126,7 +127,7 @@ Tensor embedding(const Tensor& indices, const Tensor& weight, Loc loc) {
   TG_CHECK(indices.dtype() == kI64 || indices.dtype() == kI32,
            "embedding: indices must be integers, got {}", dtype_name(indices.dtype()));
   Tensor flat = indices.to(kI64).reshape({-1});
-  if (flat.numel() > 0) {
+  if (flat.numel() > 0 && !is_tracing()) {  // traced: index_select checks at every replay
     int64_t lo = flat.amin().item<int64_t>(), hi = flat.amax().item<int64_t>();
     TG_CHECK(lo >= 0 && hi < weight.size(0),
              "embedding: index {} is out of range for {} embeddings", lo < 0 ? lo : hi,

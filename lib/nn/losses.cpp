@@ -5,6 +5,7 @@
 #include "core/check.h"
 #include "tapegrad/format.h"
 #include "tapegrad/nn/functional.h"
+#include "tapegrad/trace.h"
 
 namespace tg::nn::functional {
 
@@ -56,7 +57,7 @@ Tensor binary_cross_entropy(const Tensor& input, const Tensor& target, const Ten
                             Reduction reduction, Loc loc) {
   OpScope scope("binary_cross_entropy", loc);
   check_pair(input, target, "binary_cross_entropy");
-  {
+  if (!is_tracing()) {  // traced: no host reads; the log is clamped as in PyTorch
     NoGradGuard no_grad;
     bool in_range = input.numel() == 0 ||
                     ((input >= 0) & (input <= 1)).to(kI64).sum().item<int64_t>() == input.numel();
@@ -103,7 +104,7 @@ Picked pick(const Tensor& log_probs, const Tensor& target, const CrossEntropyOpt
            o.weight.defined() ? o.weight.shape() : Shape{});
   Tensor ignored = target == o.ignore_index;
   Tensor safe = where(ignored, Scalar(int64_t{0}), target);
-  if (safe.numel() > 0) {
+  if (safe.numel() > 0 && !is_tracing()) {  // traced: gather checks at every replay
     int64_t lo = safe.amin().item<int64_t>(), hi = safe.amax().item<int64_t>();
     TG_CHECK(lo >= 0 && hi < classes, "{}: target {} is out of range for {} classes", op,
              lo < 0 ? lo : hi, classes);

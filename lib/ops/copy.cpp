@@ -23,7 +23,10 @@ DType Tensor::dtype() const { return checked(impl(), "dtype").dtype; }
 Device Tensor::device() const { return checked(impl(), "device").device(); }
 bool Tensor::is_contiguous() const { return checked(impl(), "is_contiguous").is_contiguous(); }
 uint64_t Tensor::version() const { return checked(impl(), "version").storage->version.load(); }
-void* Tensor::raw_data_ptr() const { return checked(impl(), "data_ptr").data(); }
+void* Tensor::raw_data_ptr() const {
+  check_host_read("data_ptr");
+  return checked(impl(), "data_ptr").data();
+}
 bool Tensor::is_alias_of(const Tensor& other) const {
   return defined() && other.defined() && impl()->storage == other.impl()->storage;
 }
@@ -39,29 +42,42 @@ int64_t Tensor::stride(int64_t d, Loc loc) const {
 void Tensor::item_into(DType want, void* out, Loc loc) const {
   OpScope scope("item", loc);
   check_defined(*this, "item");
+  check_host_read("item");
   NoGradGuard no_grad;
   TG_CHECK(numel() == 1, "item: the tensor has {} elements (shape {}); item() needs exactly one",
            numel(), shape());
   Tensor v = cast_if_needed(reshape({}), want).to(kCPU).contiguous();
-  cpu_backend().copy_to_host(out, impl_of(v));
+  device_backend(kCPU).copy_to_host(out, impl_of(v));
 }
 
 void Tensor::to_vector_into(DType want, void* out, Loc loc) const {
   OpScope scope("to_vector", loc);
   check_defined(*this, "to_vector");
+  check_host_read("to_vector");
   NoGradGuard no_grad;
   Tensor v = cast_if_needed(*this, want).to(kCPU).contiguous();
-  if (numel() > 0) cpu_backend().copy_to_host(out, impl_of(v));
+  if (numel() > 0) device_backend(kCPU).copy_to_host(out, impl_of(v));
 }
 
 void* Tensor::data_ptr_checked(DType want, Loc loc) const {
   OpScope scope("data_ptr", loc);
   check_defined(*this, "data_ptr");
+  check_host_read("data_ptr");
   TG_CHECK(want == dtype(), "data_ptr: the tensor is {}, but data_ptr<{}> was asked for",
            dtype_name(dtype()), dtype_name(want));
   TG_CHECK(device().is_cpu(), "data_ptr: the tensor is on {}; copy it with .to(kCPU) first",
            device().str());
   return impl()->data();
+}
+
+void check_host_read(const char* what) {
+  if (t_trace_hook == nullptr) return;
+  throw_error(fmt::format(
+      "{}: reads a tensor's value on the host while tg::trace records the function; the traced "
+      "graph would keep this one value (and any branch taken on it) forever. Compute with tensor "
+      "ops instead (tg::where for a branch), read the value outside the traced function, or put "
+      "code that must run only once in a tg::NoTraceGuard scope",
+      what));
 }
 
 // --- conversions --------------------------------------------------------------------------------

@@ -31,6 +31,12 @@ Tensor random_tensor(RandomKind kind, const Shape& shape, DType dtype, Device de
 
 }  // namespace
 
+std::pair<uint64_t, uint64_t> take_random_blocks(uint64_t blocks) {
+  Generator& g = generator();
+  uint64_t offset = g.offset.fetch_add(blocks);
+  return {g.seed.load(), offset};
+}
+
 Tensor empty(const Shape& shape, TensorOptions opts, Loc loc) {
   OpScope scope("empty", loc);
   return make_tensor(shape, opts.dtype.value_or(kF32), opts.device);
@@ -128,7 +134,7 @@ Tensor from_blob_copy(const void* data, size_t count, DType src, const Shape& sh
   TG_CHECK(static_cast<size_t>(declared) == count,
            "tensor: {} values do not fill shape {} ({} elements)", count, shape, declared);
   Tensor host = make_tensor(shape, src, kCPU);
-  cpu_backend().copy_from_host(impl_of(host), data);
+  backend_for(kCPU).copy_from_host(impl_of(host), data);
   Tensor out = cast_if_needed(host, opts.dtype.value_or(src));
   return opts.device == kCPU ? out : out.to(opts.device);
 }

@@ -39,6 +39,12 @@ Tensor cast_if_needed(const Tensor& t, DType dtype);
 // A 0-d tensor holding `value` converted to dtype.
 Tensor scalar_tensor(Scalar value, DType dtype, Device device);
 
+// Throws when the thread is recording a trace (see Note [Trace hooks]): `what` reads values on
+// the host.
+void check_host_read(const char* what);
+// Hands out `blocks` Philox blocks of the global generator: {seed, first block}.
+std::pair<uint64_t, uint64_t> take_random_blocks(uint64_t blocks);
+
 inline Backend& backend_of(const Tensor& t) { return backend_for(t.device()); }
 inline const TensorImpl& impl_of(const Tensor& t) { return *t.impl(); }
 

@@ -8,6 +8,7 @@
 #include <cstdio>
 #include "tapegrad/format.h"
 #include "tapegrad/io.h"
+#include "tapegrad/trace.h"
 
 namespace tg::optim {
 
@@ -40,6 +41,24 @@ void Optimizer::zero_grad() {
 }
 
 std::map<std::string, Tensor>& Optimizer::state_of(size_t i) { return state_[i]; }
+
+std::vector<Tensor> Optimizer::lr_tensors() {
+  {
+    NoTraceGuard outside_trace;  // state of the traced step, not part of it
+    lr_tensors_.resize(groups_.size());
+    for (size_t g = 0; g < groups_.size(); ++g) {
+      if (!lr_tensors_[g].defined()) lr_tensors_[g] = zeros({}, {.dtype = kF64});
+      lr_tensors_[g].fill_(*groups_[g].lr);
+    }
+  }
+  std::weak_ptr<int> alive = alive_;
+  on_replay([this, alive] {
+    if (!alive.lock()) return;
+    for (size_t g = 0; g < groups_.size() && g < lr_tensors_.size(); ++g)
+      lr_tensors_[g].fill_(*groups_[g].lr);
+  });
+  return lr_tensors_;
+}
 
 std::map<std::string, Tensor> Optimizer::state_dict() const {
   std::map<std::string, Tensor> out;

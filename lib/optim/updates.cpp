@@ -6,6 +6,7 @@
 #include "core/check.h"
 #include "tapegrad/ops.h"
 #include "tapegrad/optim.h"
+#include "tapegrad/trace.h"
 
 namespace tg::optim {
 
@@ -15,20 +16,26 @@ std::vector<ParamGroup> one_group(std::vector<Tensor> params) {
   return {ParamGroup{std::move(params)}};
 }
 
-// The state tensor `name` of a parameter, made by `init` on first use.
+// The state tensor `name` of a parameter, made by `init` on first use. Made outside any trace:
+// in a traced step it is state the graph reads and updates, not a value it recomputes.
 template <class Init>
 Tensor state_tensor(std::map<std::string, Tensor>& st, const char* name, Init init) {
   auto it = st.find(name);
   if (it != st.end()) return it->second;
+  NoTraceGuard outside_trace;
   return st.emplace(name, init()).first->second;
 }
 
-// Increments and returns the step count (a 0-d f64 tensor, as PyTorch keeps it).
-double next_step(std::map<std::string, Tensor>& st) {
+// Increments and returns the step count (a 0-d f64 tensor, as PyTorch keeps it). It stays a
+// tensor so that a traced step counts too.
+Tensor next_step(std::map<std::string, Tensor>& st) {
   Tensor s = state_tensor(st, "step", [] { return zeros({}, {.dtype = kF64}); });
-  double step = s.item<double>() + 1;
-  s.fill_(step);
-  return step;
+  return s.add_(1);
+}
+
+// 1 - beta^step, in f64 as PyTorch computes it.
+Tensor bias_correction(double beta, const Tensor& step) {
+  return 1 - pow(full({}, beta, {.dtype = kF64}), step);
 }
 
 void check_range(double v, double lo, double hi, const char* what, const char* opt) {
@@ -48,23 +55,29 @@ SGD::SGD(std::vector<ParamGroup> groups, SGDOptions o)
 }
 
 void SGD::step() {
-  for_each_param([&](Tensor& p, const Tensor& g, const ParamGroup& group, size_t i) {
-    double lr = *group.lr, wd = *group.weight_decay;
+  std::vector<Tensor> lrs = lr_tensors();
+  for_each_param([&](Tensor& p, const Tensor& g, size_t gi, size_t i) {
+    double wd = *param_groups()[gi].weight_decay;
     Tensor d = wd != 0 ? g + p * wd : g;
     if (options.momentum != 0) {
       auto& st = state_of(i);
       auto it = st.find("momentum_buffer");
       Tensor buf;
-      if (it == st.end()) {
+      if (it == st.end() && (!is_tracing() || options.dampening != 0)) {
+        // PyTorch's first step copies the gradient. A traced step records only the general
+        // update, so there the buffer starts at zero: buf·m + d is then exactly d.
+        TG_CHECK(!is_tracing(),
+                 "SGD: with dampening, the first step cannot be traced (it differs from the "
+                 "others); run one step eagerly before tracing the training step");
         buf = st.emplace("momentum_buffer", d.clone()).first->second;
       } else {
-        buf = it->second;
+        buf = state_tensor(st, "momentum_buffer", [&] { return zeros_like(p); });
         buf.mul_(options.momentum);
         buf.add_(options.dampening == 0 ? d : d * (1 - options.dampening));
       }
       d = options.nesterov ? d + buf * options.momentum : buf;
     }
-    p.sub_(d * lr);
+    p.sub_(d * lrs[gi]);
   });
 }
 
@@ -81,27 +94,29 @@ Adam::Adam(std::vector<ParamGroup> groups, AdamOptions o, bool decoupled, const 
 
 void Adam::step() {
   auto [b1, b2] = options.betas;
-  for_each_param([&](Tensor& p, const Tensor& g, const ParamGroup& group, size_t i) {
-    double lr = *group.lr, wd = *group.weight_decay;
+  std::vector<Tensor> lrs = lr_tensors();
+  for_each_param([&](Tensor& p, const Tensor& g, size_t gi, size_t i) {
+    const Tensor& lr = lrs[gi];
+    double wd = *param_groups()[gi].weight_decay;
     auto& st = state_of(i);
-    double step = next_step(st);
+    Tensor step = next_step(st);
     Tensor m = state_tensor(st, "exp_avg", [&] { return zeros_like(p); });
     Tensor v = state_tensor(st, "exp_avg_sq", [&] { return zeros_like(p); });
     Tensor grad = g;
     if (wd != 0) {
-      if (decoupled_) p.mul_(1 - lr * wd);
+      if (decoupled_) p.mul_(1 - lr * wd);  // f64 0-d: the factor PyTorch computes
       else grad = g + p * wd;
     }
     m.mul_(b1).add_(grad * (1 - b1));
     v.mul_(b2).add_(grad * grad * (1 - b2));
-    double bc1 = 1 - std::pow(b1, step), bc2 = 1 - std::pow(b2, step);
+    Tensor bc1 = bias_correction(b1, step), bc2 = bias_correction(b2, step);
     Tensor second = v;
     if (options.amsgrad) {
       Tensor vmax = state_tensor(st, "max_exp_avg_sq", [&] { return zeros_like(p); });
       vmax.copy_(maximum(vmax, v));
       second = vmax;
     }
-    Tensor denom = sqrt(second).mul_(1 / std::sqrt(bc2)).add_(options.eps);
+    Tensor denom = sqrt(second).mul_(1 / sqrt(bc2)).add_(options.eps);
     p.sub_((m / denom).mul_(lr / bc1));
   });
 }
@@ -122,8 +137,10 @@ RMSprop::RMSprop(std::vector<ParamGroup> groups, RMSpropOptions o)
 
 void RMSprop::step() {
   double alpha = options.alpha;
-  for_each_param([&](Tensor& p, const Tensor& g, const ParamGroup& group, size_t i) {
-    double lr = *group.lr, wd = *group.weight_decay;
+  std::vector<Tensor> lrs = lr_tensors();
+  for_each_param([&](Tensor& p, const Tensor& g, size_t gi, size_t i) {
+    const Tensor& lr = lrs[gi];
+    double wd = *param_groups()[gi].weight_decay;
     auto& st = state_of(i);
     next_step(st);
     Tensor grad = wd != 0 ? g + p * wd : g;
@@ -158,14 +175,16 @@ Adagrad::Adagrad(std::vector<ParamGroup> groups, AdagradOptions o)
 }
 
 void Adagrad::step() {
-  for_each_param([&](Tensor& p, const Tensor& g, const ParamGroup& group, size_t i) {
-    double lr = *group.lr, wd = *group.weight_decay;
+  std::vector<Tensor> lrs = lr_tensors();
+  for_each_param([&](Tensor& p, const Tensor& g, size_t gi, size_t i) {
+    const Tensor& lr = lrs[gi];
+    double wd = *param_groups()[gi].weight_decay;
     auto& st = state_of(i);
-    double step = next_step(st);
+    Tensor step = next_step(st);
     Tensor grad = wd != 0 ? g + p * wd : g;
     Tensor sum = state_tensor(st, "sum", [&] { return full_like(p, options.initial_accumulator_value); });
     sum.add_(grad * grad);
-    double clr = lr / (1 + (step - 1) * options.lr_decay);
+    Tensor clr = lr / (1 + (step - 1) * options.lr_decay);
     p.sub_((grad / sqrt(sum).add_(options.eps)).mul_(clr));
   });
 }

@@ -1,0 +1,316 @@
+// The memory plan and the executor.
+#include "trace/executor.h"
+
+#include <algorithm>
+
+#include "core/check.h"
+#include "ops/ops_common.h"
+
+namespace tg::trace_detail {
+
+namespace {
+constexpr size_t kAlign = 64;
+size_t align_up(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+size_t device_slot(Device d) { return d.is_cpu() ? 0 : 1 + static_cast<size_t>(d.index); }
+
+bool elementwise(const Node& n) {
+  return n.call == Call::Unary || n.call == Call::Binary || n.call == Call::Where ||
+         n.call == Call::Copy || n.call == Call::Fused;
+}
+}  // namespace
+
+// Note [Memory plan]
+// Every temp that is neither kept (escaped) nor returned lives in one arena per device, allocated
+// once per signature. A temp is live from the first node that touches it to the last; two temps
+// share bytes when their lifetimes do not overlap (greedy, largest first, lowest offset that
+// fits). Times are half steps: node i writes at 2i+1 and reads at 2i+1, except that an
+// elementwise node reading a temp for the last time through exactly the view it writes reads at
+// 2i, so its output may take the input's bytes: the node runs in place, element by element.
+MemoryPlan plan_memory(const Program& p, bool share) {
+  size_t nb = p.buffers.size();
+  MemoryPlan plan;
+  plan.offset.assign(nb, -1);
+  std::vector<int64_t> start(nb, -1), end(nb, -1);
+  auto planned = [&](int32_t b) {
+    const Buffer& buf = p.buffers[b];
+    return buf.kind == BufKind::Temp && !buf.persistent() && buf.nbytes > 0;
+  };
+  auto touch = [&](int32_t b, int64_t t) {
+    if (b < 0) return;
+    if (start[b] < 0) start[b] = t;
+    end[b] = std::max(end[b], t);
+  };
+  for (size_t i = 0; i < p.nodes.size(); ++i) {
+    const Node& n = p.nodes[i];
+    auto t = static_cast<int64_t>(2 * i + 1);
+    for (const Operand& o : n.in) touch(o.buf, t);
+    touch(n.out.buf, t);
+    touch(n.out2.buf, t);
+  }
+  // Last reads that may run in place.
+  for (size_t i = 0; i < p.nodes.size(); ++i) {
+    const Node& n = p.nodes[i];
+    if (!share || !elementwise(n) || !planned(n.out.buf) || !p.full_write(n)) continue;
+    auto t = static_cast<int64_t>(2 * i + 1);
+    for (const Operand& o : n.in) {
+      if (o.buf == n.out.buf || !planned(o.buf) || end[o.buf] != t || start[o.buf] == t) continue;
+      if (!(o.view == n.out.view)) continue;
+      bool other_use = false;  // read again by the same node through another view
+      for (const Operand& q : n.in) other_use |= q.buf == o.buf && !(q.view == o.view);
+      if (!other_use) end[o.buf] = t - 1;
+    }
+  }
+  std::vector<int32_t> order;
+  for (size_t b = 0; b < nb; ++b) {
+    if (!planned(static_cast<int32_t>(b)) || start[b] < 0) continue;  // untouched after dce
+    order.push_back(static_cast<int32_t>(b));
+    plan.naive_bytes += align_up(p.buffers[b].nbytes);
+  }
+  // The most bytes alive at one time: no placement can do better.
+  {
+    std::vector<std::pair<int64_t, int64_t>> events;
+    for (int32_t b : order) {
+      auto size = static_cast<int64_t>(align_up(p.buffers[b].nbytes));
+      events.push_back({start[b], size});
+      events.push_back({end[b] + 1, -size});
+    }
+    std::sort(events.begin(), events.end());
+    int64_t live = 0;
+    for (auto& [t, d] : events) {
+      live += d;
+      plan.live_peak = std::max<size_t>(plan.live_peak, static_cast<size_t>(std::max<int64_t>(live, 0)));
+    }
+  }
+  std::stable_sort(order.begin(), order.end(), [&](int32_t x, int32_t y) {
+    return p.buffers[x].nbytes > p.buffers[y].nbytes;
+  });
+  struct Placed {
+    int64_t off;
+    size_t size;
+    int32_t buf;
+  };
+  std::vector<std::vector<Placed>> placed;
+  for (int32_t b : order) {
+    size_t slot = device_slot(p.buffers[b].device);
+    if (placed.size() <= slot) placed.resize(slot + 1);
+    if (plan.arena_bytes.size() <= slot) plan.arena_bytes.resize(slot + 1, 0);
+    size_t size = align_up(p.buffers[b].nbytes);
+    int64_t off = 0;
+    if (share) {
+      std::vector<Placed> clash;
+      for (const Placed& q : placed[slot])
+        if (start[q.buf] <= end[b] && start[b] <= end[q.buf]) clash.push_back(q);
+      std::sort(clash.begin(), clash.end(), [](auto& x, auto& y) { return x.off < y.off; });
+      for (const Placed& q : clash) {
+        if (off + static_cast<int64_t>(size) <= q.off) break;
+        off = std::max(off, q.off + static_cast<int64_t>(q.size));
+      }
+    } else {
+      off = static_cast<int64_t>(plan.arena_bytes[slot]);
+    }
+    placed[slot].push_back({off, size, b});
+    plan.offset[b] = off;
+    plan.arena_bytes[slot] = std::max(plan.arena_bytes[slot], static_cast<size_t>(off) + size);
+  }
+  for (const Node& n : p.nodes) {
+    if (!planned(n.out.buf)) continue;
+    for (const Operand& o : n.in) {
+      if (o.buf != n.out.buf && planned(o.buf) && plan.offset[o.buf] == plan.offset[n.out.buf] &&
+          device_slot(p.buffers[o.buf].device) == device_slot(p.buffers[n.out.buf].device)) {
+        ++plan.in_place;
+        break;
+      }
+    }
+  }
+  return plan;
+}
+
+// --- executor ------------------------------------------------------------------------------------
+
+Executor::Executor(std::shared_ptr<const Program> program, const MemoryPlan& plan)
+    : program_(std::move(program)) {
+  const Program& p = *program_;
+  size_t nb = p.buffers.size();
+  bound_.resize(nb);
+  users_.resize(nb);
+  recorded_offset_.resize(nb);
+  arenas_.resize(plan.arena_bytes.size());
+  for (size_t s = 0; s < plan.arena_bytes.size(); ++s) {
+    if (plan.arena_bytes[s] == 0) continue;
+    Device d = s == 0 ? kCPU : cuda(static_cast<int>(s - 1));
+    arenas_[s] = allocate_storage(plan.arena_bytes[s], d);
+  }
+  input_buffers_.assign(p.num_inputs, -1);
+  for (size_t b = 0; b < nb; ++b) {
+    const Buffer& buf = p.buffers[b];
+    switch (buf.kind) {
+      case BufKind::Input: input_buffers_[buf.input] = static_cast<int32_t>(b); break;
+      case BufKind::State: state_.push_back(static_cast<int32_t>(b)); break;
+      case BufKind::Temp:
+        if (buf.escaped) {
+          bound_[b] = buf.kept;
+        } else if (buf.output) {
+          fresh_.push_back(static_cast<int32_t>(b));
+        } else if (plan.offset[b] >= 0) {
+          Storage& arena = *arenas_[device_slot(buf.device)];
+          auto s = std::make_shared<Storage>(static_cast<char*>(arena.data) + plan.offset[b],
+                                             buf.nbytes, buf.device);
+          s->owns_data = false;
+          bound_[b] = std::move(s);
+        } else {
+          bound_[b] = std::make_shared<Storage>(nullptr, 0, buf.device);
+        }
+        break;
+    }
+  }
+  for (const Node& n : p.nodes) {
+    Step s{&n, impl_for(n.out), n.out2.buf >= 0 ? impl_for(n.out2) : nullptr, {}};
+    TG_INTERNAL_ASSERT(n.in.size() <= 3);
+    for (size_t i = 0; i < n.in.size(); ++i) s.in[i] = impl_for(n.in[i]);
+    steps_.push_back(s);
+  }
+}
+
+Executor::~Executor() = default;
+
+size_t Executor::arena_bytes() const {
+  size_t n = 0;
+  for (const auto& a : arenas_) n += a ? a->nbytes : 0;
+  return n;
+}
+
+TensorImpl* Executor::impl_for(const Operand& o) {
+  auto impl = std::make_unique<TensorImpl>();
+  impl->storage = bound_[o.buf];
+  impl->sizes = o.view.sizes;
+  impl->strides = o.view.strides;
+  impl->offset = o.view.offset;
+  impl->numel = o.view.numel();
+  impl->dtype = o.view.dtype;
+  users_[o.buf].push_back(impl.get());
+  recorded_offset_[o.buf].push_back(o.view.offset);
+  impls_.push_back(std::move(impl));
+  return impls_.back().get();
+}
+
+void Executor::bind(const std::vector<Tensor>& args) {
+  const Program& p = *program_;
+  for (size_t i = 0; i < args.size(); ++i) {
+    int32_t b = input_buffers_[i];
+    if (b < 0) continue;
+    const TensorImpl& a = *args[i].impl();
+    // Views of an argument are relative to its offset: a slice of a bigger tensor replays too.
+    int64_t delta = a.offset - p.input_views[i].offset;
+    bound_[b] = a.storage;
+    for (size_t j = 0; j < users_[b].size(); ++j) {
+      users_[b][j]->storage = a.storage;
+      users_[b][j]->offset = recorded_offset_[b][j] + delta;
+    }
+  }
+  for (int32_t b : state_) {
+    const Buffer& buf = p.buffers[b];
+    std::shared_ptr<Storage> s = buf.state.lock();
+    if (!s) {
+      throw Error(fmt::format("trace: a tensor the traced function reads as state (first read by "
+                              "{} at {}:{}) has been freed or replaced since the function was "
+                              "traced; keep it alive and update it in place (copy_, fill_, "
+                              "module.load) between calls",
+                              buf.first_op.empty() ? "an op" : buf.first_op,
+                              buf.first_loc.file_name(), buf.first_loc.line()),
+                  "trace", buf.first_loc);
+    }
+    if (s == bound_[b]) continue;
+    for (TensorImpl* u : users_[b]) u->storage = s;
+    bound_[b] = std::move(s);
+  }
+  for (int32_t b : fresh_) {
+    const Buffer& buf = p.buffers[b];
+    std::shared_ptr<Storage> s = allocate_storage(buf.nbytes, buf.device);
+    for (TensorImpl* u : users_[b]) u->storage = s;
+    bound_[b] = std::move(s);
+  }
+}
+
+void Executor::exec(const Step& s) {
+  const Node& n = *s.node;
+  Backend& be = device_backend(s.out->storage->device);
+  switch (n.call) {
+    case Call::Copy: be.copy(*s.out, *s.in[0]); break;
+    case Call::Constant: be.copy_from_host(*s.out, n.bytes.data()); break;
+    case Call::Fill: be.fill(*s.out, n.value); break;
+    case Call::Iota: be.iota(*s.out, n.start, n.step); break;
+    case Call::Random: {
+      auto [seed, offset] = take_random_blocks(static_cast<uint64_t>((s.out->numel + 3) / 4));
+      if (s.out->numel > 0) be.random(n.random, *s.out, seed, offset, n.a, n.b);
+      break;
+    }
+    case Call::Unary: be.unary(n.op, *s.out, *s.in[0], n.attrs); break;
+    case Call::Binary: be.binary(n.op, *s.out, *s.in[0], *s.in[1]); break;
+    case Call::Where: be.where(*s.out, *s.in[0], *s.in[1], *s.in[2]); break;
+    case Call::Reduce: be.reduce(n.op, *s.out, *s.in[0], n.nreduced); break;
+    case Call::Matmul: be.matmul(*s.out, *s.in[0], *s.in[1]); break;
+    case Call::Index: be.index(n.op, *s.out, *s.in[0], n.dim, *s.in[1]); break;
+    case Call::Window: be.window(n.op, *s.out, *s.in[0], n.window, s.out2); break;
+    case Call::Fused: TG_INTERNAL_ASSERT(false); break;
+  }
+}
+
+std::vector<Tensor> Executor::outputs() {
+  const Program& p = *program_;
+  std::vector<Tensor> out;
+  out.reserve(p.outputs.size());
+  for (size_t i = 0; i < p.outputs.size(); ++i) {
+    const Operand& o = p.outputs[i];
+    auto impl = std::make_shared<TensorImpl>();
+    impl->storage = bound_[o.buf];
+    impl->sizes = o.view.sizes;
+    impl->strides = o.view.strides;
+    impl->offset = o.view.offset + output_delta_[i];
+    impl->numel = o.view.numel();
+    impl->dtype = o.view.dtype;
+    impl->is_view = !(o.view.offset == 0 && o.view.contiguous() &&
+                      static_cast<size_t>(impl->numel * esize(o.view.dtype)) ==
+                          p.buffers[o.buf].nbytes);
+    out.emplace_back(std::move(impl));
+  }
+  return out;
+}
+
+std::vector<Tensor> Executor::run(const std::vector<Tensor>& args) {
+  prepare(args);
+  for (const Step& s : steps_) exec(s);
+  return outputs();
+}
+
+std::vector<Tensor> Executor::run_checked(const std::vector<Tensor>& args,
+                                          const std::function<void(size_t, const Tensor&)>& visit) {
+  prepare(args);
+  for (size_t i = 0; i < steps_.size(); ++i) {
+    exec(steps_[i]);
+    const TensorImpl& o = *steps_[i].out;
+    auto impl = std::make_shared<TensorImpl>();
+    impl->storage = o.storage;
+    impl->sizes = o.sizes;
+    impl->strides = o.strides;
+    impl->offset = o.offset;
+    impl->numel = o.numel;
+    impl->dtype = o.dtype;
+    impl->is_view = true;
+    visit(i, Tensor(std::move(impl)));
+  }
+  return outputs();
+}
+
+void Executor::prepare(const std::vector<Tensor>& args) {
+  for (const auto& hook : program_->replay_hooks) hook();
+  bind(args);
+  const Program& p = *program_;
+  output_delta_.assign(p.outputs.size(), 0);
+  for (size_t i = 0; i < p.outputs.size(); ++i) {
+    const Buffer& b = p.buffers[p.outputs[i].buf];
+    if (b.kind == BufKind::Input)
+      output_delta_[i] = args[b.input].impl()->offset - p.input_views[b.input].offset;
+  }
+}
+
+}  // namespace tg::trace_detail

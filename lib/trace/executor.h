@@ -1,0 +1,57 @@
+// Replaying a compiled program: buffers bound once per signature, a flat list of backend calls.
+#pragma once
+
+#include "trace/program.h"
+
+namespace tg::trace_detail {
+
+// Where each planned temp lives in its device's arena (Note [Memory plan]).
+struct MemoryPlan {
+  std::vector<int64_t> offset;  // per buffer; -1: not in the arena
+  std::vector<size_t> arena_bytes;  // per device slot (0: CPU, 1 + i: cuda:i)
+  size_t naive_bytes = 0;           // what the planned temps would take without sharing
+  size_t live_peak = 0;             // the most bytes of temps alive at once (a lower bound)
+  int64_t in_place = 0;             // nodes that write over an input they were its last reader of
+};
+MemoryPlan plan_memory(const Program& p, bool share);
+
+class Executor {
+ public:
+  Executor(std::shared_ptr<const Program> program, const MemoryPlan& plan);
+  ~Executor();
+  Executor(const Executor&) = delete;
+  Executor& operator=(const Executor&) = delete;
+
+  std::vector<Tensor> run(const std::vector<Tensor>& args);
+  // Calls `visit(node index, output tensor)` after each node (Mode::Debug).
+  std::vector<Tensor> run_checked(const std::vector<Tensor>& args,
+                                  const std::function<void(size_t, const Tensor&)>& visit);
+  size_t arena_bytes() const;
+
+ private:
+  struct Step {
+    const Node* node;
+    TensorImpl* out;
+    TensorImpl* out2;
+    std::array<TensorImpl*, 3> in;
+  };
+  TensorImpl* impl_for(const Operand& o);
+  void bind(const std::vector<Tensor>& args);
+  void prepare(const std::vector<Tensor>& args);
+  void exec(const Step& s);
+  std::vector<Tensor> outputs();
+
+  std::shared_ptr<const Program> program_;
+  std::vector<std::shared_ptr<Storage>> arenas_;
+  std::vector<std::shared_ptr<Storage>> bound_;                 // per buffer
+  std::vector<std::vector<TensorImpl*>> users_;                 // per buffer
+  std::vector<std::unique_ptr<TensorImpl>> impls_;
+  std::vector<Step> steps_;
+  std::vector<std::vector<int64_t>> recorded_offset_;  // per buffer, per user
+  std::vector<int64_t> output_delta_;
+  std::vector<int32_t> input_buffers_;  // buffer of argument i (-1: aliases an earlier one)
+  std::vector<int32_t> fresh_;          // output temps: allocated at every call
+  std::vector<int32_t> state_;          // state buffers
+};
+
+}  // namespace tg::trace_detail

@@ -1,0 +1,23 @@
+// The graph passes, one file each (pass_*.cpp). Each rewrites a Program in place and returns a
+// line for f.pass_summary() saying what it changed.
+#pragma once
+
+#include "core/check.h"
+#include "trace/program.h"
+
+namespace tg::trace_detail {
+
+std::string eliminate_dead_code(Program& p);              // pass_dce.cpp: "dce"
+std::string eliminate_common_subexpressions(Program& p);  // pass_cse.cpp: "cse"
+
+inline constexpr std::string_view kPassNames[] = {"dce", "cse", "memory"};
+bool pass_enabled(const TraceOptions& options, std::string_view name);
+// Runs the passes `options` asks for, in order, and fills p.summary.
+void optimize(Program& p, const TraceOptions& options);
+
+// Helpers the passes share.
+std::vector<int> write_counts(const Program& p);  // nodes writing each buffer
+// Replaces every read of buffer `from` (nodes from `first` on, and the outputs) by `to`.
+void replace_reads(Program& p, int32_t from, int32_t to, size_t first);
+
+}  // namespace tg::trace_detail

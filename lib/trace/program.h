@@ -1,0 +1,118 @@
+// The traced graph: buffers, and the backend calls that read and write them, in program order.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "backend/backend.h"
+#include "core/tensor_impl.h"
+#include "tapegrad/trace.h"
+
+namespace tg::trace_detail {
+
+// Note [Traced graph]
+// The recorder sees the function at the level of backend calls: every op, view-making, cast,
+// composite and bprop ends in them, so one hook captures forward, backward and optimizer steps
+// alike. A node is one call; its operands are views (sizes, strides, offset, dtype) of buffers,
+// where a buffer stands for one storage. A buffer is
+//   - an input: the storage of argument i, bound at each call (views are relative to the
+//     argument's own offset, so slices of a bigger tensor replay without recompiling);
+//   - state: a storage that existed before recording (parameters, optimizer state, a counter),
+//     held weakly and read afresh at each replay; writes into it are the graph's updates;
+//   - a temp: made while recording. Temps the function let escape (a parameter's .grad, state
+//     made under NoTraceGuard never lands here) are kept by the graph; the others are planned
+//     into one arena (Note [Memory plan]), except outputs, which are allocated at each call.
+// Most temps are written once, whole: such a buffer is an SSA value, and the value passes
+// (cse, fold, algebra, stability, fusion) work on those only. Partial writes (cat, scatter) and
+// writes into state stay as they are.
+enum class BufKind : uint8_t { Input, State, Temp };
+
+struct Buffer {
+  BufKind kind = BufKind::Temp;
+  int input = -1;  // Input: the argument's index
+  size_t nbytes = 0;
+  Device device;
+  bool escaped = false;  // Temp kept alive by the program after the function returned
+  bool output = false;   // Temp holding an output (allocated at each call)
+  std::shared_ptr<Storage> kept;  // escaped temps, constants folded at compile time
+  std::weak_ptr<Storage> state;   // State
+  // Where the function first touched it, for errors.
+  std::string first_op;
+  Loc first_loc;
+
+  bool persistent() const { return kind != BufKind::Temp || escaped || output; }
+};
+
+struct View {
+  Shape sizes;
+  Shape strides;
+  int64_t offset = 0;  // elements
+  DType dtype = kF32;
+
+  int64_t numel() const;
+  bool contiguous() const;
+  bool operator==(const View&) const = default;
+};
+
+struct Operand {
+  int32_t buf = -1;
+  View view;
+  bool operator==(const Operand&) const = default;
+};
+
+enum class Call : uint8_t {
+  Copy, Constant, Fill, Iota, Random, Unary, Binary, Where, Reduce, Matmul, Index, Window, Fused
+};
+
+// One step of a fused elementwise group (Note [Elementwise fusion]): registers are the group's
+// values in a block; reg < 0 names the group's input -reg-1.
+struct FusedStep {
+  Call call = Call::Unary;  // Unary, Binary, Where, Copy (a dtype conversion)
+  OpKind op = OpKind::Neg;
+  OpAttrs attrs;
+  DType dtype = kF32;  // of the result
+  int32_t a = 0, b = 0, c = 0;
+};
+
+struct Node {
+  Call call = Call::Copy;
+  OpKind op = OpKind::Clone;
+  Operand out;
+  std::vector<Operand> in;
+  Operand out2;  // max_pool2d's indices (buf -1: none)
+  OpAttrs attrs;
+  Scalar value;                     // Fill
+  double start = 0, step = 0;       // Iota
+  RandomKind random = RandomKind::Uniform;
+  double a = 0, b = 0;              // Random's bounds
+  int nreduced = 0;                 // Reduce
+  int dim = 0;                      // Index
+  Window2d window;                  // Window
+  std::vector<char> bytes;          // Constant: the contiguous value
+  std::vector<FusedStep> steps;     // Fused
+  // The public op the user called and the line that called it.
+  std::string user_op;
+  Loc loc;
+
+  bool reads_out() const { return call == Call::Index && op == OpKind::ScatterAdd; }
+  std::string name() const;  // "add", "matmul", "fill", "fused"...
+};
+
+// A whole traced signature.
+struct Program {
+  std::vector<Buffer> buffers;
+  std::vector<Node> nodes;
+  std::vector<Operand> outputs;
+  size_t num_inputs = 0;
+  std::vector<View> input_views;   // as recorded (views of inputs are relative to these offsets)
+  std::string summary;             // what the passes changed
+  std::vector<std::function<void()>> replay_hooks;  // tg::on_replay (not saved)
+
+  bool full_write(const Node& n) const;  // writes its whole out buffer (and reads none of it)
+};
+
+// The element size of a dtype, as a signed number for offset arithmetic.
+inline int64_t esize(DType d) { return static_cast<int64_t>(element_size(d)); }
+
+}  // namespace tg::trace_detail

@@ -1,0 +1,162 @@
+// tg::trace: the cache of compiled signatures, recording a new one, replaying a known one.
+#include <mutex>
+#include <unordered_map>
+
+#include "core/check.h"
+#include "trace/executor.h"
+#include "trace/passes.h"
+#include "trace/recorder.h"
+
+namespace tg {
+namespace trace_detail {
+
+namespace {
+
+// Shapes, strides, dtypes and devices of the arguments, and which of them share storage.
+std::string signature_of(const std::vector<Tensor>& args) {
+  std::string key;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const Tensor& t = args[i];
+    if (!t.defined())
+      throw Error(fmt::format("trace: argument {} is an undefined tensor", i), "trace", Loc{});
+    const TensorImpl& a = *t.impl();
+    key += fmt::format("{}{}{}{};", static_cast<int>(a.dtype), a.device().str(), a.sizes,
+                       a.strides);
+    for (size_t j = 0; j < i; ++j) {
+      const TensorImpl& b = *args[j].impl();
+      if (b.storage == a.storage) {
+        key += fmt::format("={}@{};", j, a.offset - b.offset);
+        break;
+      }
+    }
+  }
+  return key;
+}
+
+// A handle to t's data with no autograd history.
+Tensor plain(const Tensor& t) { return t.detach(); }
+
+}  // namespace
+
+struct Compiled {
+  std::shared_ptr<const Program> program;
+  std::string memory;  // the memory plan's line of the summary
+  std::unique_ptr<Executor> executor;
+};
+
+class Cache {
+ public:
+  Cache(RecordFn fn, TraceOptions options) : fn_(std::move(fn)), options_(std::move(options)) {
+    for (const auto& name : options_.disable) {
+      bool known = false;
+      for (std::string_view k : kPassNames) known |= name == k;
+      TG_CHECK(known, "trace: no pass is called \"{}\"; the passes are {}", name,
+               fmt::join(kPassNames, ", "));
+    }
+  }
+
+  std::vector<Tensor> call(const std::vector<Tensor>& args) {
+    // Inside another trace, the outer recorder records what this function does.
+    if (is_tracing()) return fn_(args);
+    std::string key = signature_of(args);
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = compiled_.find(key);
+    if (it != compiled_.end()) {
+      latest_ = it->second.get();
+      return latest_->executor->run(args);
+    }
+    std::vector<Tensor> outputs;
+    Program program = record(args, outputs);
+    optimize(program, options_);
+    auto shared = std::make_shared<const Program>(std::move(program));
+    auto c = std::make_unique<Compiled>();
+    c->program = shared;
+    MemoryPlan plan = plan_memory(*shared, pass_enabled(options_, "memory"));
+    size_t arena = 0;
+    for (size_t b : plan.arena_bytes) arena += b;
+    c->memory = fmt::format(
+        "memory: temps in an arena of {} bytes ({} without sharing, {} alive at most), {} nodes "
+        "run in place\n",
+        arena, plan.naive_bytes, plan.live_peak, plan.in_place);
+    c->executor = std::make_unique<Executor>(shared, plan);
+    latest_ = c.get();
+    compiled_.emplace(std::move(key), std::move(c));
+    ++compiles_;
+    return outputs;
+  }
+
+  int64_t num_compiles() const { return compiles_; }
+  const Compiled& latest() const {
+    if (latest_ == nullptr)
+      throw Error("trace: the function has not been called yet, so there is no graph", "trace",
+                  Loc{});
+    return *latest_;
+  }
+
+ private:
+  Program record(const std::vector<Tensor>& args, std::vector<Tensor>& outputs) {
+    Recorder rec(args);
+    {
+      std::vector<Tensor> results;
+      t_trace_hook = &rec;
+      try {
+        results = fn_(args);
+      } catch (...) {
+        t_trace_hook = nullptr;
+        throw;
+      }
+      t_trace_hook = nullptr;
+      for (const Tensor& t : results) {
+        if (!t.defined())
+          throw Error("trace: the traced function returned an undefined tensor", "trace", Loc{});
+        outputs.push_back(plain(t));
+      }
+    }  // the results' autograd graphs go here, before finish() looks for escaped temps
+    return rec.finish(outputs);
+  }
+
+  RecordFn fn_;
+  TraceOptions options_;
+  std::mutex mu_;
+  std::unordered_map<std::string, std::unique_ptr<Compiled>> compiled_;
+  const Compiled* latest_ = nullptr;
+  int64_t compiles_ = 0;
+};
+
+bool pass_enabled(const TraceOptions& options, std::string_view name) {
+  if (options.mode == Mode::FastCompile) return false;
+  for (const auto& d : options.disable)
+    if (d == name) return false;
+  return true;
+}
+
+void optimize(Program& p, const TraceOptions& options) {
+  auto enabled = [&](std::string_view name) { return pass_enabled(options, name); };
+  std::string summary;
+  size_t before = p.nodes.size();
+  summary += fmt::format("recorded: {} nodes, {} buffers\n", before, p.buffers.size());
+  if (enabled("dce")) summary += eliminate_dead_code(p) + "\n";
+  if (enabled("cse")) summary += eliminate_common_subexpressions(p) + "\n";
+  if (enabled("dce")) summary += eliminate_dead_code(p) + "\n";
+  p.summary = std::move(summary);
+}
+
+}  // namespace trace_detail
+
+TracedFunction::TracedFunction(trace_detail::RecordFn fn, TraceOptions options)
+    : cache_(std::make_shared<trace_detail::Cache>(std::move(fn), std::move(options))) {}
+
+std::vector<Tensor> TracedFunction::call(const std::vector<Tensor>& args) const {
+  return cache_->call(args);
+}
+
+int64_t TracedFunction::num_compiles() const { return cache_->num_compiles(); }
+
+Graph TracedFunction::graph() const { return Graph(cache_->latest().program); }
+
+std::string TracedFunction::pass_summary() const {
+  const auto& c = cache_->latest();
+  return c.program->summary + c.memory;
+}
+
+}  // namespace tg
