@@ -147,7 +147,7 @@ Executor::Executor(std::shared_ptr<const Program> program, const MemoryPlan& pla
       case BufKind::Input: input_buffers_[buf.input] = static_cast<int32_t>(b); break;
       case BufKind::State: state_.push_back(static_cast<int32_t>(b)); break;
       case BufKind::Temp:
-        if (buf.escaped) {
+        if (buf.escaped || buf.constant) {
           bound_[b] = buf.kept;
         } else if (buf.output) {
           fresh_.push_back(static_cast<int32_t>(b));
@@ -219,7 +219,6 @@ void Executor::bind(const std::vector<Tensor>& args) {
                               buf.first_loc.file_name(), buf.first_loc.line()),
                   "trace", buf.first_loc);
     }
-    if (s == bound_[b]) continue;
     for (TensorImpl* u : users_[b]) u->storage = s;
     bound_[b] = std::move(s);
   }
@@ -231,29 +230,35 @@ void Executor::bind(const std::vector<Tensor>& args) {
   }
 }
 
-void Executor::exec(const Step& s) {
-  const Node& n = *s.node;
-  Backend& be = device_backend(s.out->storage->device);
+void run_call(const Node& n, const TensorImpl& out, const TensorImpl* const* in,
+              const TensorImpl* out2) {
+  Backend& be = device_backend(out.storage->device);
   switch (n.call) {
-    case Call::Copy: be.copy(*s.out, *s.in[0]); break;
-    case Call::Constant: be.copy_from_host(*s.out, n.bytes.data()); break;
-    case Call::Fill: be.fill(*s.out, n.value); break;
-    case Call::Iota: be.iota(*s.out, n.start, n.step); break;
+    case Call::Copy: be.copy(out, *in[0]); break;
+    case Call::Constant: be.copy_from_host(out, n.bytes.data()); break;
+    case Call::Fill: be.fill(out, n.value); break;
+    case Call::Iota: be.iota(out, n.start, n.step); break;
     case Call::Random: {
-      auto [seed, offset] = take_random_blocks(static_cast<uint64_t>((s.out->numel + 3) / 4));
-      if (s.out->numel > 0) be.random(n.random, *s.out, seed, offset, n.a, n.b);
+      auto [seed, offset] = take_random_blocks(static_cast<uint64_t>((out.numel + 3) / 4));
+      if (out.numel > 0) be.random(n.random, out, seed, offset, n.a, n.b);
       break;
     }
-    case Call::Unary: be.unary(n.op, *s.out, *s.in[0], n.attrs); break;
-    case Call::Binary: be.binary(n.op, *s.out, *s.in[0], *s.in[1]); break;
-    case Call::Where: be.where(*s.out, *s.in[0], *s.in[1], *s.in[2]); break;
-    case Call::Reduce: be.reduce(n.op, *s.out, *s.in[0], n.nreduced); break;
-    case Call::Matmul: be.matmul(*s.out, *s.in[0], *s.in[1]); break;
-    case Call::Index: be.index(n.op, *s.out, *s.in[0], n.dim, *s.in[1]); break;
-    case Call::Window: be.window(n.op, *s.out, *s.in[0], n.window, s.out2); break;
+    case Call::Unary: be.unary(n.op, out, *in[0], n.attrs); break;
+    case Call::Binary: be.binary(n.op, out, *in[0], *in[1]); break;
+    case Call::Where: be.where(out, *in[0], *in[1], *in[2]); break;
+    case Call::Reduce: be.reduce(n.op, out, *in[0], n.nreduced); break;
+    case Call::Matmul: be.matmul(out, *in[0], *in[1]); break;
+    case Call::Index: be.index(n.op, out, *in[0], n.dim, *in[1]); break;
+    case Call::Window: be.window(n.op, out, *in[0], n.window, out2); break;
     case Call::Fused: TG_INTERNAL_ASSERT(false); break;
   }
 }
+
+View contiguous_view(const Shape& sizes, DType dtype) {
+  return {sizes, contiguous_strides(sizes), 0, dtype};
+}
+
+void Executor::exec(const Step& s) { run_call(*s.node, *s.out, s.in.data(), s.out2); }
 
 std::vector<Tensor> Executor::outputs() {
   const Program& p = *program_;
@@ -276,7 +281,24 @@ std::vector<Tensor> Executor::outputs() {
   return out;
 }
 
+// After a call the executor holds no input, state or output: a state tensor freed by the user is
+// then seen as freed at the next call (never read stale), and memory is not kept alive.
+void Executor::unbind() {
+  auto drop = [&](int32_t b) {
+    if (b < 0) return;
+    bound_[b].reset();
+    for (TensorImpl* u : users_[b]) u->storage.reset();
+  };
+  for (int32_t b : input_buffers_) drop(b);
+  for (int32_t b : state_) drop(b);
+  for (int32_t b : fresh_) drop(b);
+}
+
 std::vector<Tensor> Executor::run(const std::vector<Tensor>& args) {
+  struct Unbind {
+    Executor* e;
+    ~Unbind() { e->unbind(); }
+  } unbind{this};
   prepare(args);
   for (const Step& s : steps_) exec(s);
   return outputs();
@@ -284,6 +306,10 @@ std::vector<Tensor> Executor::run(const std::vector<Tensor>& args) {
 
 std::vector<Tensor> Executor::run_checked(const std::vector<Tensor>& args,
                                           const std::function<void(size_t, const Tensor&)>& visit) {
+  struct Unbind {
+    Executor* e;
+    ~Unbind() { e->unbind(); }
+  } unbind{this};
   prepare(args);
   for (size_t i = 0; i < steps_.size(); ++i) {
     exec(steps_[i]);

@@ -38,6 +38,7 @@ class Executor {
   TensorImpl* impl_for(const Operand& o);
   void bind(const std::vector<Tensor>& args);
   void prepare(const std::vector<Tensor>& args);
+  void unbind();
   void exec(const Step& s);
   std::vector<Tensor> outputs();
 

@@ -28,7 +28,7 @@ std::string buffer_name(const Program& p, int32_t b) {
   switch (buf.kind) {
     case BufKind::Input: return fmt::format("in{}", buf.input);
     case BufKind::State: return fmt::format("state{}", b);
-    case BufKind::Temp: return fmt::format("%{}", b);
+    case BufKind::Temp: return buf.constant ? fmt::format("const{}", b) : fmt::format("%{}", b);
   }
   return "?";
 }

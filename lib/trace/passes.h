@@ -9,8 +9,12 @@ namespace tg::trace_detail {
 
 std::string eliminate_dead_code(Program& p);              // pass_dce.cpp: "dce"
 std::string eliminate_common_subexpressions(Program& p);  // pass_cse.cpp: "cse"
+std::string rewrite_for_stability(Program& p);           // pass_stability.cpp: "stability"
+std::string simplify_algebra(Program& p);                // pass_algebra.cpp: "algebra"
+std::string fold_constants(Program& p);                  // pass_fold.cpp: "fold"
 
-inline constexpr std::string_view kPassNames[] = {"dce", "cse", "memory"};
+inline constexpr std::string_view kPassNames[] = {"dce",  "cse",  "stability",
+                                                  "algebra", "fold", "memory"};
 bool pass_enabled(const TraceOptions& options, std::string_view name);
 // Runs the passes `options` asks for, in order, and fills p.summary.
 void optimize(Program& p, const TraceOptions& options);

@@ -35,13 +35,14 @@ struct Buffer {
   Device device;
   bool escaped = false;  // Temp kept alive by the program after the function returned
   bool output = false;   // Temp holding an output (allocated at each call)
-  std::shared_ptr<Storage> kept;  // escaped temps, constants folded at compile time
+  bool constant = false; // Temp computed once at compile time (Note [Constant folding])
+  std::shared_ptr<Storage> kept;  // escaped temps, constants
   std::weak_ptr<Storage> state;   // State
   // Where the function first touched it, for errors.
   std::string first_op;
   Loc first_loc;
 
-  bool persistent() const { return kind != BufKind::Temp || escaped || output; }
+  bool persistent() const { return kind != BufKind::Temp || escaped || output || constant; }
 };
 
 struct View {
@@ -111,6 +112,13 @@ struct Program {
 
   bool full_write(const Node& n) const;  // writes its whole out buffer (and reads none of it)
 };
+
+// Runs one node's backend call on the device's own backend, with its operands ready.
+void run_call(const Node& n, const TensorImpl& out, const TensorImpl* const* in,
+              const TensorImpl* out2);
+
+// A contiguous view of `sizes` at offset 0.
+View contiguous_view(const Shape& sizes, DType dtype);
 
 // The element size of a dtype, as a signed number for offset arithmetic.
 inline int64_t esize(DType d) { return static_cast<int64_t>(element_size(d)); }
