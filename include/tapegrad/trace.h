@@ -87,18 +87,39 @@ class Graph {
 };
 
 // What tg::trace returns, without the function's types: a cache of graphs per input signature.
+// tg::load_traced returns one too, holding the one graph it read.
 class TracedFunction {
  public:
   TracedFunction(trace_detail::RecordFn fn, TraceOptions options);
   // Replays (recording first on a new signature); outputs in the order the function returned.
   std::vector<Tensor> call(const std::vector<Tensor>& args) const;
-  int64_t num_compiles() const;
+  template <class... A>
+    requires(std::is_convertible_v<const A&, const Tensor&> && ...)
+  std::vector<Tensor> operator()(const A&... args) const {
+    return call(std::vector<Tensor>{Tensor(args)...});
+  }
+  int64_t num_compiles() const;      // signatures recorded in this process (0 for a loaded one)
   Graph graph() const;               // of the latest signature; throws before the first call
   std::string pass_summary() const;  // what each pass changed, for the latest signature
 
+  // Writes the latest signature's optimized graph, with the current values of its state, to one
+  // file (a safetensors file: the state are its tensors, the graph its metadata; the format is
+  // described in lib/trace/file_format.cpp). Arguments must have been contiguous and separate
+  // tensors when traced. Host hooks (tg::on_replay) are not saved: a learning rate keeps the
+  // value it had.
+  void save(const std::string& path, Loc loc = Loc::current()) const;
+
  private:
+  friend TracedFunction load_traced(const std::string& path, Loc loc);
+  explicit TracedFunction(std::shared_ptr<trace_detail::Cache> cache);
   std::shared_ptr<trace_detail::Cache> cache_;
 };
+
+// Reads a graph written by TracedFunction::save: a callable that needs none of the model's code.
+// It takes tensors of the saved arguments' shapes and dtypes (on the CPU; non-contiguous ones are
+// copied) and returns the outputs as a vector; it owns the saved state, and a graph that updates
+// state (a training step) updates its own copy. Every malformed file gets a tg::Error.
+TracedFunction load_traced(const std::string& path, Loc loc = Loc::current());
 
 namespace trace_detail {
 template <class T> struct Outputs;

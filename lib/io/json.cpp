@@ -210,4 +210,28 @@ std::string quote(std::string_view s) {
   return out + "\"";
 }
 
+std::string dump(const Value& v) {
+  switch (v.kind) {
+    case Value::Null: return "null";
+    case Value::Bool: return v.boolean ? "true" : "false";
+    case Value::Number:
+      if (v.is_integer) return std::to_string(v.integer);
+      TG_INTERNAL_ASSERT(std::isfinite(v.number));
+      return fmt::format("{}", v.number);
+    case Value::String: return quote(v.string);
+    case Value::Array: {
+      std::string out = "[";
+      for (size_t i = 0; i < v.array.size(); ++i) out += (i ? "," : "") + dump(v.array[i]);
+      return out + "]";
+    }
+    case Value::Object: {
+      std::string out = "{";
+      for (size_t i = 0; i < v.object.size(); ++i)
+        out += (i ? "," : "") + quote(v.object[i].first) + ":" + dump(v.object[i].second);
+      return out + "}";
+    }
+  }
+  return "null";
+}
+
 }  // namespace tg::json

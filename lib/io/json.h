@@ -26,5 +26,7 @@ struct Value {
 Value parse(std::string_view text, const std::string& what);
 // A JSON string literal for s (quotes and escapes).
 std::string quote(std::string_view s);
+// Compact JSON text: integers exactly, other numbers shortest round-trip (must be finite).
+std::string dump(const Value& v);
 
 }  // namespace tg::json

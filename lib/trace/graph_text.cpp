@@ -90,7 +90,7 @@ std::string Graph::to_string() const {
                       trace_detail::attrs_of(n), trace_detail::type_of(n.out.view));
     if (p.buffers[n.out.buf].kind == trace_detail::BufKind::State) os << "  [update]";
     if (!n.user_op.empty())
-      os << fmt::format("  # {} at {}:{}", n.user_op, n.loc.file_name(), n.loc.line());
+      os << fmt::format("  # {} at {}:{}", n.user_op, n.file, n.line);
     os << "\n";
   }
   std::vector<std::string> outs;

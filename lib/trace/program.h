@@ -94,7 +94,8 @@ struct Node {
   std::vector<FusedStep> steps;     // Fused
   // The public op the user called and the line that called it.
   std::string user_op;
-  Loc loc;
+  std::string file;
+  uint32_t line = 0;
 
   bool reads_out() const { return call == Call::Index && op == OpKind::ScatterAdd; }
   std::string name() const;  // "add", "matmul", "fill", "fused"...

@@ -220,7 +220,9 @@ Operand Recorder::operand(const TensorImpl& t) {
 
 void Recorder::add(Node node) {
   if (const char* op = OpScope::current_op()) node.user_op = op;
-  node.loc = OpScope::current_loc();
+  Loc loc = OpScope::current_loc();
+  node.file = loc.file_name();
+  node.line = loc.line();
   prog_.nodes.push_back(std::move(node));
 }
 

@@ -47,7 +47,8 @@ std::optional<double> Rewriter::constant(const Operand& o) const {
 
 void Rewriter::emit(Node n, const Node& like) {
   n.user_op = like.user_op;
-  n.loc = like.loc;
+  n.file = like.file;
+  n.line = like.line;
   out_.push_back(std::move(n));
 }
 
@@ -57,7 +58,6 @@ int32_t Rewriter::temp(size_t nbytes, const Node& like) {
   b.nbytes = nbytes;
   b.device = p_.buffers[like.out.buf].device;
   b.first_op = like.user_op;
-  b.first_loc = like.loc;
   p_.buffers.push_back(std::move(b));
   writers_.emplace_back();
   return static_cast<int32_t>(p_.buffers.size() - 1);

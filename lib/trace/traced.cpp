@@ -6,6 +6,7 @@
 #include "trace/executor.h"
 #include "trace/passes.h"
 #include "trace/recorder.h"
+#include "trace/serialize.h"
 
 namespace tg {
 namespace trace_detail {
@@ -70,7 +71,19 @@ class Cache {
     }
   }
 
+  // A graph read from a file: one signature, no function to record.
+  Cache(LoadedProgram loaded, std::string path) : path_(std::move(path)) {
+    owned_ = std::move(loaded.owned);
+    auto c = std::make_unique<Compiled>();
+    c->program = loaded.program;
+    MemoryPlan plan = plan_memory(*c->program, true);
+    c->executor = std::make_unique<Executor>(c->program, plan);
+    latest_ = c.get();
+    loaded_ = std::move(c);
+  }
+
   std::vector<Tensor> call(const std::vector<Tensor>& args) {
+    if (loaded_) return call_loaded(args);
     // Inside another trace, the outer recorder records what this function does.
     if (is_tracing()) return fn_(args);
     std::string key = signature_of(args);
@@ -112,6 +125,26 @@ class Cache {
   }
 
  private:
+  std::vector<Tensor> call_loaded(const std::vector<Tensor>& given) {
+    const Program& p = *loaded_->program;
+    TG_CHECK(given.size() == p.num_inputs,
+             "load_traced: the graph of '{}' takes {} tensors, and was given {}", path_,
+             p.num_inputs, given.size());
+    std::vector<Tensor> args = given;
+    for (size_t i = 0; i < args.size(); ++i) {
+      const View& v = p.input_views[i];
+      TG_CHECK(args[i].defined(), "load_traced: argument {} is an undefined tensor", i);
+      TG_CHECK(args[i].device().is_cpu() && args[i].dtype() == v.dtype && args[i].shape() == v.sizes,
+               "load_traced: the graph of '{}' takes argument {} as {}{} on the CPU, and was "
+               "given {}{} on {}", path_, i, dtype_name(v.dtype), v.sizes,
+               dtype_name(args[i].dtype()), args[i].shape(), args[i].device().str());
+      if (!args[i].is_contiguous()) args[i] = args[i].contiguous();
+      args[i] = plain(args[i]);
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    return loaded_->executor->run(args);
+  }
+
   Program record(const std::vector<Tensor>& args, std::vector<Tensor>& outputs) {
     Recorder rec(args);
     {
@@ -135,6 +168,9 @@ class Cache {
 
   RecordFn fn_;
   TraceOptions options_;
+  std::unique_ptr<Compiled> loaded_;
+  std::vector<std::shared_ptr<Storage>> owned_;  // a loaded graph's state
+  std::string path_;
   std::mutex mu_;
   std::unordered_map<std::string, std::unique_ptr<Compiled>> compiled_;
   const Compiled* latest_ = nullptr;
@@ -171,6 +207,17 @@ TracedFunction::TracedFunction(trace_detail::RecordFn fn, TraceOptions options)
 
 std::vector<Tensor> TracedFunction::call(const std::vector<Tensor>& args) const {
   return cache_->call(args);
+}
+
+TracedFunction::TracedFunction(std::shared_ptr<trace_detail::Cache> cache)
+    : cache_(std::move(cache)) {}
+
+void TracedFunction::save(const std::string& path, Loc loc) const {
+  trace_detail::save_program(*cache_->latest().program, path, loc);
+}
+
+TracedFunction load_traced(const std::string& path, Loc loc) {
+  return TracedFunction(std::make_shared<trace_detail::Cache>(trace_detail::load_program(path, loc), path));
 }
 
 int64_t TracedFunction::num_compiles() const { return cache_->num_compiles(); }
