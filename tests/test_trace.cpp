@@ -406,3 +406,51 @@ TEST_CASE("trace: a traced training step peaks below the eager one") {
   sgd_step(p1, x, y);  // two steps each
   for (size_t i = 0; i < p1.size(); ++i) CHECK(max_diff(p1[i], p2[i]) < 1e-6);
 }
+
+TEST_CASE("scan: loops a step over sequences, differentiably, eager and traced") {
+  manual_seed(4);
+  Tensor seq = randn({5, 3});
+  // Running sums.
+  Tensor sums = scan([](const Tensor& c, const Tensor& x) { return c + x; }, zeros({3}), seq);
+  REQUIRE(sums.shape() == Shape{5, 3});
+  std::vector<float> s = seq.to_vector<float>(), got = sums.to_vector<float>();
+  for (int j = 0; j < 3; ++j) {
+    float acc = 0;
+    for (int t = 0; t < 5; ++t) {
+      acc += s[t * 3 + j];
+      CHECK(got[t * 3 + j] == doctest::Approx(acc).epsilon(1e-6));
+    }
+  }
+  // No sequence: powers, as in Theano's scan tutorial.
+  Tensor a = tensor({1.0f, 2.0f, 3.0f});
+  Tensor powers = scan([&](const Tensor& c) { return c * a; }, ones({3}), 4);
+  CHECK(powers.select(0, 3).to_vector<float>() == std::vector<float>{1, 16, 81});
+  CHECK(scan([&](const Tensor& c) { return c * a; }, ones({3}), 0).shape() == Shape{0, 3});
+  // Gradients flow through every step: c_t = 2 c_{t-1} + x_t, d(sum of c_4)/dx_i = 2^(4-i).
+  Tensor x = seq.clone().requires_grad_();
+  Tensor last = scan([](const Tensor& c, const Tensor& v) { return c * 2 + v; }, zeros({3}), x)
+                    .select(0, 4)
+                    .sum();
+  auto g = grad({last}, {x});
+  for (int t = 0; t < 5; ++t)
+    CHECK(g[0].select(0, t).to_vector<float>() == std::vector<float>(3, static_cast<float>(1 << (4 - t))));
+  // Two sequences, traced like any other code (recompiled for another length).
+  Tensor w = randn({3, 3}) * 0.5;
+  auto rnn = [&](const Tensor& xs, const Tensor& gates) {
+    return scan([&](const Tensor& h, const std::vector<Tensor>& in) {
+      return tanh(h.matmul(w) + in[0]) * sigmoid(in[1]);
+    }, zeros({3}), {xs, gates});
+  };
+  auto traced = trace(rnn);
+  Tensor gates = randn({5, 3});
+  for (int i = 0; i < 2; ++i) CHECK(max_diff(traced(seq, gates), rnn(seq, gates)) < 1e-6);
+  Tensor longer = randn({8, 3}), longer_gates = randn({8, 3});
+  CHECK(max_diff(traced(longer, longer_gates), rnn(longer, longer_gates)) < 1e-6);
+  CHECK(traced.num_compiles() == 2);
+  // Misuse.
+  CHECK_THROWS_WITH_AS(scan([](const Tensor& c, const Tensor&) { return c.sum(); }, zeros({3}), seq),
+                       doctest::Contains("step 0 returned f32[]"), Error);
+  CHECK_THROWS_WITH_AS(scan([](const Tensor& c, const std::vector<Tensor>&) { return c; }, zeros({3}),
+                            {seq, randn({4, 3})}),
+                       doctest::Contains("has 4 steps"), Error);
+}

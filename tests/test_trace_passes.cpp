@@ -5,6 +5,8 @@
 
 #include <cmath>
 
+#include "trace/passes.h"  // the test hook that breaks a rewrite on purpose
+
 using namespace tg;
 
 namespace {
@@ -199,4 +201,41 @@ TEST_CASE("fold: values made of constants are computed once; state and randomnes
   auto big = trace([](const Tensor& v) { return v + zeros({100000}); });
   big(randn({100000}));
   CHECK(big.graph().count("fill") == 1);
+}
+
+TEST_CASE("debug mode: the optimized graph is checked node by node against the recorded one") {
+  manual_seed(9);
+  Tensor x = randn({4, 5}), w = randn({5, 3});
+  auto body = [&](const Tensor& v) {
+    Tensor p = sigmoid(v.matmul(w));
+    return (-(log(p) + log(1 - p))).sum() + nn::functional::dropout(v, 0.5, true).sum();
+  };
+  // Correct rewrites (stability ones included) and random draws pass, and give FastRun's values.
+  auto f = trace(body, {.mode = Mode::Debug});
+  manual_seed(1);
+  f(x);
+  Tensor debug_value = f(x);
+  auto fast = trace(body);
+  manual_seed(1);
+  fast(x);
+  CHECK(debug_value.item<float>() == fast(x).item<float>());
+  // A broken rewrite is caught at its node, naming the op and the line it came from.
+  trace_detail::g_test_corrupt_pass = [](trace_detail::Program& p) {
+    for (auto& n : p.nodes)
+      if (n.call == trace_detail::Call::Unary && n.op == OpKind::Tanh) n.op = OpKind::Sin;
+  };
+  auto g = trace([](const Tensor& v) { return tanh(v * 3) + 1; }, {.mode = Mode::Debug});
+  auto g_fast = trace([](const Tensor& v) { return tanh(v * 3) + 1; });
+  std::string message;
+  try {
+    g(x);  // pure: its first call already runs the optimized graph, checked
+  } catch (const Error& e) {
+    message = e.what();
+  }
+  Tensor unchecked = g_fast(x);
+  trace_detail::g_test_corrupt_pass = nullptr;
+  CHECK(message.find("node 1 (sin)") != std::string::npos);
+  CHECK(message.find("tanh at") != std::string::npos);
+  CHECK(message.find("test_trace_passes.cpp") != std::string::npos);
+  CHECK(max_diff(unchecked, tanh(x * 3) + 1) > 0.01);  // FastRun trusts its passes
 }

@@ -39,6 +39,9 @@ namespace tg {
 enum class Mode {
   FastRun,      // every pass
   FastCompile,  // no rewrites: replays exactly the kernels the function ran (bitwise equal)
+  Debug,        // every pass, and each replay also runs the unoptimized graph and compares them
+                // node by node: the first value that differs beyond rounding throws tg::Error
+                // naming the node, the op and the user's line (slow: for finding a bad rewrite)
 };
 
 struct TraceOptions {
@@ -200,6 +203,20 @@ class Traced : public TracedFunction {
     }(std::make_index_sequence<N>{});
   }
 };
+
+// Theano's scan: runs `step` over the leading dimension of the sequences,
+//   carry_t = step(carry_{t-1}, x_t)      (x_t = sequence[t]; carry_{-1} = init)
+// and returns every carry stacked: shape (T, init's shape). Differentiable through every step;
+// eagerly it loops, and inside tg::trace the loop is recorded unrolled (one graph per length T).
+// The step must return a tensor of init's shape and dtype.
+Tensor scan(const std::function<Tensor(const Tensor& carry, const Tensor& x)>& step,
+            const Tensor& init, const Tensor& sequence, Loc loc = Loc::current());
+// Several sequences of one length: step(carry, {a_t, b_t, ...}).
+Tensor scan(const std::function<Tensor(const Tensor& carry, const std::vector<Tensor>& xs)>& step,
+            const Tensor& init, const std::vector<Tensor>& sequences, Loc loc = Loc::current());
+// No sequence: n_steps applications of step(carry).
+Tensor scan(const std::function<Tensor(const Tensor& carry)>& step, const Tensor& init,
+            int64_t n_steps, Loc loc = Loc::current());
 
 // Traces fn (see the top of this file).
 template <class Fn>

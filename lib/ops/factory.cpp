@@ -31,6 +31,9 @@ Tensor random_tensor(RandomKind kind, const Shape& shape, DType dtype, Device de
 
 }  // namespace
 
+uint64_t random_offset() { return generator().offset.load(); }
+void set_random_offset(uint64_t offset) { generator().offset.store(offset); }
+
 std::pair<uint64_t, uint64_t> take_random_blocks(uint64_t blocks) {
   Generator& g = generator();
   uint64_t offset = g.offset.fetch_add(blocks);

@@ -44,6 +44,9 @@ Tensor scalar_tensor(Scalar value, DType dtype, Device device);
 void check_host_read(const char* what);
 // Hands out `blocks` Philox blocks of the global generator: {seed, first block}.
 std::pair<uint64_t, uint64_t> take_random_blocks(uint64_t blocks);
+// The global generator's block counter (Mode::Debug replays a graph twice with the same draws).
+uint64_t random_offset();
+void set_random_offset(uint64_t offset);
 
 inline Backend& backend_of(const Tensor& t) { return backend_for(t.device()); }
 inline const TensorImpl& impl_of(const Tensor& t) { return *t.impl(); }

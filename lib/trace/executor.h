@@ -55,4 +55,10 @@ class Executor {
   std::vector<int32_t> state_;          // state buffers
 };
 
+// Mode::Debug: runs `reference` (the graph as recorded), then `optimized` node by node, and
+// throws at the first value that differs (debug.cpp, Note [Debug replay]).
+std::vector<Tensor> run_debug(const Program& reference, Executor& reference_exec,
+                              const Program& optimized, Executor& exec,
+                              const std::vector<Tensor>& args);
+
 }  // namespace tg::trace_detail

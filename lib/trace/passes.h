@@ -19,6 +19,9 @@ bool pass_enabled(const TraceOptions& options, std::string_view name);
 // Runs the passes `options` asks for, in order, and fills p.summary.
 void optimize(Program& p, const TraceOptions& options);
 
+// Tests only: applied to every optimized program, to check that Mode::Debug catches a bad rewrite.
+inline std::function<void(Program&)> g_test_corrupt_pass;
+
 // Helpers the passes share.
 std::vector<int> write_counts(const Program& p);  // nodes writing each buffer
 // Replaces every read of buffer `from` (nodes from `first` on, and the outputs) by `to`.

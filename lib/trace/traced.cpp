@@ -58,6 +58,9 @@ struct Compiled {
   std::shared_ptr<const Program> program;
   std::string memory;  // the memory plan's line of the summary
   std::unique_ptr<Executor> executor;
+  // Mode::Debug: the graph as recorded, run beside the optimized one.
+  std::shared_ptr<const Program> reference;
+  std::unique_ptr<Executor> reference_executor;
 };
 
 class Cache {
@@ -91,10 +94,15 @@ class Cache {
     auto it = compiled_.find(key);
     if (it != compiled_.end()) {
       latest_ = it->second.get();
+      if (latest_->reference)
+        return run_debug(*latest_->reference, *latest_->reference_executor, *latest_->program,
+                         *latest_->executor, args);
       return latest_->executor->run(args);
     }
     std::vector<Tensor> outputs;
     Program program = record(args, outputs);
+    std::shared_ptr<const Program> reference;
+    if (options_.mode == Mode::Debug) reference = std::make_shared<const Program>(program);
     optimize(program, options_);
     auto shared = std::make_shared<const Program>(std::move(program));
     auto c = std::make_unique<Compiled>();
@@ -107,9 +115,17 @@ class Cache {
         "run in place\n",
         arena, plan.naive_bytes, plan.live_peak, plan.in_place);
     c->executor = std::make_unique<Executor>(shared, plan);
+    if (reference) {
+      c->reference = reference;
+      c->reference_executor = std::make_unique<Executor>(reference, plan_memory(*reference, false));
+    }
     // A function without effects gives the optimized graph's results from its first call on, so
     // every call agrees (a stability rewrite makes no exception for the first).
-    if (pure(*shared)) outputs = c->executor->run(args);
+    if (pure(*shared)) {
+      outputs = c->reference ? run_debug(*c->reference, *c->reference_executor, *c->program,
+                                         *c->executor, args)
+                             : c->executor->run(args);
+    }
     latest_ = c.get();
     compiled_.emplace(std::move(key), std::move(c));
     ++compiles_;
@@ -197,6 +213,7 @@ void optimize(Program& p, const TraceOptions& options) {
   if (enabled("fold")) summary += fold_constants(p) + "\n";
   if (enabled("cse")) summary += eliminate_common_subexpressions(p) + "\n";
   if (enabled("dce")) summary += eliminate_dead_code(p) + "\n";
+  if (g_test_corrupt_pass) g_test_corrupt_pass(p);
   p.summary = std::move(summary);
 }
 
