@@ -35,7 +35,9 @@ TEST_CASE("vectorized unary kernels match the scalar definitions on every ISA") 
   CHECK(tables.size() >= 1);
   MESSAGE("vector ISAs available here: " << tables.size() << ", best " << tables.back()->isa);
   for (OpKind kind : {OpKind::Exp, OpKind::Log, OpKind::Tanh, OpKind::Sigmoid, OpKind::Neg,
-                      OpKind::Abs, OpKind::Sqrt, OpKind::Rsqrt, OpKind::Relu}) {
+                      OpKind::Abs, OpKind::Sqrt, OpKind::Rsqrt, OpKind::Relu, OpKind::Erf,
+                      OpKind::Gelu, OpKind::Log1p, OpKind::Softplus, OpKind::LogSigmoid,
+                      OpKind::Sign}) {
     for (const auto* table : tables) {
       auto fn = table->unary_f32(kind);
       REQUIRE(static_cast<bool>(fn));
@@ -51,6 +53,52 @@ TEST_CASE("vectorized unary kernels match the scalar definitions on every ISA") 
           CAPTURE(x[i]);
           CHECK_MESSAGE(close(out[i], want, 4e-7, 1e-37), "got " << out[i] << ", want " << want);
         }
+      }
+    }
+  }
+}
+
+TEST_CASE("vectorized erf and gelu keep their relative precision deep in the tails") {
+  // gelu(-12) is about -1e-32: computed as 1 + erf(x/√2) it would be 0 or garbage.
+  std::vector<float> x;
+  for (double v = -13.5; v <= 6; v += 0.0137) x.push_back(static_cast<float>(v));
+  for (const auto* table : cpu::available_vec_kernels()) {
+    for (OpKind kind : {OpKind::Erf, OpKind::Gelu}) {
+      std::vector<float> out(x.size());
+      table->unary_f32(kind)(out.data(), x.data(), static_cast<int64_t>(x.size()), {});
+      for (size_t i = 0; i < x.size(); ++i) {
+        double want = static_cast<float>(cpu::scalar_unary<double>(kind, x[i], {}));
+        if (std::abs(want) < 1e-37) continue;  // f32 denormals: only absolute precision left
+        CAPTURE(table->isa);
+        CAPTURE(op_name(kind));
+        CAPTURE(x[i]);
+        CHECK_MESSAGE(close(out[i], want, 4e-7, 0), "got " << out[i] << ", want " << want);
+      }
+    }
+  }
+}
+
+TEST_CASE("vectorized clamp and pow follow their attributes") {
+  auto x = probe_values(-4, 4, 101);
+  for (const auto* table : cpu::available_vec_kernels()) {
+    for (OpAttrs attrs : {OpAttrs{-1, 2.5}, OpAttrs{0, INFINITY}, OpAttrs{-INFINITY, -0.5}}) {
+      std::vector<float> out(x.size());
+      table->unary_f32(OpKind::Clamp)(out.data(), x.data(), static_cast<int64_t>(x.size()), attrs);
+      for (size_t i = 0; i < x.size(); ++i) {
+        float want = cpu::scalar_unary<float>(OpKind::Clamp, x[i], attrs);
+        CAPTURE(x[i]);
+        CHECK((out[i] == want || (std::isnan(out[i]) && std::isnan(want))));
+      }
+    }
+    for (double e : {2.0, 3.0, 1.0, 0.5, -1.0, 0.0, 2.5}) {
+      std::vector<float> out(x.size());
+      table->unary_f32(OpKind::PowScalar)(out.data(), x.data(), static_cast<int64_t>(x.size()),
+                                          {e, 0});
+      for (size_t i = 0; i < x.size(); ++i) {
+        double want = static_cast<float>(cpu::scalar_unary<double>(OpKind::PowScalar, x[i], {e, 0}));
+        CAPTURE(e);
+        CAPTURE(x[i]);
+        CHECK_MESSAGE(close(out[i], want, 4e-7, 1e-37), "got " << out[i] << ", want " << want);
       }
     }
   }

@@ -81,7 +81,9 @@ class Graph {
  public:
   explicit Graph(std::shared_ptr<const trace_detail::Program> program);
   int64_t num_nodes() const;
-  int64_t count(std::string_view op) const;  // nodes of one op, by name ("add", "matmul", ...)
+  // Nodes of one op, by name ("add", "matmul", ...), steps inside fused nodes included;
+  // count("fused") gives the fused groups.
+  int64_t count(std::string_view op) const;
   std::string to_string() const;             // one line per node: id, op, shapes, inputs, line
   std::string to_dot() const;                // Graphviz
 

@@ -17,4 +17,41 @@ Backend& backend_for(Device device) {
   return device_backend(device);
 }
 
+// The reference way to run a fused group: each step into a contiguous temporary of out's shape.
+void Backend::fused(const std::vector<FusedStep>& steps, const TensorImpl& out,
+                    const TensorImpl* const* inputs, size_t ninputs) {
+  TG_INTERNAL_ASSERT(!steps.empty());
+  std::vector<TensorImpl> temps(steps.size() - 1);
+  std::vector<const TensorImpl*> values(steps.size());
+  auto operand = [&](int32_t r) -> const TensorImpl& {
+    if (r < 0) {
+      TG_INTERNAL_ASSERT(static_cast<size_t>(-r - 1) < ninputs);
+      return *inputs[-r - 1];
+    }
+    return *values[static_cast<size_t>(r)];
+  };
+  for (size_t i = 0; i < steps.size(); ++i) {
+    const FusedStep& s = steps[i];
+    if (i + 1 == steps.size()) {
+      values[i] = &out;
+    } else {
+      TensorImpl& t = temps[i];
+      t.sizes = out.sizes;
+      t.strides = contiguous_strides(out.sizes);
+      t.numel = out.numel;
+      t.dtype = s.dtype;
+      t.storage = allocate_storage(static_cast<size_t>(out.numel) * element_size(s.dtype),
+                                   out.storage->device);
+      values[i] = &t;
+    }
+    const TensorImpl& v = *values[i];
+    switch (s.kind) {
+      case FusedStep::Kind::Unary: unary(s.op, v, operand(s.a), s.attrs); break;
+      case FusedStep::Kind::Binary: binary(s.op, v, operand(s.a), operand(s.b)); break;
+      case FusedStep::Kind::Where: where(v, operand(s.a), operand(s.b), operand(s.c)); break;
+      case FusedStep::Kind::Convert: copy(v, operand(s.a)); break;
+    }
+  }
+}
+
 }  // namespace tg

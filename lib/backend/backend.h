@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "core/tensor_impl.h"
 #include "ops/op_registry.h"
@@ -24,6 +25,22 @@ struct Window2d {
 };
 
 enum class RandomKind : uint8_t { Uniform, Normal, Int };
+
+// One step of a fused elementwise group (Note [Elementwise fusion], lib/trace/pass_fuse.cpp).
+// Step i computes value i; its operands name earlier values (r >= 0) or the group's inputs
+// (r < 0: input -r-1). The last step's value is the group's output.
+struct FusedStep {
+  enum class Kind : uint8_t { Unary, Binary, Where, Convert };
+  Kind kind = Kind::Unary;
+  OpKind op = OpKind::Neg;  // Unary, Binary (a comparison gives bool)
+  OpAttrs attrs;            // Unary
+  DType dtype = kF32;       // of the value
+  int32_t a = 0, b = 0, c = 0;
+  bool operator==(const FusedStep& o) const {
+    return kind == o.kind && op == o.op && attrs.a == o.attrs.a && attrs.b == o.attrs.b &&
+           dtype == o.dtype && a == o.a && b == o.b && c == o.c;
+  }
+};
 
 class Backend {
  public:
@@ -76,6 +93,13 @@ class Backend {
   // AvgPool2d: out (N, C, OH, OW), the window's sum over kh*kw (padding counts as zeros).
   virtual void window(OpKind kind, const TensorImpl& out, const TensorImpl& x, const Window2d& w,
                       const TensorImpl* indices) = 0;
+
+  // A fused elementwise group: inputs are views expanded to out's shape (any dtypes, as the
+  // steps expect); out may be one of them exactly (same view), never a partial overlap. The
+  // default runs the steps one by one through unary/binary/where/copy into temporaries; a
+  // backend overrides it to run them in one pass over memory.
+  virtual void fused(const std::vector<FusedStep>& steps, const TensorImpl& out,
+                     const TensorImpl* const* inputs, size_t ninputs);
 };
 
 // Note [Trace hooks]

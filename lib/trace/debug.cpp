@@ -52,7 +52,7 @@ void compare(const Tensor& want, const Tensor& got, const Node& n, size_t index)
                             "element {} of {}{}, where the graph as recorded gives {}; it computes "
                             "{} at {}:{}. Switch passes off with TraceOptions::disable to find "
                             "the rewrite, and please report it",
-                            index, n.name(), b, k, dtype_name(want.dtype()), want.shape(), a,
+                            index, n.label(), b, k, dtype_name(want.dtype()), want.shape(), a,
                             n.user_op.empty() ? "an op" : n.user_op, n.file, n.line),
                 "trace", Loc{});
   }

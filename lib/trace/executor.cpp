@@ -164,9 +164,8 @@ Executor::Executor(std::shared_ptr<const Program> program, const MemoryPlan& pla
     }
   }
   for (const Node& n : p.nodes) {
-    Step s{&n, impl_for(n.out), n.out2.buf >= 0 ? impl_for(n.out2) : nullptr, {}};
-    TG_INTERNAL_ASSERT(n.in.size() <= 3);
-    for (size_t i = 0; i < n.in.size(); ++i) s.in[i] = impl_for(n.in[i]);
+    Step s{&n, impl_for(n.out), n.out2.buf >= 0 ? impl_for(n.out2) : nullptr, ins_.size()};
+    for (const Operand& o : n.in) ins_.push_back(impl_for(o));
     steps_.push_back(s);
   }
 }
@@ -250,7 +249,7 @@ void run_call(const Node& n, const TensorImpl& out, const TensorImpl* const* in,
     case Call::Matmul: be.matmul(out, *in[0], *in[1]); break;
     case Call::Index: be.index(n.op, out, *in[0], n.dim, *in[1]); break;
     case Call::Window: be.window(n.op, out, *in[0], n.window, out2); break;
-    case Call::Fused: TG_INTERNAL_ASSERT(false); break;
+    case Call::Fused: be.fused(n.steps, out, in, n.in.size()); break;
   }
 }
 
@@ -258,7 +257,7 @@ View contiguous_view(const Shape& sizes, DType dtype) {
   return {sizes, contiguous_strides(sizes), 0, dtype};
 }
 
-void Executor::exec(const Step& s) { run_call(*s.node, *s.out, s.in.data(), s.out2); }
+void Executor::exec(const Step& s) { run_call(*s.node, *s.out, ins_.data() + s.in, s.out2); }
 
 std::vector<Tensor> Executor::outputs() {
   const Program& p = *program_;

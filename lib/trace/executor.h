@@ -33,7 +33,7 @@ class Executor {
     const Node* node;
     TensorImpl* out;
     TensorImpl* out2;
-    std::array<TensorImpl*, 3> in;
+    size_t in;  // the first of the node's inputs in ins_
   };
   TensorImpl* impl_for(const Operand& o);
   void bind(const std::vector<Tensor>& args);
@@ -48,6 +48,7 @@ class Executor {
   std::vector<std::vector<TensorImpl*>> users_;                 // per buffer
   std::vector<std::unique_ptr<TensorImpl>> impls_;
   std::vector<Step> steps_;
+  std::vector<const TensorImpl*> ins_;  // every step's inputs, one run per step
   std::vector<std::vector<int64_t>> recorded_offset_;  // per buffer, per user
   std::vector<int64_t> output_delta_;
   std::vector<int32_t> input_buffers_;  // buffer of argument i (-1: aliases an earlier one)

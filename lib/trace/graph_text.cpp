@@ -45,6 +45,25 @@ std::string read_of(const Program& p, const Operand& o) {
   return s;
 }
 
+std::string step_name(const FusedStep& s) {
+  switch (s.kind) {
+    case FusedStep::Kind::Convert: return "copy";
+    case FusedStep::Kind::Where: return "where";
+    default: return std::string(op_name(s.op));
+  }
+}
+
+}  // namespace
+
+std::string Node::label() const {
+  if (call != Call::Fused) return name();
+  std::vector<std::string> names;
+  for (const FusedStep& s : steps) names.push_back(step_name(s));
+  return fmt::format("fused[{}]", fmt::join(names, ", "));
+}
+
+namespace {
+
 std::string attrs_of(const Node& n) {
   switch (n.call) {
     case Call::Fill: return fmt::format(" value={}", n.value.to_double());
@@ -56,7 +75,18 @@ std::string attrs_of(const Node& n) {
       if (n.op == OpKind::PowScalar) return fmt::format(" exponent={}", n.attrs.a);
       if (n.op == OpKind::Clamp) return fmt::format(" min={} max={}", n.attrs.a, n.attrs.b);
       return "";
-    case Call::Fused: return fmt::format(" steps={}", n.steps.size());
+    case Call::Fused: {
+      std::vector<std::string> steps;
+      auto reg = [](int32_t r) { return r < 0 ? fmt::format("i{}", -r - 1) : fmt::format("s{}", r); };
+      for (size_t k = 0; k < n.steps.size(); ++k) {
+        const FusedStep& s = n.steps[k];
+        std::string args = reg(s.a);
+        if (s.kind == FusedStep::Kind::Binary || s.kind == FusedStep::Kind::Where) args += ", " + reg(s.b);
+        if (s.kind == FusedStep::Kind::Where) args += ", " + reg(s.c);
+        steps.push_back(fmt::format("s{}={}({})", k, step_name(s), args));
+      }
+      return fmt::format(" {{{}}}", fmt::join(steps, "; "));
+    }
     default: return "";
   }
 }
@@ -72,7 +102,12 @@ int64_t Graph::num_nodes() const { return static_cast<int64_t>(program_->nodes.s
 
 int64_t Graph::count(std::string_view op) const {
   int64_t n = 0;
-  for (const auto& node : program_->nodes) n += node.name() == op;
+  // Steps inside fused nodes count as the ops they are: fusion changes how a graph runs, not
+  // what it computes.
+  for (const auto& node : program_->nodes) {
+    n += node.name() == op;
+    for (const auto& s : node.steps) n += trace_detail::step_name(s) == op;
+  }
   return n;
 }
 

@@ -66,15 +66,8 @@ enum class Call : uint8_t {
   Copy, Constant, Fill, Iota, Random, Unary, Binary, Where, Reduce, Matmul, Index, Window, Fused
 };
 
-// One step of a fused elementwise group (Note [Elementwise fusion]): registers are the group's
-// values in a block; reg < 0 names the group's input -reg-1.
-struct FusedStep {
-  Call call = Call::Unary;  // Unary, Binary, Where, Copy (a dtype conversion)
-  OpKind op = OpKind::Neg;
-  OpAttrs attrs;
-  DType dtype = kF32;  // of the result
-  int32_t a = 0, b = 0, c = 0;
-};
+// One step of a fused group (backend.h; Note [Elementwise fusion] in pass_fuse.cpp).
+using tg::FusedStep;
 
 struct Node {
   Call call = Call::Copy;
@@ -91,14 +84,15 @@ struct Node {
   int dim = 0;                      // Index
   Window2d window;                  // Window
   std::vector<char> bytes;          // Constant: the contiguous value
-  std::vector<FusedStep> steps;     // Fused
+  std::vector<FusedStep> steps;     // Fused: the group's steps; `in` are its inputs
   // The public op the user called and the line that called it.
   std::string user_op;
   std::string file;
   uint32_t line = 0;
 
   bool reads_out() const { return call == Call::Index && op == OpKind::ScatterAdd; }
-  std::string name() const;  // "add", "matmul", "fill", "fused"...
+  std::string name() const;   // "add", "matmul", "fill", "fused"...
+  std::string label() const;  // name(), and a fused node's steps: "fused[mul, tanh, add]"
 };
 
 // A whole traced signature.

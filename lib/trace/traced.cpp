@@ -55,7 +55,8 @@ Tensor plain(const Tensor& t) { return t.detach(); }
 }  // namespace
 
 struct Compiled {
-  std::shared_ptr<const Program> program;
+  std::shared_ptr<const Program> program;  // what runs: optimized, then fused
+  std::shared_ptr<const Program> saved;    // what f.save() writes: optimized, not fused
   std::string memory;  // the memory plan's line of the summary
   std::unique_ptr<Executor> executor;
   // Mode::Debug: the graph as recorded, run beside the optimized one.
@@ -78,7 +79,10 @@ class Cache {
   Cache(LoadedProgram loaded, std::string path) : path_(std::move(path)) {
     owned_ = std::move(loaded.owned);
     auto c = std::make_unique<Compiled>();
-    c->program = loaded.program;
+    c->saved = loaded.program;
+    Program lowered = *loaded.program;
+    lowered.summary += fuse_elementwise(lowered) + "\n";
+    c->program = std::make_shared<const Program>(std::move(lowered));
     MemoryPlan plan = plan_memory(*c->program, true);
     c->executor = std::make_unique<Executor>(c->program, plan);
     latest_ = c.get();
@@ -104,8 +108,10 @@ class Cache {
     std::shared_ptr<const Program> reference;
     if (options_.mode == Mode::Debug) reference = std::make_shared<const Program>(program);
     optimize(program, options_);
-    auto shared = std::make_shared<const Program>(std::move(program));
     auto c = std::make_unique<Compiled>();
+    c->saved = std::make_shared<const Program>(program);
+    if (pass_enabled(options_, "fuse")) program.summary += fuse_elementwise(program) + "\n";
+    auto shared = std::make_shared<const Program>(std::move(program));
     c->program = shared;
     MemoryPlan plan = plan_memory(*shared, pass_enabled(options_, "memory"));
     size_t arena = 0;
@@ -230,7 +236,7 @@ TracedFunction::TracedFunction(std::shared_ptr<trace_detail::Cache> cache)
     : cache_(std::move(cache)) {}
 
 void TracedFunction::save(const std::string& path, Loc loc) const {
-  trace_detail::save_program(*cache_->latest().program, path, loc);
+  trace_detail::save_program(*cache_->latest().saved, path, loc);
 }
 
 TracedFunction load_traced(const std::string& path, Loc loc) {

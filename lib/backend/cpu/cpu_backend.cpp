@@ -169,6 +169,10 @@ class CpuBackend final : public Backend {
               const TensorImpl* indices) override {
     window_kernel(kind, out, x, w, indices);
   }
+  void fused(const std::vector<FusedStep>& steps, const TensorImpl& out,
+             const TensorImpl* const* inputs, size_t ninputs) override {
+    fused_kernel(steps, out, inputs, ninputs);
+  }
 
  private:
   CachingAllocator allocator_;

@@ -9,6 +9,8 @@ void copy_kernel(const TensorImpl& dst, const TensorImpl& src);
 void fill_kernel(const TensorImpl& dst, Scalar value);
 void unary_kernel(OpKind kind, const TensorImpl& out, const TensorImpl& x, const OpAttrs& attrs);
 void binary_kernel(OpKind kind, const TensorImpl& out, const TensorImpl& a, const TensorImpl& b);
+void fused_kernel(const std::vector<FusedStep>& steps, const TensorImpl& out,
+                  const TensorImpl* const* in, size_t nin);
 void where_kernel(const TensorImpl& out, const TensorImpl& cond, const TensorImpl& a,
                   const TensorImpl& b);
 void reduce_kernel(OpKind kind, const TensorImpl& out, const TensorImpl& x, int nreduced);

@@ -83,7 +83,8 @@ template <class T> T scalar_unary(OpKind kind, T x, const OpAttrs& attrs) {
       case OpKind::Tanh: return std::tanh(x);
       case OpKind::Sigmoid: return T(1) / (T(1) + std::exp(-x));
       case OpKind::Relu: return x > 0 ? x : (x != x ? x : T(0));
-      case OpKind::Gelu: return T(0.5) * x * (T(1) + std::erf(x * T(M_SQRT1_2)));
+      // 1 + erf(x/√2) = erfc(-x/√2), which keeps its precision for negative x.
+      case OpKind::Gelu: return T(0.5) * x * std::erfc(-x * T(M_SQRT1_2));
       case OpKind::Erf: return std::erf(x);
       case OpKind::Softplus:  // max(x, 0) + ln(1 + e^-|x|): no overflow for large |x|
         return (x > 0 ? x : T(0)) + std::log1p(std::exp(-std::abs(x)));
