@@ -147,7 +147,7 @@ void training_steps(bool quick) {
 }
 
 void elementwise_block(bool quick) {
-  std::printf("\nElementwise-heavy: LayerNorm(GELU(x·a + b)) over 1000x1000, calls/s, 1 thread\n");
+  std::printf("\nElementwise-heavy blocks over 1000x1000, calls/s, 1 thread\n");
   std::printf("%-34s %11s %11s %11s %9s %9s %9s\n", "workload", "libtorch", "eager", "traced",
               "vs torch", "vs eager", "compile ms");
   double seconds = quick ? 0.1 : 0.4;
@@ -172,6 +172,34 @@ void elementwise_block(bool quick) {
   }, seconds);
 #endif
   print_row("GELU + LayerNorm, 1M elements", torch_s, eager_s, traced_s, compile_s);
+  auto unfused = tg::trace(block, {.disable = {"fuse"}});
+  unfused(x);
+  print_row("  the same traced without fusion", torch_s, eager_s,
+            measure([&] { unfused(x); }, seconds), 0);
+
+  // An optimizer-style update of 1M parameters: five elementwise ops, one pass when fused.
+  tg::Tensor p = tg::randn({1000, 1000}), m = tg::zeros({1000, 1000}), grad = tg::randn({1000, 1000});
+  auto update = [&](const tg::Tensor& gr) {
+    m.mul_(0.9).add_(gr + p * 1e-4);
+    p.sub_(m * 1e-3);
+    return std::vector<tg::Tensor>{};
+  };
+  double upd_eager = measure([&] { update(grad); }, seconds);
+  auto upd = tg::trace(update);
+  t0 = Clock::now();
+  upd(grad);
+  double upd_compile = std::chrono::duration<double>(Clock::now() - t0).count();
+  double upd_traced = measure([&] { upd(grad); }, seconds);
+  double upd_torch = 0;
+#ifdef TG_BENCH_TORCH
+  torch::Tensor tp = torch::randn({1000, 1000}), tm = torch::zeros({1000, 1000});
+  torch::Tensor tgr = torch::randn({1000, 1000});
+  upd_torch = measure([&] {
+    tm.mul_(0.9).add_(tgr + tp * 1e-4);
+    tp.sub_(tm * 1e-3);
+  }, seconds);
+#endif
+  print_row("momentum update, 1M parameters", upd_torch, upd_eager, upd_traced, upd_compile);
 }
 
 void peak_memory() {

@@ -149,8 +149,8 @@ TEST_CASE("fuse: the blocked CPU kernel agrees with running the steps one by one
   // Random step programs over inputs of several layouts, against Backend::fused's reference.
   std::mt19937 rng(5);
   Backend& cpu = cpu_backend();
-  const OpKind unary[] = {OpKind::Neg, OpKind::Exp, OpKind::Tanh, OpKind::Sigmoid, OpKind::Abs,
-                          OpKind::Relu, OpKind::Gelu, OpKind::Sign};
+  const OpKind unary[] = {OpKind::Neg, OpKind::Exp,  OpKind::Tanh, OpKind::Sigmoid,
+                          OpKind::Abs, OpKind::Relu, OpKind::Gelu, OpKind::Sign};
   const OpKind binary[] = {OpKind::Add, OpKind::Sub, OpKind::Mul, OpKind::Maximum, OpKind::Div};
   for (int trial = 0; trial < 40; ++trial) {
     CAPTURE(trial);
@@ -160,10 +160,18 @@ TEST_CASE("fuse: the blocked CPU kernel agrees with running the steps one by one
     for (int k = 0; k < 4; ++k) {
       Tensor t;
       switch (rng() % 4) {
-        case 0: t = randn(shape); break;
-        case 1: t = randn({shape[1]}).expand(shape); break;
-        case 2: t = randn({shape[0], 1}).expand(shape); break;
-        default: t = randn({shape[1], shape[0]}).t(); break;
+        case 0:
+          t = randn(shape);
+          break;
+        case 1:
+          t = randn({shape[1]}).expand(shape);
+          break;
+        case 2:
+          t = randn({shape[0], 1}).expand(shape);
+          break;
+        default:
+          t = randn({shape[1], shape[0]}).t();
+          break;
       }
       views.push_back(t);
     }

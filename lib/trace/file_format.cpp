@@ -33,9 +33,11 @@ namespace tg::trace_detail {
 //             "step"; random "random" ("uniform" | "normal" | "int"), "a", "b"; unary
 //             "attrs" [a, b]; reduce "nreduced"; index "dim"; window "window" [kh, kw, sh,
 //             sw, ph, pw, dh, dw]; and "user_op", "file", "line" for messages}
-// Numbers that are not finite are the strings "inf", "-inf", "nan". Arguments are contiguous
-// and views of them start at 0. Version 1 reads exactly these fields; a reader meeting a newer
-// version refuses it by number.
+// The graph is the one before elementwise fusion (Note [Elementwise fusion]): fused groups are a
+// lowering for one backend, which the loader redoes for the device it runs on, so no fused node
+// is ever written. Numbers that are not finite are the strings "inf", "-inf", "nan". Arguments
+// are contiguous and views of them start at 0. Version 1 reads exactly these fields; a reader
+// meeting a newer version refuses it by number.
 inline constexpr const char* kFormat = "tapegrad.traced";
 inline constexpr int kVersion = 1;
 
@@ -190,7 +192,7 @@ void save_program(const Program& prog, const std::string& path, Loc loc) {
     p.input_views[i].offset = 0;
   }
   for (const Node& n : p.nodes)
-    TG_CHECK(n.call != Call::Fused, "{}: fused nodes cannot be saved yet", op);
+    TG_INTERNAL_ASSERT(n.call != Call::Fused);  // save() gets the graph before fusion
 
   // The dtype each buffer is first seen as.
   std::vector<DType> dtype(p.buffers.size(), kBool);

@@ -77,11 +77,14 @@ std::string attrs_of(const Node& n) {
       return "";
     case Call::Fused: {
       std::vector<std::string> steps;
-      auto reg = [](int32_t r) { return r < 0 ? fmt::format("i{}", -r - 1) : fmt::format("s{}", r); };
+      auto reg = [](int32_t r) {
+        return r < 0 ? fmt::format("i{}", -r - 1) : fmt::format("s{}", r);
+      };
       for (size_t k = 0; k < n.steps.size(); ++k) {
         const FusedStep& s = n.steps[k];
         std::string args = reg(s.a);
-        if (s.kind == FusedStep::Kind::Binary || s.kind == FusedStep::Kind::Where) args += ", " + reg(s.b);
+        if (s.kind == FusedStep::Kind::Binary || s.kind == FusedStep::Kind::Where)
+          args += ", " + reg(s.b);
         if (s.kind == FusedStep::Kind::Where) args += ", " + reg(s.c);
         steps.push_back(fmt::format("s{}={}({})", k, step_name(s), args));
       }

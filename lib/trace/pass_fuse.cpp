@@ -48,11 +48,17 @@ bool elementwise(const Node& n) {
 int own_cost(const Node& n) {
   if (n.call != Call::Unary) return 1;
   switch (n.op) {
-    case OpKind::Neg: case OpKind::Abs: case OpKind::Relu: case OpKind::Sign: case OpKind::Clamp:
+    case OpKind::Neg:
+    case OpKind::Abs:
+    case OpKind::Relu:
+    case OpKind::Sign:
+    case OpKind::Clamp:
     case OpKind::LogicalNot:
       return 1;
-    case OpKind::PowScalar: return n.attrs.a == 2 ? 1 : kExpensive;
-    default: return kExpensive;
+    case OpKind::PowScalar:
+      return n.attrs.a == 2 ? 1 : kExpensive;
+    default:
+      return kExpensive;
   }
 }
 
@@ -60,10 +66,21 @@ FusedStep step_of(const Node& n) {
   FusedStep s;
   s.dtype = n.out.view.dtype;
   switch (n.call) {
-    case Call::Unary: s.kind = FusedStep::Kind::Unary; s.op = n.op; s.attrs = n.attrs; break;
-    case Call::Binary: s.kind = FusedStep::Kind::Binary; s.op = n.op; break;
-    case Call::Where: s.kind = FusedStep::Kind::Where; break;
-    default: s.kind = FusedStep::Kind::Convert; break;
+    case Call::Unary:
+      s.kind = FusedStep::Kind::Unary;
+      s.op = n.op;
+      s.attrs = n.attrs;
+      break;
+    case Call::Binary:
+      s.kind = FusedStep::Kind::Binary;
+      s.op = n.op;
+      break;
+    case Call::Where:
+      s.kind = FusedStep::Kind::Where;
+      break;
+    default:
+      s.kind = FusedStep::Kind::Convert;
+      break;
   }
   return s;
 }

@@ -100,7 +100,9 @@ struct Reg {
 };
 
 template <class T>
-const T* at(const Reg& r) { return reinterpret_cast<const T*>(r.p); }
+const T* at(const Reg& r) {
+  return reinterpret_cast<const T*>(r.p);
+}
 
 template <class O, class T, class F>
 void zip_block(O* o, const T* a, bool av, const T* b, bool bv, int64_t n, F f) {
@@ -197,14 +199,16 @@ void gather(char* dst, const char* src, int64_t stride, int64_t n, int64_t es) {
     std::memcpy(dst, src, static_cast<size_t>(n * es));
     return;
   }
-  for (int64_t i = 0; i < n; ++i) std::memcpy(dst + i * es, src + i * stride, static_cast<size_t>(es));
+  for (int64_t i = 0; i < n; ++i)
+    std::memcpy(dst + i * es, src + i * stride, static_cast<size_t>(es));
 }
 void scatter(char* dst, int64_t stride, const char* src, int64_t n, int64_t es) {
   if (stride == es) {
     std::memmove(dst, src, static_cast<size_t>(n * es));
     return;
   }
-  for (int64_t i = 0; i < n; ++i) std::memcpy(dst + i * stride, src + i * es, static_cast<size_t>(es));
+  for (int64_t i = 0; i < n; ++i)
+    std::memcpy(dst + i * stride, src + i * es, static_cast<size_t>(es));
 }
 
 // Byte offsets of every operand at the start of a row (a multi-index over the outer dims).
@@ -251,8 +255,8 @@ struct Scratch {
 };
 
 // Runs the steps over one block whose inputs are in `inputs`, leaving the result at `dst`.
-void run_block(const std::vector<FusedStep>& steps, Reg* regs, const Reg* inputs,
-               Scratch& scratch, char* dst, DType out_dtype, int64_t n) {
+void run_block(const std::vector<FusedStep>& steps, Reg* regs, const Reg* inputs, Scratch& scratch,
+               char* dst, DType out_dtype, int64_t n) {
   size_t last = steps.size() - 1;
   for (size_t i = 0; i < steps.size(); ++i)
     regs[i] = run_step(steps[i], regs, inputs, i == last ? dst : scratch.reg(i), n);
@@ -310,7 +314,8 @@ void fused_kernel(const std::vector<FusedStep>& steps, const TensorImpl& out,
         int64_t so = inner_stride(0);
         char* o = L.base[0] + cur.off[0] + col * so;
         bool direct = so == L.esize[0];
-        run_block(steps, regs.data(), inputs.data(), scratch, direct ? o : scratch.o(), out.dtype, n);
+        run_block(steps, regs.data(), inputs.data(), scratch, direct ? o : scratch.o(), out.dtype,
+                  n);
         if (!direct) scatter(o, so, scratch.o(), n, L.esize[0]);
       } else {
         int64_t row0 = item * rows_per_block;
@@ -339,7 +344,8 @@ void fused_kernel(const std::vector<FusedStep>& steps, const TensorImpl& out,
             }
         }
         bool direct = L.flat[0] != 0;
-        run_block(steps, regs.data(), inputs.data(), scratch, direct ? o0 : scratch.o(), out.dtype, n);
+        run_block(steps, regs.data(), inputs.data(), scratch, direct ? o0 : scratch.o(), out.dtype,
+                  n);
         if (!direct) {
           RowCursor c = cur;
           for (int64_t r = 0; r < nrows; ++r, c.next())

@@ -8,6 +8,7 @@
 #include "backend/cpu/cpu_kernels.h"
 #include "backend/cpu/loops.h"
 #include "backend/cpu/scalar_math.h"
+#include "backend/cpu/vec_kernels.h"
 
 namespace tg::cpu {
 namespace {
@@ -88,7 +89,9 @@ State<T> reduce_span(OpKind kind, const Loop& L, int64_t begin, int64_t end) {
     if (st[0] == sizeof(T) && kind == OpKind::Sum) {
       const T* x = reinterpret_cast<const T*>(p[0]);
       Acc<T> acc = 0;
-      if constexpr (std::is_floating_point_v<T>) {
+      if constexpr (std::is_same_v<T, float>) {
+        acc = vec_kernels().sum_f32(x, n);
+      } else if constexpr (std::is_floating_point_v<T>) {
 #pragma omp simd reduction(+ : acc)
         for (int64_t i = 0; i < n; ++i) acc += static_cast<Acc<T>>(x[i]);
       } else {

@@ -107,8 +107,14 @@ inline float erf_small_f32(float z, float zz) {
   return z * p;
 }
 
-// Dekker's exact square: x·x = hi + lo.
+// The exact square x·x = hi + lo: one fused multiply-add where the ISA has it, else Dekker's
+// splitting.
 inline void square_f32(float x, float& hi, float& lo) {
+#ifdef __FMA__
+  hi = x * x;
+  lo = std::fma(x, x, -hi);
+  return;
+#endif
   const float split = 4097.0f;  // 2^12 + 1
   float c = split * x;
   float xh = c - (c - x), xl = x - xh;
@@ -279,9 +285,22 @@ BinaryF32 binary(OpKind kind) {
   }
 }
 
+// 32 running f64 sums (four 512-bit registers), so the adds do not wait on each other.
+double sum(const float* x, int64_t n) {
+  constexpr int kLanes = 32;
+  double acc[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int k = 0; k < kLanes; ++k) acc[k] += static_cast<double>(x[i + k]);
+  for (int k = 0; i < n; ++i, ++k) acc[k] += static_cast<double>(x[i]);
+  for (int w = kLanes / 2; w >= 1; w /= 2)
+    for (int k = 0; k < w; ++k) acc[k] += acc[k + w];
+  return acc[0];
+}
+
 }  // namespace
 
 extern const VecKernels kTable;
-const VecKernels kTable{TG_VEC_NAME, unary, binary};
+const VecKernels kTable{TG_VEC_NAME, unary, binary, sum};
 
 }  // namespace tg::cpu::TG_VEC_NS

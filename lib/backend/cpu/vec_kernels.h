@@ -21,6 +21,8 @@ struct VecKernels {
   std::string_view isa;
   UnaryF32 (*unary_f32)(OpKind kind);
   BinaryF32 (*binary_f32)(OpKind kind);
+  // The sum of n contiguous floats, accumulated in f64 (in a fixed order for a given n).
+  double (*sum_f32)(const float* x, int64_t n);
 };
 
 // The best table this CPU supports (TAPEGRAD_ISA=baseline|avx2|avx512 forces one, for tests and
