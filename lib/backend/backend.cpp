@@ -54,4 +54,41 @@ void Backend::fused(const std::vector<FusedStep>& steps, const TensorImpl& out,
   }
 }
 
+// The reference way to run a matmul update: the product into a temporary, then elementwise.
+void Backend::matmul_update(const TensorImpl& out, const TensorImpl& a, const TensorImpl& b,
+                            double alpha, double beta, const TensorImpl* scale) {
+  auto temp = [&](const Shape& sizes) {
+    TensorImpl t;
+    t.sizes = sizes;
+    t.strides = contiguous_strides(sizes);
+    t.numel = 1;
+    for (int64_t d : sizes) t.numel *= d;
+    t.dtype = out.dtype;
+    t.storage = allocate_storage(static_cast<size_t>(t.numel) * element_size(out.dtype),
+                                 out.storage->device);
+    return t;
+  };
+  auto broadcast = [&](const TensorImpl& one) {  // one element viewed with out's shape
+    TensorImpl t;
+    t.storage = one.storage;
+    t.offset = one.offset;
+    t.dtype = one.dtype;
+    t.sizes = out.sizes;
+    t.strides = Shape(out.sizes.size(), 0);
+    t.numel = out.numel;
+    return t;
+  };
+  TensorImpl product = temp(out.sizes), factor = temp({});
+  matmul(product, a, b);
+  fill(factor, Scalar(alpha));
+  binary(OpKind::Mul, product, product, broadcast(factor));
+  if (scale != nullptr) binary(OpKind::Mul, product, product, broadcast(*scale));
+  if (beta == 0) return copy(out, product);
+  if (beta != 1) {
+    fill(factor, Scalar(beta));
+    binary(OpKind::Mul, out, out, broadcast(factor));
+  }
+  binary(OpKind::Add, out, out, product);
+}
+
 }  // namespace tg

@@ -78,6 +78,13 @@ class Backend {
 
   // out[b] = a[b] · b[b] for 3-D operands (batch strides may be 0); out is contiguous.
   virtual void matmul(const TensorImpl& out, const TensorImpl& a, const TensorImpl& b) = 0;
+  // out = alpha·s·(a · b) + beta·out for one product (3-D operands of batch 1, floating; out's
+  // columns contiguous, its rows at any stride), s the value of `scale` (one element) or 1 where
+  // it is null; beta 0 only writes out. A traced graph runs `w -= lr·(xᵀ·g)` as one such call
+  // (Note [Matmul updates], lib/trace/pass_matmul_update.cpp). The default computes the product
+  // into a temporary and combines it elementwise.
+  virtual void matmul_update(const TensorImpl& out, const TensorImpl& a, const TensorImpl& b,
+                             double alpha, double beta, const TensorImpl* scale);
 
   // IndexSelect: out = x.index_select(dim, index); Gather: out = x.gather(dim, index);
   // ScatterAdd: out[... index ...] += x (out already holds the base). index is i64, checked here.

@@ -246,7 +246,12 @@ void run_call(const Node& n, const TensorImpl& out, const TensorImpl* const* in,
     case Call::Binary: be.binary(n.op, out, *in[0], *in[1]); break;
     case Call::Where: be.where(out, *in[0], *in[1], *in[2]); break;
     case Call::Reduce: be.reduce(n.op, out, *in[0], n.nreduced); break;
-    case Call::Matmul: be.matmul(out, *in[0], *in[1]); break;
+    case Call::Matmul:
+      if (n.matmul_update())
+        be.matmul_update(out, *in[0], *in[1], n.alpha, n.beta, n.in.size() > 2 ? in[2] : nullptr);
+      else
+        be.matmul(out, *in[0], *in[1]);
+      break;
     case Call::Index: be.index(n.op, out, *in[0], n.dim, *in[1]); break;
     case Call::Window: be.window(n.op, out, *in[0], n.window, out2); break;
     case Call::Fused: be.fused(n.steps, out, in, n.in.size()); break;

@@ -33,9 +33,9 @@ namespace tg::trace_detail {
 //             "step"; random "random" ("uniform" | "normal" | "int"), "a", "b"; unary
 //             "attrs" [a, b]; reduce "nreduced"; index "dim"; window "window" [kh, kw, sh,
 //             sw, ph, pw, dh, dw]; and "user_op", "file", "line" for messages}
-// The graph is the one before elementwise fusion (Note [Elementwise fusion]): fused groups are a
-// lowering for one backend, which the loader redoes for the device it runs on, so no fused node
-// is ever written. Numbers that are not finite are the strings "inf", "-inf", "nan". Arguments
+// The graph is the one before the lowering steps (Note [Matmul updates], Note [Elementwise
+// fusion]): matmul updates and fused groups are lowerings for one backend, which the loader
+// redoes for the device it runs on, so no fused node or matmul update is ever written. Numbers that are not finite are the strings "inf", "-inf", "nan". Arguments
 // are contiguous and views of them start at 0. Version 1 reads exactly these fields; a reader
 // meeting a newer version refuses it by number.
 inline constexpr const char* kFormat = "tapegrad.traced";
@@ -192,7 +192,7 @@ void save_program(const Program& prog, const std::string& path, Loc loc) {
     p.input_views[i].offset = 0;
   }
   for (const Node& n : p.nodes)
-    TG_INTERNAL_ASSERT(n.call != Call::Fused);  // save() gets the graph before fusion
+    TG_INTERNAL_ASSERT(n.call != Call::Fused && !n.matmul_update());  // the graph before lowering
 
   // The dtype each buffer is first seen as.
   std::vector<DType> dtype(p.buffers.size(), kBool);

@@ -71,6 +71,9 @@ std::string attrs_of(const Node& n) {
     case Call::Random: return fmt::format(" a={} b={}", n.a, n.b);
     case Call::Reduce: return fmt::format(" reduced={}", n.nreduced);
     case Call::Index: return fmt::format(" dim={}", n.dim);
+    case Call::Matmul:
+      if (!n.matmul_update()) return "";
+      return fmt::format(" alpha={}{} beta={}", n.alpha, n.in.size() > 2 ? "*in2" : "", n.beta);
     case Call::Unary:
       if (n.op == OpKind::PowScalar) return fmt::format(" exponent={}", n.attrs.a);
       if (n.op == OpKind::Clamp) return fmt::format(" min={} max={}", n.attrs.a, n.attrs.b);

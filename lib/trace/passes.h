@@ -12,11 +12,14 @@ std::string eliminate_common_subexpressions(Program& p);  // pass_cse.cpp: "cse"
 std::string rewrite_for_stability(Program& p);           // pass_stability.cpp: "stability"
 std::string simplify_algebra(Program& p);                // pass_algebra.cpp: "algebra"
 std::string fold_constants(Program& p);                  // pass_fold.cpp: "fold"
-// The lowering step after the passes (f.save() writes the graph before it).
-std::string fuse_elementwise(Program& p);                // pass_fuse.cpp: "fuse"
+// The lowering steps after the passes (f.save() writes the graph before them).
+std::string fold_matmul_updates(Program& p);  // pass_matmul_update.cpp: "matmul_update"
+std::string fuse_elementwise(Program& p);     // pass_fuse.cpp: "fuse"
+// Both, as `options` asks, appending to p.summary.
+void lower(Program& p, const TraceOptions& options);
 
-inline constexpr std::string_view kPassNames[] = {"dce",  "cse",  "stability", "algebra",
-                                                  "fold", "fuse", "memory"};
+inline constexpr std::string_view kPassNames[] = {
+    "dce", "cse", "stability", "algebra", "fold", "matmul_update", "fuse", "memory"};
 bool pass_enabled(const TraceOptions& options, std::string_view name);
 // Runs the passes `options` asks for, in order, and fills p.summary.
 void optimize(Program& p, const TraceOptions& options);

@@ -81,6 +81,9 @@ struct Node {
   RandomKind random = RandomKind::Uniform;
   double a = 0, b = 0;              // Random's bounds
   int nreduced = 0;                 // Reduce
+  // Matmul: out = alpha·s·(in0·in1) + beta·out, s = in2 (one element) when present, else 1
+  // (Note [Matmul updates]); as recorded alpha 1, beta 0, no in2.
+  double alpha = 1, beta = 0;
   int dim = 0;                      // Index
   Window2d window;                  // Window
   std::vector<char> bytes;          // Constant: the contiguous value
@@ -90,7 +93,12 @@ struct Node {
   std::string file;
   uint32_t line = 0;
 
-  bool reads_out() const { return call == Call::Index && op == OpKind::ScatterAdd; }
+  bool reads_out() const {
+    return (call == Call::Index && op == OpKind::ScatterAdd) || (call == Call::Matmul && beta != 0);
+  }
+  bool matmul_update() const {
+    return call == Call::Matmul && (alpha != 1 || beta != 0 || in.size() > 2);
+  }
   std::string name() const;   // "add", "matmul", "fill", "fused"...
   std::string label() const;  // name(), and a fused node's steps: "fused[mul, tanh, add]"
 };

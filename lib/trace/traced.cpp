@@ -81,7 +81,7 @@ class Cache {
     auto c = std::make_unique<Compiled>();
     c->saved = loaded.program;
     Program lowered = *loaded.program;
-    lowered.summary += fuse_elementwise(lowered) + "\n";
+    lower(lowered, {});
     c->program = std::make_shared<const Program>(std::move(lowered));
     MemoryPlan plan = plan_memory(*c->program, true);
     c->executor = std::make_unique<Executor>(c->program, plan);
@@ -110,7 +110,7 @@ class Cache {
     optimize(program, options_);
     auto c = std::make_unique<Compiled>();
     c->saved = std::make_shared<const Program>(program);
-    if (pass_enabled(options_, "fuse")) program.summary += fuse_elementwise(program) + "\n";
+    lower(program, options_);
     auto shared = std::make_shared<const Program>(std::move(program));
     c->program = shared;
     MemoryPlan plan = plan_memory(*shared, pass_enabled(options_, "memory"));
@@ -221,6 +221,11 @@ void optimize(Program& p, const TraceOptions& options) {
   if (enabled("dce")) summary += eliminate_dead_code(p) + "\n";
   if (g_test_corrupt_pass) g_test_corrupt_pass(p);
   p.summary = std::move(summary);
+}
+
+void lower(Program& p, const TraceOptions& options) {
+  if (pass_enabled(options, "matmul_update")) p.summary += fold_matmul_updates(p) + "\n";
+  if (pass_enabled(options, "fuse")) p.summary += fuse_elementwise(p) + "\n";
 }
 
 }  // namespace trace_detail

@@ -161,6 +161,10 @@ class CpuBackend final : public Backend {
   void matmul(const TensorImpl& out, const TensorImpl& a, const TensorImpl& b) override {
     matmul_kernel(out, a, b);
   }
+  void matmul_update(const TensorImpl& out, const TensorImpl& a, const TensorImpl& b, double alpha,
+                     double beta, const TensorImpl* scale) override {
+    matmul_update_kernel(out, a, b, alpha, beta, scale);
+  }
   void index(OpKind kind, const TensorImpl& out, const TensorImpl& x, int dim,
              const TensorImpl& index) override {
     index_kernel(kind, out, x, dim, index);

@@ -15,6 +15,8 @@ void where_kernel(const TensorImpl& out, const TensorImpl& cond, const TensorImp
                   const TensorImpl& b);
 void reduce_kernel(OpKind kind, const TensorImpl& out, const TensorImpl& x, int nreduced);
 void matmul_kernel(const TensorImpl& out, const TensorImpl& a, const TensorImpl& b);
+void matmul_update_kernel(const TensorImpl& out, const TensorImpl& a, const TensorImpl& b,
+                          double alpha, double beta, const TensorImpl* scale);
 void index_kernel(OpKind kind, const TensorImpl& out, const TensorImpl& x, int dim,
                   const TensorImpl& index);
 void window_kernel(OpKind kind, const TensorImpl& out, const TensorImpl& x, const Window2d& w,

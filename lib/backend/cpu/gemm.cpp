@@ -1,9 +1,12 @@
 // CPU matmul: OpenBLAS sgemm/dgemm (gemv when one side is a vector), strided views passed
 // through as transposes without copying; integer matmul by plain loops.
+#include <cctype>
+#include <string>
 #include <vector>
 
 #include "backend/cpu/cpu_kernels.h"
 #include "backend/cpu/loops.h"
+#include "backend/cpu/vec_kernels.h"
 
 // The few CBLAS entry points used, declared here so no BLAS header leaks in (enums are ints).
 extern "C" {
@@ -16,6 +19,7 @@ void cblas_sgemv(int order, int trans, int m, int n, float alpha, const float* a
 void cblas_dgemv(int order, int trans, int m, int n, double alpha, const double* a, int lda,
                  const double* x, int incx, double beta, double* y, int incy);
 void openblas_set_num_threads(int n);
+char* openblas_get_corename() __attribute__((weak));
 }
 
 namespace tg::cpu {
@@ -41,31 +45,62 @@ Layout blas_layout(int64_t rows, int64_t cols, int64_t rs, int64_t cs) {
 bool fits_int(int64_t v) { return v <= INT32_MAX; }
 
 template <class T>
-void gemm(int ta, int tb, int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b,
-          int64_t ldb, T* c, int64_t ldc) {
+void gemm(int ta, int tb, int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda,
+          const T* b, int64_t ldb, T beta, T* c, int64_t ldc) {
   if constexpr (std::is_same_v<T, float>)
-    cblas_sgemm(kRowMajor, ta, tb, (int)m, (int)n, (int)k, 1.0f, a, (int)lda, b, (int)ldb, 0.0f, c, (int)ldc);
+    cblas_sgemm(kRowMajor, ta, tb, (int)m, (int)n, (int)k, alpha, a, (int)lda, b, (int)ldb, beta, c, (int)ldc);
   else
-    cblas_dgemm(kRowMajor, ta, tb, (int)m, (int)n, (int)k, 1.0, a, (int)lda, b, (int)ldb, 0.0, c, (int)ldc);
+    cblas_dgemm(kRowMajor, ta, tb, (int)m, (int)n, (int)k, alpha, a, (int)lda, b, (int)ldb, beta, c, (int)ldc);
 }
 
 template <class T>
-void gemv(int trans, int64_t m, int64_t n, const T* a, int64_t lda, const T* x, int64_t incx, T* y,
-          int64_t incy) {
+void gemv(int trans, int64_t m, int64_t n, T alpha, const T* a, int64_t lda, const T* x,
+          int64_t incx, T beta, T* y, int64_t incy) {
   if constexpr (std::is_same_v<T, float>)
-    cblas_sgemv(kRowMajor, trans, (int)m, (int)n, 1.0f, a, (int)lda, x, (int)incx, 0.0f, y, (int)incy);
+    cblas_sgemv(kRowMajor, trans, (int)m, (int)n, alpha, a, (int)lda, x, (int)incx, beta, y, (int)incy);
   else
-    cblas_dgemv(kRowMajor, trans, (int)m, (int)n, 1.0, a, (int)lda, x, (int)incx, 0.0, y, (int)incy);
+    cblas_dgemv(kRowMajor, trans, (int)m, (int)n, alpha, a, (int)lda, x, (int)incx, beta, y, (int)incy);
 }
 
-// One (m×k)·(k×n) product with element strides; c is m×n with row stride ldc.
+// Note [Which GEMM]
+// f32 products go to our own unpacked kernels (Note [Skinny products], vec_kernels.cpp) when
+//   - they are skinny: at most 16 rows, or an inner dimension of at most 16, where BLAS's
+//     packing and clearing cost more than the arithmetic;
+//   - or OpenBLAS runs its SSE3-era kernels (it does in VMs whose CPU it does not recognize; see
+//     the README) while this CPU has AVX-512: ours reach 80-90 GFLOP/s at 60×1000×1000 where
+//     those reach about 33 (OpenBLAS's AVX-512 kernels reach about 100, so they keep the rest
+//     when it has them). Dot-product layouts (a·bᵀ) stay with BLAS above 256 rows.
+// Everything else, and f64, goes to BLAS.
+constexpr int64_t kSkinny = 16, kDotRows = 256;
+
+bool blas_is_weak() {
+  static const bool weak = [] {
+    if (vec_kernels().isa != "avx512" || openblas_get_corename == nullptr) return false;
+    std::string name = openblas_get_corename();
+    for (char& ch : name) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    for (const char* strong : {"haswell", "zen", "skylakex", "cooperlake", "sapphirerapids"})
+      if (name.find(strong) != std::string::npos) return false;
+    return true;
+  }();
+  return weak;
+}
+
+// c (m×n, row stride ldc) = alpha·a·b + beta·c for one (m×k)·(k×n) product with element strides;
+// beta 0 only writes c.
 template <class T>
 void matmul_2d(const T* a, int64_t m, int64_t k, int64_t ars, int64_t acs, const T* b, int64_t n,
-               int64_t brs, int64_t bcs, T* c, int64_t ldc) {
+               int64_t brs, int64_t bcs, T* c, int64_t ldc, T alpha = 1, T beta = 0) {
   if (m == 0 || n == 0) return;
   if (k == 0) {
-    for (int64_t i = 0; i < m; ++i) std::fill(c + i * ldc, c + i * ldc + n, T(0));
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == 0 ? T(0) : beta * c[i * ldc + j];
     return;
+  }
+  if constexpr (std::is_same_v<T, float>) {
+    bool rows = bcs == 1 || n == 1, dots = brs == 1 && acs == 1;
+    bool skinny = m <= kSkinny || k <= kSkinny, weak = blas_is_weak();
+    if ((rows && (skinny || weak)) || (dots && (m <= kSkinny || (weak && m <= kDotRows))))
+      return vec_kernels().gemm_skinny_f32(m, n, k, alpha, a, ars, acs, b, brs, bcs, beta, c, ldc);
   }
   std::vector<T> acopy, bcopy;
   Layout la = blas_layout(m, k, ars, acs), lb = blas_layout(k, n, brs, bcs);
@@ -85,16 +120,16 @@ void matmul_2d(const T* a, int64_t m, int64_t k, int64_t ars, int64_t acs, const
   }
   if (m == 1 && fits_int(acs)) {
     // c (1×n) = a (1×k) · b: y = bᵀ x, with b read in whichever layout it has.
-    if (lb.trans == kNoTrans) gemv<T>(kTrans, k, n, b, lb.ld, a, acs, c, 1);
-    else gemv<T>(kNoTrans, n, k, b, lb.ld, a, acs, c, 1);
+    if (lb.trans == kNoTrans) gemv<T>(kTrans, k, n, alpha, b, lb.ld, a, acs, beta, c, 1);
+    else gemv<T>(kNoTrans, n, k, alpha, b, lb.ld, a, acs, beta, c, 1);
     return;
   }
   if (n == 1 && fits_int(brs) && fits_int(ldc)) {
-    if (la.trans == kNoTrans) gemv<T>(kNoTrans, m, k, a, la.ld, b, brs, c, ldc);
-    else gemv<T>(kTrans, k, m, a, la.ld, b, brs, c, ldc);
+    if (la.trans == kNoTrans) gemv<T>(kNoTrans, m, k, alpha, a, la.ld, b, brs, beta, c, ldc);
+    else gemv<T>(kTrans, k, m, alpha, a, la.ld, b, brs, beta, c, ldc);
     return;
   }
-  gemm<T>(la.trans, lb.trans, m, n, k, a, la.ld, b, lb.ld, c, ldc);
+  gemm<T>(la.trans, lb.trans, m, n, k, alpha, a, la.ld, b, lb.ld, beta, c, ldc);
 }
 
 // Note [One thread pool]
@@ -105,12 +140,13 @@ void matmul_2d(const T* a, int64_t m, int64_t k, int64_t ars, int64_t acs, const
 // one BLAS call.
 template <class T>
 void matmul_parallel(const T* a, int64_t m, int64_t k, int64_t ars, int64_t acs, const T* b,
-                     int64_t n, int64_t brs, int64_t bcs, T* c) {
+                     int64_t n, int64_t brs, int64_t bcs, T* c, int64_t ldc, T alpha = 1,
+                     T beta = 0) {
   constexpr int64_t kMinWork = 1 << 18;  // multiply-adds per block
   int threads = num_threads();
   int64_t work = m * n * std::max<int64_t>(k, 1);
   int64_t blocks = std::min<int64_t>(threads, work / kMinWork);
-  if (blocks <= 1) return matmul_2d<T>(a, m, k, ars, acs, b, n, brs, bcs, c, n);
+  if (blocks <= 1) return matmul_2d<T>(a, m, k, ars, acs, b, n, brs, bcs, c, ldc, alpha, beta);
   bool by_rows = m >= n || m >= 8 * blocks;
   int64_t extent = by_rows ? m : n;
   blocks = std::min(blocks, extent);
@@ -118,9 +154,10 @@ void matmul_parallel(const T* a, int64_t m, int64_t k, int64_t ars, int64_t acs,
   for (int64_t t = 0; t < blocks; ++t) {
     int64_t lo = extent * t / blocks, hi = extent * (t + 1) / blocks;
     if (by_rows)
-      matmul_2d<T>(a + lo * ars, hi - lo, k, ars, acs, b, n, brs, bcs, c + lo * n, n);
+      matmul_2d<T>(a + lo * ars, hi - lo, k, ars, acs, b, n, brs, bcs, c + lo * ldc, ldc, alpha,
+                   beta);
     else
-      matmul_2d<T>(a, m, k, ars, acs, b + lo * bcs, hi - lo, brs, bcs, c + lo, n);
+      matmul_2d<T>(a, m, k, ars, acs, b + lo * bcs, hi - lo, brs, bcs, c + lo, ldc, alpha, beta);
   }
 }
 
@@ -151,7 +188,7 @@ void matmul_kernel(const TensorImpl& out, const TensorImpl& a, const TensorImpl&
       T* ci = pc + i * m * n;
       if constexpr (std::is_floating_point_v<T>) {
         if (batch == 1)
-          matmul_parallel<T>(ai, m, k, a.strides[1], a.strides[2], bi, n, b.strides[1], b.strides[2], ci);
+          matmul_parallel<T>(ai, m, k, a.strides[1], a.strides[2], bi, n, b.strides[1], b.strides[2], ci, n);
         else
           matmul_2d<T>(ai, m, k, a.strides[1], a.strides[2], bi, n, b.strides[1], b.strides[2], ci, n);
       } else {
@@ -162,6 +199,26 @@ void matmul_kernel(const TensorImpl& out, const TensorImpl& a, const TensorImpl&
     int64_t grain = std::max<int64_t>(1, (int64_t{1} << 18) / std::max<int64_t>(1, m * n * k));
     if (batch == 1) one(0);
     else parallel_for(batch, grain, [&](int64_t lo, int64_t hi) { for (int64_t i = lo; i < hi; ++i) one(i); });
+  });
+}
+
+void matmul_update_kernel(const TensorImpl& out, const TensorImpl& a, const TensorImpl& b,
+                          double alpha, double beta, const TensorImpl* scale) {
+  int64_t m = out.sizes[1], n = out.sizes[2], k = a.sizes[2];
+  TG_INTERNAL_ASSERT(out.sizes[0] == 1 && (out.strides[2] == 1 || n == 1) && out.strides[1] >= n);
+  TG_CHECK(fits_int(m) && fits_int(n) && fits_int(k) && fits_int(out.strides[1]),
+           "matmul: sizes {}x{}x{} are too large for BLAS (at most 2^31-1 each)", m, k, n);
+  double s = 1;
+  if (scale != nullptr) {
+    TG_INTERNAL_ASSERT(is_floating(scale->dtype) && scale->numel == 1);
+    s = scale->dtype == kF64 ? *reinterpret_cast<const double*>(scale->data())
+                             : static_cast<double>(*reinterpret_cast<const float*>(scale->data()));
+  }
+  TG_DISPATCH_FLOAT(out.dtype, [&] {
+    matmul_parallel<T>(reinterpret_cast<const T*>(a.data()), m, k, a.strides[1], a.strides[2],
+                       reinterpret_cast<const T*>(b.data()), n, b.strides[1], b.strides[2],
+                       reinterpret_cast<T*>(out.data()), out.strides[1],
+                       static_cast<T>(alpha * s), static_cast<T>(beta));
   });
 }
 

@@ -3,7 +3,12 @@
 // compiler vectorizes; the polynomials are Cephes' single-precision ones (about 1 ulp).
 #include <bit>
 #include <cmath>
+#include <algorithm>
 #include <cstdint>
+#include <vector>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #include "backend/cpu/vec_kernels.h"
 
@@ -298,9 +303,170 @@ double sum(const float* x, int64_t n) {
   return acc[0];
 }
 
+// Note [Skinny products]
+// A product with few rows (a batch of 1 to 16 going forward or back) or a short inner dimension
+// (the weight gradient of a small batch, k = batch) is mostly memory traffic, and BLAS's general
+// path spends it packing both operands and clearing c before it starts (its SSE3 fallback, which
+// OpenBLAS picks in VMs it does not recognize, is slower still). Two kernels, no packing:
+//   b's rows contiguous (x·W): c is cut into panels of 128 columns, so the panel of b (k × 128)
+//     stays in L2 while every group of 4 rows of c streams it; a tile of 4 rows by 32 columns
+//     of c lives in eight 16-float registers, each a value broadcast from wherever it is;
+//   b's columns contiguous (δ·Wᵀ, a's rows contiguous too): c[i][j] is the dot product of two
+//     contiguous rows; tiles of 4 by 4 dot products, 16 lanes each, summed at the end.
+// c is read (beta != 0) and written once; beta = 0 never reads it, so a NaN there cannot leak.
+// Column tails use masked loads and stores (AVX-512) or plain loops.
+using V16 = float __attribute__((vector_size(64), aligned(4)));
+
+inline V16 load16(const float* p) {
+  V16 v;
+  __builtin_memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void store16(float* p, V16 v) { __builtin_memcpy(p, &v, sizeof v); }
+// The first `count` (< 16) lanes; the others are zero, or left alone when storing.
+inline V16 load_part(const float* p, int64_t count) {
+#if defined(__AVX512F__)
+  return reinterpret_cast<V16>(_mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << count) - 1), p));
+#else
+  V16 v = {};
+  for (int64_t i = 0; i < count; ++i) v[i] = p[i];
+  return v;
+#endif
+}
+inline void store_part(float* p, V16 v, int64_t count) {
+#if defined(__AVX512F__)
+  _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << count) - 1), reinterpret_cast<__m512>(v));
+#else
+  for (int64_t i = 0; i < count; ++i) p[i] = v[i];
+#endif
+}
+inline float hsum(V16 v) {
+  float s = 0;
+  for (int i = 0; i < 16; ++i) s += v[i];
+  return s;
+}
+
+// R rows × C vectors of c at column j; w lanes in the last vector (16: all). ap holds the R rows
+// of a packed p-major (ap[p·R + r]), so one pointer walks them.
+constexpr int64_t kAhead = 24;  // rows of b prefetched ahead
+
+template <int R, int C>
+void nn_tile(int64_t j, int64_t w, int64_t k, float alpha, const float* ap, const float* b,
+             int64_t ldb, float beta, float* c, int64_t ldc) {
+  V16 acc[R][C] = {};
+  const float* bp = b + j;
+  for (int64_t p = 0; p < k; ++p, bp += ldb, ap += R) {
+    V16 bv[C];
+    // b's rows are far apart: the hardware does not prefetch that stride, so ask ahead.
+    for (int h = 0; h < C; ++h) __builtin_prefetch(bp + kAhead * ldb + 16 * h);
+    for (int h = 0; h < C; ++h)
+      bv[h] = (h + 1 < C || w == 16) ? load16(bp + 16 * h) : load_part(bp + 16 * h, w);
+    for (int r = 0; r < R; ++r)
+      for (int h = 0; h < C; ++h) acc[r][h] += ap[r] * bv[h];
+  }
+  for (int r = 0; r < R; ++r)
+    for (int h = 0; h < C; ++h) {
+      float* cp = c + r * ldc + j + 16 * h;
+      bool full = h + 1 < C || w == 16;
+      V16 v = alpha * acc[r][h];
+      if (beta != 0) v += beta * (full ? load16(cp) : load_part(cp, w));
+      if (full) store16(cp, v);
+      else store_part(cp, v, w);
+    }
+}
+
+// R rows of c over columns [j0, j1): tiles of 16·C columns, then of 16, then one partial
+// vector. AVX-512's 32 registers hold 8 rows × 2 vectors of sums; other ISAs use fewer rows.
+#if defined(__AVX512F__)
+constexpr int kTileRows = 8;
+#else
+constexpr int kTileRows = 4;
+#endif
+template <int R>
+void nn_rows(int64_t j0, int64_t j1, int64_t k, float alpha, const float* ap, const float* b,
+             int64_t ldb, float beta, float* c, int64_t ldc) {
+  constexpr int C = R >= 4 ? 2 : 8 / R;
+  int64_t j = j0;
+  for (; j + 16 * C <= j1; j += 16 * C) nn_tile<R, C>(j, 16, k, alpha, ap, b, ldb, beta, c, ldc);
+  for (; j + 16 <= j1; j += 16) nn_tile<R, 1>(j, 16, k, alpha, ap, b, ldb, beta, c, ldc);
+  if (j < j1) nn_tile<R, 1>(j, j1 - j, k, alpha, ap, b, ldb, beta, c, ldc);
+}
+
+// Dot products of R rows of a with J rows of bt (b transposed), each k long and contiguous.
+template <int R, int J>
+void nt_tile(int64_t k, float alpha, const float* a, int64_t ars, const float* bt, int64_t ldb,
+             float beta, float* c, int64_t ldc) {
+  V16 acc[R][J] = {};
+  int64_t p = 0;
+  auto step = [&](int64_t w) {
+    V16 av[R], bv[J];
+    for (int r = 0; r < R; ++r) av[r] = w == 16 ? load16(a + r * ars + p) : load_part(a + r * ars + p, w);
+    for (int q = 0; q < J; ++q) bv[q] = w == 16 ? load16(bt + q * ldb + p) : load_part(bt + q * ldb + p, w);
+    for (int r = 0; r < R; ++r)
+      for (int q = 0; q < J; ++q) acc[r][q] += av[r] * bv[q];
+  };
+  for (; p + 16 <= k; p += 16) step(16);
+  if (p < k) step(k - p);
+  for (int r = 0; r < R; ++r)
+    for (int q = 0; q < J; ++q) {
+      float* cp = c + r * ldc + q;
+      float v = alpha * hsum(acc[r][q]);
+      *cp = beta == 0 ? v : v + beta * *cp;
+    }
+}
+
+template <int R>
+void nt_rows(int64_t n, int64_t k, float alpha, const float* a, int64_t ars, const float* bt,
+             int64_t ldb, float beta, float* c, int64_t ldc) {
+  int64_t j = 0;
+  for (; j + 4 <= n; j += 4) nt_tile<R, 4>(k, alpha, a, ars, bt + j * ldb, ldb, beta, c + j, ldc);
+  for (; j < n; ++j) nt_tile<R, 1>(k, alpha, a, ars, bt + j * ldb, ldb, beta, c + j, ldc);
+}
+
+// Rows of c in groups of G, then of 4, 2 and 1: f<R>(i) handles rows [i, i + R).
+template <int G, class F>
+void row_groups(int64_t m, F&& f) {
+  int64_t i = 0;
+  for (; i + G <= m; i += G) f.template operator()<G>(i);
+  if constexpr (G > 4) for (; i + 4 <= m; i += 4) f.template operator()<4>(i);
+  for (; i + 2 <= m; i += 2) f.template operator()<2>(i);
+  for (; i < m; ++i) f.template operator()<1>(i);
+}
+
+void gemm_skinny(int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t ars,
+                 int64_t acs, const float* b, int64_t brs, int64_t bcs, float beta, float* c,
+                 int64_t ldc) {
+  if (bcs == 1 || n == 1) {
+    // a packed once: the group of rows from i holds its R rows p-major at i·k.
+    thread_local std::vector<float> packed;
+    if (packed.size() < static_cast<size_t>(m * k)) packed.resize(static_cast<size_t>(m * k));
+    float* ap = packed.data();
+    row_groups<kTileRows>(m, [&]<int R>(int64_t i) {
+      for (int64_t p = 0; p < k; ++p)
+        for (int r = 0; r < R; ++r) ap[i * k + p * R + r] = a[(i + r) * ars + p * acs];
+    });
+    constexpr int64_t kPanel = 128;
+    for (int64_t j0 = 0; j0 < n; j0 += kPanel) {
+      int64_t j1 = std::min(n, j0 + kPanel);
+      row_groups<kTileRows>(m, [&]<int R>(int64_t i) {
+        nn_rows<R>(j0, j1, k, alpha, ap + i * k, b, brs, beta, c + i * ldc, ldc);
+      });
+    }
+    return;
+  }
+  // b's columns contiguous (brs == 1) and a's rows contiguous (acs == 1): dot products, four
+  // columns of c at a time against every row of a, so each column of b is read once.
+  for (int64_t j = 0; j < n; j += 4) {
+    int64_t cols = std::min<int64_t>(4, n - j);
+    row_groups<4>(m, [&]<int R>(int64_t i) {
+      nt_rows<R>(cols, k, alpha, a + i * ars, ars, b + j * bcs, bcs, beta, c + i * ldc + j, ldc);
+    });
+  }
+}
+
 }  // namespace
 
 extern const VecKernels kTable;
-const VecKernels kTable{TG_VEC_NAME, unary, binary, sum};
+const VecKernels kTable{TG_VEC_NAME, unary, binary, sum, gemm_skinny};
 
 }  // namespace tg::cpu::TG_VEC_NS

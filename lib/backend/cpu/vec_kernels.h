@@ -23,6 +23,12 @@ struct VecKernels {
   BinaryF32 (*binary_f32)(OpKind kind);
   // The sum of n contiguous floats, accumulated in f64 (in a fixed order for a given n).
   double (*sum_f32)(const float* x, int64_t n);
+  // c (m×n, row stride ldc) = alpha·a·b + beta·c, a (m×k) and b (k×n) with element strides
+  // (ars, acs), (brs, bcs); either b's rows are contiguous (bcs == 1 or n == 1), or b's columns
+  // and a's rows are (brs == 1, acs == 1). beta 0 only writes c (Note [Skinny products]).
+  void (*gemm_skinny_f32)(int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+                          int64_t ars, int64_t acs, const float* b, int64_t brs, int64_t bcs,
+                          float beta, float* c, int64_t ldc);
 };
 
 // The best table this CPU supports (TAPEGRAD_ISA=baseline|avx2|avx512 forces one, for tests and
