@@ -65,7 +65,8 @@ void gemv(int trans, int64_t m, int64_t n, T alpha, const T* a, int64_t lda, con
 // Note [Which GEMM]
 // f32 products go to our own unpacked kernels (Note [Skinny products], vec_kernels.cpp) when
 //   - they are skinny: at most 16 rows, or an inner dimension of at most 16, where BLAS's
-//     packing and clearing cost more than the arithmetic;
+//     packing and clearing cost more than the arithmetic (and c has at least 16 columns, or
+//     its entries are dot products of contiguous rows);
 //   - or OpenBLAS runs its SSE3-era kernels (it does in VMs whose CPU it does not recognize; see
 //     the README) while this CPU has AVX-512: ours reach 80-90 GFLOP/s at 60×1000×1000 where
 //     those reach about 33 (OpenBLAS's AVX-512 kernels reach about 100, so they keep the rest
@@ -97,7 +98,8 @@ void matmul_2d(const T* a, int64_t m, int64_t k, int64_t ars, int64_t acs, const
     return;
   }
   if constexpr (std::is_same_v<T, float>) {
-    bool rows = bcs == 1 || n == 1, dots = brs == 1 && acs == 1;
+    // Rows of b need a full vector of columns; a matrix times a vector is dot products (or gemv).
+    bool rows = bcs == 1 && n >= 16, dots = brs == 1 && acs == 1;
     bool skinny = m <= kSkinny || k <= kSkinny, weak = blas_is_weak();
     if ((rows && (skinny || weak)) || (dots && (m <= kSkinny || (weak && m <= kDotRows))))
       return vec_kernels().gemm_skinny_f32(m, n, k, alpha, a, ars, acs, b, brs, bcs, beta, c, ldc);

@@ -436,7 +436,8 @@ void row_groups(int64_t m, F&& f) {
 void gemm_skinny(int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t ars,
                  int64_t acs, const float* b, int64_t brs, int64_t bcs, float beta, float* c,
                  int64_t ldc) {
-  if (bcs == 1 || n == 1) {
+  bool dots = brs == 1 && acs == 1;
+  if ((bcs == 1 || n == 1) && (n >= 16 || !dots)) {
     // a packed once: the group of rows from i holds its R rows p-major at i·k.
     thread_local std::vector<float> packed;
     if (packed.size() < static_cast<size_t>(m * k)) packed.resize(static_cast<size_t>(m * k));
@@ -454,7 +455,8 @@ void gemm_skinny(int64_t m, int64_t n, int64_t k, float alpha, const float* a, i
     }
     return;
   }
-  // b's columns contiguous (brs == 1) and a's rows contiguous (acs == 1): dot products, four
+  // b's columns contiguous (brs == 1) and a's rows contiguous (acs == 1), and c narrow or b's
+  // rows strided: dot products, four
   // columns of c at a time against every row of a, so each column of b is read once.
   for (int64_t j = 0; j < n; j += 4) {
     int64_t cols = std::min<int64_t>(4, n - j);

@@ -25,7 +25,8 @@ struct VecKernels {
   double (*sum_f32)(const float* x, int64_t n);
   // c (m×n, row stride ldc) = alpha·a·b + beta·c, a (m×k) and b (k×n) with element strides
   // (ars, acs), (brs, bcs); either b's rows are contiguous (bcs == 1 or n == 1), or b's columns
-  // and a's rows are (brs == 1, acs == 1). beta 0 only writes c (Note [Skinny products]).
+  // and a's rows are (brs == 1, acs == 1), which makes c dot products unless b's rows are
+  // contiguous and n >= 16. beta 0 only writes c (Note [Skinny products]).
   void (*gemm_skinny_f32)(int64_t m, int64_t n, int64_t k, float alpha, const float* a,
                           int64_t ars, int64_t acs, const float* b, int64_t brs, int64_t bcs,
                           float beta, float* c, int64_t ldc);
