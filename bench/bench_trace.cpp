@@ -5,6 +5,7 @@
 // Run: scripts/tg bench (or build/release/bench/bench_trace [--quick])
 #include <tapegrad/tapegrad.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <functional>
 #include <string>
@@ -227,12 +228,22 @@ void peak_memory() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool quick = argc > 1 && std::string(argv[1]) == "--quick";
+  // bench_trace [--quick] [training] [elementwise] [memory]: the sections named, or all.
+  bool quick = false;
+  std::vector<std::string> only;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "--quick") quick = true;
+    else only.push_back(a);
+  }
+  auto run = [&](const char* name) {
+    return only.empty() || std::find(only.begin(), only.end(), name) != only.end();
+  };
   tg::set_num_threads(1);
 #ifdef TG_BENCH_TORCH
   at::set_num_threads(1);
 #endif
-  training_steps(quick);
-  elementwise_block(quick);
-  peak_memory();
+  if (run("training")) training_steps(quick);
+  if (run("elementwise")) elementwise_block(quick);
+  if (run("memory")) peak_memory();
 }

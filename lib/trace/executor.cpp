@@ -3,6 +3,8 @@
 
 #include <algorithm>
 
+#include <omp.h>
+
 #include "core/check.h"
 #include "ops/ops_common.h"
 
@@ -31,13 +33,20 @@ MemoryPlan plan_memory(const Program& p, bool share) {
   MemoryPlan plan;
   plan.offset.assign(nb, -1);
   std::vector<int64_t> start(nb, -1), end(nb, -1);
+  // Values of row tiles live in the tiles' scratch (Note [Row tiles]).
+  std::vector<char> local(nb, 0);
+  std::vector<char> tiled(p.nodes.size(), 0);
+  for (const TileRun& r : p.tiles) {
+    for (int32_t b : r.local) local[b] = 1;
+    for (size_t i = r.first; i < r.end; ++i) tiled[i] = 1;
+  }
   auto planned = [&](int32_t b) {
     const Buffer& buf = p.buffers[b];
-    return buf.kind == BufKind::Temp && !buf.persistent() && buf.nbytes > 0;
+    return buf.kind == BufKind::Temp && !buf.persistent() && buf.nbytes > 0 && !local[b];
   };
   auto touch = [&](int32_t b, int64_t t) {
     if (b < 0) return;
-    if (start[b] < 0) start[b] = t;
+    start[b] = start[b] < 0 ? t : std::min(start[b], t);
     end[b] = std::max(end[b], t);
   };
   for (size_t i = 0; i < p.nodes.size(); ++i) {
@@ -47,10 +56,19 @@ MemoryPlan plan_memory(const Program& p, bool share) {
     touch(n.out.buf, t);
     touch(n.out2.buf, t);
   }
+  // What a run of tiles touches is live over the whole run: its tiles interleave the nodes.
+  for (const TileRun& r : p.tiles) {
+    auto first = static_cast<int64_t>(2 * r.first + 1), last = static_cast<int64_t>(2 * r.end - 1);
+    for (size_t i = r.first; i < r.end; ++i) {
+      const Node& n = p.nodes[i];
+      touch(n.out.buf, first), touch(n.out.buf, last);
+      for (const Operand& o : n.in) touch(o.buf, first), touch(o.buf, last);
+    }
+  }
   // Last reads that may run in place.
   for (size_t i = 0; i < p.nodes.size(); ++i) {
     const Node& n = p.nodes[i];
-    if (!share || !elementwise(n) || !planned(n.out.buf) || !p.full_write(n)) continue;
+    if (!share || tiled[i] || !elementwise(n) || !planned(n.out.buf) || !p.full_write(n)) continue;
     auto t = static_cast<int64_t>(2 * i + 1);
     for (const Operand& o : n.in) {
       if (o.buf == n.out.buf || !planned(o.buf) || end[o.buf] != t || start[o.buf] == t) continue;
@@ -78,12 +96,12 @@ MemoryPlan plan_memory(const Program& p, bool share) {
     int64_t live = 0;
     for (auto& [t, d] : events) {
       live += d;
-      plan.live_peak = std::max<size_t>(plan.live_peak, static_cast<size_t>(std::max<int64_t>(live, 0)));
+      plan.live_peak =
+          std::max<size_t>(plan.live_peak, static_cast<size_t>(std::max<int64_t>(live, 0)));
     }
   }
-  std::stable_sort(order.begin(), order.end(), [&](int32_t x, int32_t y) {
-    return p.buffers[x].nbytes > p.buffers[y].nbytes;
-  });
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int32_t x, int32_t y) { return p.buffers[x].nbytes > p.buffers[y].nbytes; });
   struct Placed {
     int64_t off;
     size_t size;
@@ -144,8 +162,12 @@ Executor::Executor(std::shared_ptr<const Program> program, const MemoryPlan& pla
   for (size_t b = 0; b < nb; ++b) {
     const Buffer& buf = p.buffers[b];
     switch (buf.kind) {
-      case BufKind::Input: input_buffers_[buf.input] = static_cast<int32_t>(b); break;
-      case BufKind::State: state_.push_back(static_cast<int32_t>(b)); break;
+      case BufKind::Input:
+        input_buffers_[buf.input] = static_cast<int32_t>(b);
+        break;
+      case BufKind::State:
+        state_.push_back(static_cast<int32_t>(b));
+        break;
       case BufKind::Temp:
         if (buf.escaped || buf.constant) {
           bound_[b] = buf.kept;
@@ -168,6 +190,91 @@ Executor::Executor(std::shared_ptr<const Program> program, const MemoryPlan& pla
     for (const Operand& o : n.in) ins_.push_back(impl_for(o));
     steps_.push_back(s);
   }
+  tile_at_.assign(p.nodes.size(), -1);
+  tiles_.reserve(p.tiles.size());
+  for (const TileRun& r : p.tiles) make_tiles(r);
+}
+
+void Executor::make_tiles(const TileRun& r) {
+  const Program& p = *program_;
+  Tiles t;
+  t.run = &r;
+  for (size_t i = r.first; i < r.end; ++i) {
+    const Node& n = p.nodes[i];
+    const Step& s = steps_[i];
+    const auto& views = r.views[i - r.first];
+    t.first.push_back(t.whole.size());
+    for (size_t k = 0; k < views.size(); ++k) {
+      int32_t b = k == 0 ? n.out.buf : n.in[k - 1].buf;
+      t.whole.push_back(k == 0 ? s.out : ins_[s.in + k - 1]);
+      t.views.push_back(&views[k]);
+      auto it = std::find(r.local.begin(), r.local.end(), b);
+      t.local.push_back(it == r.local.end()
+                            ? -1
+                            : r.local_offset[static_cast<size_t>(it - r.local.begin())] /
+                                      esize(views[k].dtype) +
+                                  views[k].offset);
+    }
+  }
+  tile_at_[r.first] = static_cast<int32_t>(tiles_.size());
+  tiles_.push_back(std::move(t));
+}
+
+// Runs a run's nodes tile by tile, tiles in parallel when there are threads for them.
+void Executor::exec_tiles(Tiles& t) {
+  const Program& p = *program_;
+  const TileRun& r = *t.run;
+  int64_t ntiles = (r.rows + r.tile - 1) / r.tile;
+  int threads = static_cast<int>(std::min<int64_t>(get_num_threads(), ntiles));
+  while (t.slots.size() < static_cast<size_t>(threads)) {
+    TileSlot slot;
+    slot.scratch = allocate_storage(std::max<size_t>(r.scratch_bytes, 1), kCPU);
+    slot.impls.resize(t.whole.size());
+    for (size_t k = 0; k < t.whole.size(); ++k) {
+      TensorImpl& impl = slot.impls[k];
+      impl.sizes = t.views[k]->sizes;
+      impl.strides = t.views[k]->strides;
+      impl.dtype = t.views[k]->dtype;
+      slot.ins.push_back(&impl);
+    }
+    t.slots.push_back(std::move(slot));
+  }
+  for (int s = 0; s < threads; ++s) {
+    TileSlot& slot = t.slots[static_cast<size_t>(s)];
+    for (size_t k = 0; k < t.whole.size(); ++k)
+      slot.impls[k].storage = t.local[k] >= 0 ? slot.scratch : t.whole[k]->storage;
+  }
+  auto one = [&](TileSlot& slot, int64_t tile) {
+    int64_t r0 = tile * r.tile, rows = std::min(r.tile, r.rows - r0);
+    for (size_t k = 0; k < t.whole.size(); ++k) {
+      TensorImpl& impl = slot.impls[k];
+      const View& v = *t.views[k];
+      impl.sizes[0] = rows;
+      impl.numel = rows * (v.sizes[0] == 0 ? 0 : v.numel() / v.sizes[0]);
+      impl.offset = t.local[k] >= 0 ? t.local[k] : t.whole[k]->offset + r0 * v.strides[0];
+    }
+    for (size_t i = r.first; i < r.end; ++i) {
+      size_t k = t.first[i - r.first];
+      run_call(p.nodes[i], slot.impls[k], slot.ins.data() + k + 1, nullptr);
+    }
+  };
+  if (threads <= 1) {
+    for (int64_t tile = 0; tile < ntiles; ++tile) one(t.slots[0], tile);
+  } else {
+    std::exception_ptr error;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t tile = 0; tile < ntiles; ++tile) {
+      try {
+        one(t.slots[static_cast<size_t>(omp_get_thread_num())], tile);
+      } catch (...) {
+#pragma omp critical
+        if (!error) error = std::current_exception();
+      }
+    }
+    if (error) std::rethrow_exception(error);
+  }
+  for (TileSlot& slot : t.slots)
+    for (TensorImpl& impl : slot.impls) impl.storage.reset();
 }
 
 Executor::~Executor() = default;
@@ -233,28 +340,50 @@ void run_call(const Node& n, const TensorImpl& out, const TensorImpl* const* in,
               const TensorImpl* out2) {
   Backend& be = device_backend(out.storage->device);
   switch (n.call) {
-    case Call::Copy: be.copy(out, *in[0]); break;
-    case Call::Constant: be.copy_from_host(out, n.bytes.data()); break;
-    case Call::Fill: be.fill(out, n.value); break;
-    case Call::Iota: be.iota(out, n.start, n.step); break;
+    case Call::Copy:
+      be.copy(out, *in[0]);
+      break;
+    case Call::Constant:
+      be.copy_from_host(out, n.bytes.data());
+      break;
+    case Call::Fill:
+      be.fill(out, n.value);
+      break;
+    case Call::Iota:
+      be.iota(out, n.start, n.step);
+      break;
     case Call::Random: {
       auto [seed, offset] = take_random_blocks(static_cast<uint64_t>((out.numel + 3) / 4));
       if (out.numel > 0) be.random(n.random, out, seed, offset, n.a, n.b);
       break;
     }
-    case Call::Unary: be.unary(n.op, out, *in[0], n.attrs); break;
-    case Call::Binary: be.binary(n.op, out, *in[0], *in[1]); break;
-    case Call::Where: be.where(out, *in[0], *in[1], *in[2]); break;
-    case Call::Reduce: be.reduce(n.op, out, *in[0], n.nreduced); break;
+    case Call::Unary:
+      be.unary(n.op, out, *in[0], n.attrs);
+      break;
+    case Call::Binary:
+      be.binary(n.op, out, *in[0], *in[1]);
+      break;
+    case Call::Where:
+      be.where(out, *in[0], *in[1], *in[2]);
+      break;
+    case Call::Reduce:
+      be.reduce(n.op, out, *in[0], n.nreduced);
+      break;
     case Call::Matmul:
       if (n.matmul_update())
         be.matmul_update(out, *in[0], *in[1], n.alpha, n.beta, n.in.size() > 2 ? in[2] : nullptr);
       else
         be.matmul(out, *in[0], *in[1]);
       break;
-    case Call::Index: be.index(n.op, out, *in[0], n.dim, *in[1]); break;
-    case Call::Window: be.window(n.op, out, *in[0], n.window, out2); break;
-    case Call::Fused: be.fused(n.steps, out, in, n.in.size()); break;
+    case Call::Index:
+      be.index(n.op, out, *in[0], n.dim, *in[1]);
+      break;
+    case Call::Window:
+      be.window(n.op, out, *in[0], n.window, out2);
+      break;
+    case Call::Fused:
+      be.fused(n.steps, out, in, n.in.size());
+      break;
   }
 }
 
@@ -277,9 +406,9 @@ std::vector<Tensor> Executor::outputs() {
     impl->offset = o.view.offset + output_delta_[i];
     impl->numel = o.view.numel();
     impl->dtype = o.view.dtype;
-    impl->is_view = !(o.view.offset == 0 && o.view.contiguous() &&
-                      static_cast<size_t>(impl->numel * esize(o.view.dtype)) ==
-                          p.buffers[o.buf].nbytes);
+    impl->is_view =
+        !(o.view.offset == 0 && o.view.contiguous() &&
+          static_cast<size_t>(impl->numel * esize(o.view.dtype)) == p.buffers[o.buf].nbytes);
     out.emplace_back(std::move(impl));
   }
   return out;
@@ -304,7 +433,15 @@ std::vector<Tensor> Executor::run(const std::vector<Tensor>& args) {
     ~Unbind() { e->unbind(); }
   } unbind{this};
   prepare(args);
-  for (const Step& s : steps_) exec(s);
+  for (size_t i = 0; i < steps_.size();) {
+    if (tile_at_[i] >= 0) {
+      Tiles& t = tiles_[static_cast<size_t>(tile_at_[i])];
+      exec_tiles(t);
+      i = t.run->end;
+    } else {
+      exec(steps_[i++]);
+    }
+  }
   return outputs();
 }
 
@@ -315,8 +452,20 @@ std::vector<Tensor> Executor::run_checked(const std::vector<Tensor>& args,
     ~Unbind() { e->unbind(); }
   } unbind{this};
   prepare(args);
-  for (size_t i = 0; i < steps_.size(); ++i) {
-    exec(steps_[i]);
+  const Program& p = *program_;
+  std::vector<char> local(p.buffers.size(), 0);
+  for (const TileRun& r : p.tiles)
+    for (int32_t b : r.local) local[b] = 1;
+  for (size_t i = 0, done = 0; i < steps_.size(); ++i) {
+    // A run of tiles runs whole before its nodes' stored values are seen; local values never are.
+    if (i >= done && tile_at_[i] >= 0) {
+      Tiles& t = tiles_[static_cast<size_t>(tile_at_[i])];
+      exec_tiles(t);
+      done = t.run->end;
+    } else if (i >= done) {
+      exec(steps_[i]);
+    }
+    if (local[p.nodes[i].out.buf]) continue;
     const TensorImpl& o = *steps_[i].out;
     auto impl = std::make_shared<TensorImpl>();
     impl->storage = o.storage;

@@ -35,7 +35,23 @@ class Executor {
     TensorImpl* out2;
     size_t in;  // the first of the node's inputs in ins_
   };
+  // A run of row tiles (Note [Row tiles]): per thread, its operands' tile views.
+  struct TileSlot {
+    std::shared_ptr<Storage> scratch;
+    std::vector<TensorImpl> impls;        // per operand: each node's out, then its inputs
+    std::vector<const TensorImpl*> ins;   // the same, as run_call takes them
+  };
+  struct Tiles {
+    const TileRun* run;
+    std::vector<size_t> first;            // per node: its out's operand index
+    std::vector<const TensorImpl*> whole; // per operand: the untiled view (storage, offset)
+    std::vector<int64_t> local;           // per operand: elements into the scratch, -1: stored
+    std::vector<const View*> views;       // per operand: the view with the rows merged
+    std::vector<TileSlot> slots;
+  };
   TensorImpl* impl_for(const Operand& o);
+  void make_tiles(const TileRun& r);
+  void exec_tiles(Tiles& t);
   void bind(const std::vector<Tensor>& args);
   void prepare(const std::vector<Tensor>& args);
   void unbind();
@@ -48,6 +64,8 @@ class Executor {
   std::vector<std::vector<TensorImpl*>> users_;                 // per buffer
   std::vector<std::unique_ptr<TensorImpl>> impls_;
   std::vector<Step> steps_;
+  std::vector<Tiles> tiles_;
+  std::vector<int32_t> tile_at_;  // per node: the run of tiles starting there, or -1
   std::vector<const TensorImpl*> ins_;  // every step's inputs, one run per step
   std::vector<std::vector<int64_t>> recorded_offset_;  // per buffer, per user
   std::vector<int64_t> output_delta_;

@@ -34,8 +34,9 @@ namespace tg::trace_detail {
 //             "attrs" [a, b]; reduce "nreduced"; index "dim"; window "window" [kh, kw, sh,
 //             sw, ph, pw, dh, dw]; and "user_op", "file", "line" for messages}
 // The graph is the one before the lowering steps (Note [Matmul updates], Note [Elementwise
-// fusion]): matmul updates and fused groups are lowerings for one backend, which the loader
-// redoes for the device it runs on, so no fused node or matmul update is ever written. Numbers that are not finite are the strings "inf", "-inf", "nan". Arguments
+// fusion], Note [Row tiles]): matmul updates, fused groups and row tiles are lowerings for one
+// backend, which the loader redoes for the device it runs on, so no fused node, matmul update or
+// tile run is ever written. Numbers that are not finite are the strings "inf", "-inf", "nan". Arguments
 // are contiguous and views of them start at 0. Version 1 reads exactly these fields; a reader
 // meeting a newer version refuses it by number.
 inline constexpr const char* kFormat = "tapegrad.traced";
@@ -193,6 +194,7 @@ void save_program(const Program& prog, const std::string& path, Loc loc) {
   }
   for (const Node& n : p.nodes)
     TG_INTERNAL_ASSERT(n.call != Call::Fused && !n.matmul_update());  // the graph before lowering
+  TG_INTERNAL_ASSERT(p.tiles.empty());
 
   // The dtype each buffer is first seen as.
   std::vector<DType> dtype(p.buffers.size(), kBool);

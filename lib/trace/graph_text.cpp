@@ -11,13 +11,20 @@ std::string Node::name() const {
   switch (call) {
     case Call::Copy:
       return "copy";
-    case Call::Constant: return "constant";
-    case Call::Fill: return "fill";
-    case Call::Iota: return "iota";
+    case Call::Constant:
+      return "constant";
+    case Call::Fill:
+      return "fill";
+    case Call::Iota:
+      return "iota";
     case Call::Random:
-      return random == RandomKind::Uniform ? "rand" : random == RandomKind::Normal ? "randn" : "randint";
-    case Call::Fused: return "fused";
-    default: return std::string(op_name(op));
+      return random == RandomKind::Uniform  ? "rand"
+             : random == RandomKind::Normal ? "randn"
+                                            : "randint";
+    case Call::Fused:
+      return "fused";
+    default:
+      return std::string(op_name(op));
   }
 }
 
@@ -26,9 +33,12 @@ namespace {
 std::string buffer_name(const Program& p, int32_t b) {
   const Buffer& buf = p.buffers[b];
   switch (buf.kind) {
-    case BufKind::Input: return fmt::format("in{}", buf.input);
-    case BufKind::State: return fmt::format("state{}", b);
-    case BufKind::Temp: return buf.constant ? fmt::format("const{}", b) : fmt::format("%{}", b);
+    case BufKind::Input:
+      return fmt::format("in{}", buf.input);
+    case BufKind::State:
+      return fmt::format("state{}", b);
+    case BufKind::Temp:
+      return buf.constant ? fmt::format("const{}", b) : fmt::format("%{}", b);
   }
   return "?";
 }
@@ -47,9 +57,12 @@ std::string read_of(const Program& p, const Operand& o) {
 
 std::string step_name(const FusedStep& s) {
   switch (s.kind) {
-    case FusedStep::Kind::Convert: return "copy";
-    case FusedStep::Kind::Where: return "where";
-    default: return std::string(op_name(s.op));
+    case FusedStep::Kind::Convert:
+      return "copy";
+    case FusedStep::Kind::Where:
+      return "where";
+    default:
+      return std::string(op_name(s.op));
   }
 }
 
@@ -66,11 +79,16 @@ namespace {
 
 std::string attrs_of(const Node& n) {
   switch (n.call) {
-    case Call::Fill: return fmt::format(" value={}", n.value.to_double());
-    case Call::Iota: return fmt::format(" start={} step={}", n.start, n.step);
-    case Call::Random: return fmt::format(" a={} b={}", n.a, n.b);
-    case Call::Reduce: return fmt::format(" reduced={}", n.nreduced);
-    case Call::Index: return fmt::format(" dim={}", n.dim);
+    case Call::Fill:
+      return fmt::format(" value={}", n.value.to_double());
+    case Call::Iota:
+      return fmt::format(" start={} step={}", n.start, n.step);
+    case Call::Random:
+      return fmt::format(" a={} b={}", n.a, n.b);
+    case Call::Reduce:
+      return fmt::format(" reduced={}", n.nreduced);
+    case Call::Index:
+      return fmt::format(" dim={}", n.dim);
     case Call::Matmul:
       if (!n.matmul_update()) return "";
       return fmt::format(" alpha={}{} beta={}", n.alpha, n.in.size() > 2 ? "*in2" : "", n.beta);
@@ -93,7 +111,8 @@ std::string attrs_of(const Node& n) {
       }
       return fmt::format(" {{{}}}", fmt::join(steps, "; "));
     }
-    default: return "";
+    default:
+      return "";
   }
 }
 
@@ -122,16 +141,24 @@ std::string Graph::to_string() const {
   std::ostringstream os;
   os << fmt::format("graph: {} inputs, {} nodes, {} outputs\n", p.num_inputs, p.nodes.size(),
                     p.outputs.size());
+  size_t run = 0;
   for (size_t i = 0; i < p.nodes.size(); ++i) {
     const auto& n = p.nodes[i];
+    if (run < p.tiles.size() && p.tiles[run].first == i) {
+      const auto& r = p.tiles[run++];
+      std::vector<std::string> local;
+      for (int32_t b : r.local) local.push_back(trace_detail::buffer_name(p, b));
+      os << fmt::format("      -- nodes {}-{} run in tiles of {} of their {} rows{}{}\n", r.first,
+                        r.end - 1, r.tile, r.rows,
+                        local.empty() ? "" : "; never whole: ", fmt::join(local, " "));
+    }
     std::vector<std::string> ins;
     for (const auto& o : n.in) ins.push_back(trace_detail::read_of(p, o));
     std::string out = trace_detail::buffer_name(p, n.out.buf);
     os << fmt::format("{:>4}  {} = {}({}){} : {}", i, out, n.name(), fmt::join(ins, ", "),
                       trace_detail::attrs_of(n), trace_detail::type_of(n.out.view));
     if (p.buffers[n.out.buf].kind == trace_detail::BufKind::State) os << "  [update]";
-    if (!n.user_op.empty())
-      os << fmt::format("  # {} at {}:{}", n.user_op, n.file, n.line);
+    if (!n.user_op.empty()) os << fmt::format("  # {} at {}:{}", n.user_op, n.file, n.line);
     os << "\n";
   }
   std::vector<std::string> outs;
@@ -164,6 +191,14 @@ std::string Graph::to_dot() const {
     last_writer[n.out.buf] = static_cast<int64_t>(i);
     if (p.buffers[n.out.buf].kind != trace_detail::BufKind::Temp)
       os << fmt::format("  n{} -> b{} [style=dashed];\n", i, n.out.buf);
+  }
+  for (size_t k = 0; k < p.tiles.size(); ++k) {
+    const auto& r = p.tiles[k];
+    os << fmt::format(
+        "  subgraph cluster_tiles{} {{\n    label=\"tiles of {} rows\"; style=dashed;\n", k,
+        r.tile);
+    for (size_t i = r.first; i < r.end; ++i) os << fmt::format("    n{};\n", i);
+    os << "  }\n";
   }
   for (size_t k = 0; k < p.outputs.size(); ++k) {
     const auto& o = p.outputs[k];

@@ -15,11 +15,12 @@ std::string fold_constants(Program& p);                  // pass_fold.cpp: "fold
 // The lowering steps after the passes (f.save() writes the graph before them).
 std::string fold_matmul_updates(Program& p);  // pass_matmul_update.cpp: "matmul_update"
 std::string fuse_elementwise(Program& p);     // pass_fuse.cpp: "fuse"
-// Both, as `options` asks, appending to p.summary.
+std::string tile_rows(Program& p);            // pass_tile.cpp: "tile"
+// All three, as `options` asks, appending to p.summary.
 void lower(Program& p, const TraceOptions& options);
 
 inline constexpr std::string_view kPassNames[] = {
-    "dce", "cse", "stability", "algebra", "fold", "matmul_update", "fuse", "memory"};
+    "dce", "cse", "stability", "algebra", "fold", "matmul_update", "fuse", "tile", "memory"};
 bool pass_enabled(const TraceOptions& options, std::string_view name);
 // Runs the passes `options` asks for, in order, and fills p.summary.
 void optimize(Program& p, const TraceOptions& options);

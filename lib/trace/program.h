@@ -103,6 +103,18 @@ struct Node {
   std::string label() const;  // name(), and a fused node's steps: "fused[mul, tanh, add]"
 };
 
+// A run of consecutive row-local nodes executed tile by tile (Note [Row tiles], pass_tile.cpp).
+struct TileRun {
+  size_t first = 0, end = 0;  // nodes [first, end)
+  int64_t rows = 0;           // the leading dims the nodes share, flattened
+  int64_t tile = 0;           // rows per tile
+  // Per node: the out view, then the input views, with the leading dims merged into one.
+  std::vector<std::vector<View>> views;
+  std::vector<int32_t> local;         // values that only ever exist one tile at a time
+  std::vector<int64_t> local_offset;  // bytes into a tile's scratch, per local value
+  size_t scratch_bytes = 0;
+};
+
 // A whole traced signature.
 struct Program {
   std::vector<Buffer> buffers;
@@ -112,6 +124,7 @@ struct Program {
   std::vector<View> input_views;   // as recorded (views of inputs are relative to these offsets)
   std::string summary;             // what the passes changed
   std::vector<std::function<void()>> replay_hooks;  // tg::on_replay (not saved)
+  std::vector<TileRun> tiles;      // lowering only (not saved), in node order
 
   bool full_write(const Node& n) const;  // writes its whole out buffer (and reads none of it)
 };

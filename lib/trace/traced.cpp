@@ -111,6 +111,14 @@ class Cache {
     auto c = std::make_unique<Compiled>();
     c->saved = std::make_shared<const Program>(program);
     lower(program, options_);
+    if (reference) {
+      // Mode::Debug compares every value, so tiles keep theirs whole (the run order stays).
+      for (TileRun& r : program.tiles) {
+        r.local.clear();
+        r.local_offset.clear();
+        r.scratch_bytes = 0;
+      }
+    }
     auto shared = std::make_shared<const Program>(std::move(program));
     c->program = shared;
     MemoryPlan plan = plan_memory(*shared, pass_enabled(options_, "memory"));
@@ -226,6 +234,7 @@ void optimize(Program& p, const TraceOptions& options) {
 void lower(Program& p, const TraceOptions& options) {
   if (pass_enabled(options, "matmul_update")) p.summary += fold_matmul_updates(p) + "\n";
   if (pass_enabled(options, "fuse")) p.summary += fuse_elementwise(p) + "\n";
+  if (pass_enabled(options, "tile")) p.summary += tile_rows(p) + "\n";
 }
 
 }  // namespace trace_detail

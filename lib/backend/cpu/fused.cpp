@@ -236,22 +236,27 @@ struct RowCursor {
 };
 
 // Per-thread registers, kept between calls (uninitialized: every block writes before it reads).
+// Registers lie kStride doubles apart: a multiple of 4 KiB would make a step's loads from one
+// register wait on its stores to the next (4K aliasing), so each is 320 bytes further along.
 struct Scratch {
+  static constexpr size_t kStride = kBlock + 40;
   double* base;  // double: 8-byte aligned room for any dtype
   size_t nsteps, nin;
   Scratch(size_t steps, size_t inputs) : nsteps(steps), nin(inputs) {
     thread_local std::unique_ptr<double[]> buffer;
     thread_local size_t capacity = 0;
-    size_t need = (steps + inputs + 1) * kBlock;
+    size_t need = (steps + inputs + 1) * kStride + 8;
     if (capacity < need) {
       buffer.reset(new double[need]);
       capacity = need;
     }
-    base = buffer.get();
+    // 64-byte aligned, so vector loads and stores never split a cache line.
+    auto p = reinterpret_cast<uintptr_t>(buffer.get());
+    base = reinterpret_cast<double*>((p + 63) / 64 * 64);
   }
-  char* reg(size_t i) { return reinterpret_cast<char*>(base + i * kBlock); }
-  char* in(size_t k) { return reinterpret_cast<char*>(base + (nsteps + k) * kBlock); }
-  char* o() { return reinterpret_cast<char*>(base + (nsteps + nin) * kBlock); }
+  char* reg(size_t i) { return reinterpret_cast<char*>(base + i * kStride); }
+  char* in(size_t k) { return reinterpret_cast<char*>(base + (nsteps + k) * kStride); }
+  char* o() { return reinterpret_cast<char*>(base + (nsteps + nin) * kStride); }
 };
 
 // Runs the steps over one block whose inputs are in `inputs`, leaving the result at `dst`.
@@ -294,11 +299,13 @@ void fused_kernel(const std::vector<FusedStep>& steps, const TensorImpl& out,
     Scratch scratch(steps.size(), nin);
     std::array<Reg, kMaxFusedSteps> regs;
     std::array<Reg, kMaxFusedOperands> inputs;
-    for (int64_t item = begin; item < end; ++item) {
-      if (by_row) {
-        int64_t row = item / per_row, col = (item % per_row) * block_len;
+    if (by_row) {
+      // The cursor steps from row to row: no divisions per block.
+      int64_t piece = begin % per_row;
+      RowCursor cur(L, begin / per_row);
+      for (int64_t item = begin; item < end; ++item) {
+        int64_t col = piece * block_len;
         int64_t n = std::min(block_len, inner - col);
-        RowCursor cur(L, row);
         for (size_t k = 0; k < nin; ++k) {
           int op = static_cast<int>(k + 1);
           int64_t s = inner_stride(op);
@@ -317,41 +324,47 @@ void fused_kernel(const std::vector<FusedStep>& steps, const TensorImpl& out,
         run_block(steps, regs.data(), inputs.data(), scratch, direct ? o : scratch.o(), out.dtype,
                   n);
         if (!direct) scatter(o, so, scratch.o(), n, L.esize[0]);
-      } else {
-        int64_t row0 = item * rows_per_block;
-        int64_t nrows = std::min(rows_per_block, rows - row0), n = nrows * inner;
-        RowCursor cur(L, row0);
-        bool any_gather = false;
-        for (size_t k = 0; k < nin; ++k) {
-          int op = static_cast<int>(k + 1);
-          DType dt = in[k]->dtype;
-          if (L.flat[op] || L.zero[op]) {
-            inputs[k] = {L.base[op] + cur.off[op], !L.zero[op], dt};
-          } else {
-            inputs[k] = {scratch.in(k), true, dt};
-            any_gather = true;
+        if (++piece == per_row) {
+          piece = 0;
+          cur.next();
+        }
+      }
+      return;
+    }
+    for (int64_t item = begin; item < end; ++item) {
+      int64_t row0 = item * rows_per_block;
+      int64_t nrows = std::min(rows_per_block, rows - row0), n = nrows * inner;
+      RowCursor cur(L, row0);
+      bool any_gather = false;
+      for (size_t k = 0; k < nin; ++k) {
+        int op = static_cast<int>(k + 1);
+        DType dt = in[k]->dtype;
+        if (L.flat[op] || L.zero[op]) {
+          inputs[k] = {L.base[op] + cur.off[op], !L.zero[op], dt};
+        } else {
+          inputs[k] = {scratch.in(k), true, dt};
+          any_gather = true;
+        }
+      }
+      char* o0 = L.base[0] + cur.off[0];
+      if (any_gather) {
+        RowCursor c = cur;
+        for (int64_t r = 0; r < nrows; ++r, c.next())
+          for (size_t k = 0; k < nin; ++k) {
+            int op = static_cast<int>(k + 1);
+            if (L.flat[op] || L.zero[op]) continue;
+            gather(scratch.in(k) + r * inner * L.esize[op], L.base[op] + c.off[op],
+                   inner_stride(op), inner, L.esize[op]);
           }
-        }
-        char* o0 = L.base[0] + cur.off[0];
-        if (any_gather) {
-          RowCursor c = cur;
-          for (int64_t r = 0; r < nrows; ++r, c.next())
-            for (size_t k = 0; k < nin; ++k) {
-              int op = static_cast<int>(k + 1);
-              if (L.flat[op] || L.zero[op]) continue;
-              gather(scratch.in(k) + r * inner * L.esize[op], L.base[op] + c.off[op],
-                     inner_stride(op), inner, L.esize[op]);
-            }
-        }
-        bool direct = L.flat[0] != 0;
-        run_block(steps, regs.data(), inputs.data(), scratch, direct ? o0 : scratch.o(), out.dtype,
-                  n);
-        if (!direct) {
-          RowCursor c = cur;
-          for (int64_t r = 0; r < nrows; ++r, c.next())
-            scatter(L.base[0] + c.off[0], inner_stride(0), scratch.o() + r * inner * L.esize[0],
-                    inner, L.esize[0]);
-        }
+      }
+      bool direct = L.flat[0] != 0;
+      run_block(steps, regs.data(), inputs.data(), scratch, direct ? o0 : scratch.o(), out.dtype,
+                n);
+      if (!direct) {
+        RowCursor c = cur;
+        for (int64_t r = 0; r < nrows; ++r, c.next())
+          scatter(L.base[0] + c.off[0], inner_stride(0), scratch.o() + r * inner * L.esize[0],
+                  inner, L.esize[0]);
       }
     }
   });
