@@ -187,6 +187,7 @@ void hessian_vector(int64_t batch) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  bench::keep_freed_memory();
   bool quick = argc > 1 && std::string(argv[1]) == "--quick";
   tg::set_num_threads(1);
 #ifdef TG_BENCH_TORCH

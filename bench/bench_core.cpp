@@ -37,6 +37,7 @@ double stream_add_gbs(int64_t n) {
 }  // namespace
 
 int main() {
+  bench::keep_freed_memory();
   tg::set_num_threads(1);
 #ifdef TG_BENCH_TORCH
   at::set_num_threads(1);

@@ -106,6 +106,7 @@ void run(int threads) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  bench::keep_freed_memory();
   bool quick = argc > 1 && std::string(argv[1]) == "--quick";
   std::printf("Training throughput at batch %lld (higher is better)\n", static_cast<long long>(kBatch));
   std::printf("%-40s %12s %12s  %-10s %7s\n", "workload", "tapegrad", "libtorch", "unit", "ratio");

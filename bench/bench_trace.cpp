@@ -228,6 +228,7 @@ void peak_memory() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  bench::keep_freed_memory();
   // bench_trace [--quick] [training] [elementwise] [memory]: the sections named, or all.
   bool quick = false;
   std::vector<std::string> only;

@@ -9,9 +9,28 @@
 #include <functional>
 #include <vector>
 
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
 namespace bench {
 
 using Clock = std::chrono::steady_clock;
+
+// Note [The peer's allocator]
+// glibc gives blocks above its mmap threshold (128 KB to a few MB) straight back to the kernel
+// on free, so a LibTorch step that allocates a weight-sized gradient pays page faults and zeroing
+// for it every time. In some VMs a page fault costs microseconds, and then LibTorch's MLP steps
+// run 4-8x below its best (measured: 350 vs 1470 examples/s at batch 1). tapegrad caches its
+// blocks (Note [CPU allocator]), so every benchmark starts by keeping freed memory in the
+// process, for both libraries alike: the peer is compared at its best configuration.
+inline void keep_freed_memory() {
+#if defined(__GLIBC__)
+  mallopt(M_MMAP_THRESHOLD, 1 << 30);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  std::printf("malloc: freed memory kept in the process (Note [The peer's allocator])\n");
+#endif
+}
 
 // Median seconds per call of f.
 inline double measure(const std::function<void()>& f, double trial_seconds = 0.05) {

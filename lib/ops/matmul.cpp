@@ -48,6 +48,17 @@ Tensor matmul(const Tensor& a, const Tensor& b, Loc loc) {
 // With 1-D operands promoted to matrices as the forward does (a as a row, b as a column):
 // dA = G·Bᵀ and dB = Aᵀ·G, summed over broadcast batch dims, then the added dims dropped.
 namespace {
+// Note [Gradients in their operand's layout]
+// nn::Linear keeps its weight (out, in) and multiplies by weight.t(), a transposed view. Its
+// gradient aᵀ·g comes out (in, out); transposed back onto the weight it is a strided view, and
+// accumulating it into .grad was a strided copy of the whole weight every step (a fifth of an MLP
+// step). For an operand that is a transposed matrix, the product is computed the other way round,
+// (gᵀ·a)ᵀ: the same numbers, laid out like the weight itself, so no copy follows.
+bool is_transposed_matrix(const Tensor& t) {
+  return t.dim() == 2 && t.size(0) > 1 && t.size(1) > 1 && t.strides()[0] == 1 &&
+         t.strides()[1] == t.size(0);
+}
+
 void matmul_bprop(BpropCtx& ctx) {
   Tensor a = ctx.input(0), b = ctx.input(1);
   Tensor a2 = a.dim() == 1 ? a.unsqueeze(0) : a;
@@ -55,12 +66,16 @@ void matmul_bprop(BpropCtx& ctx) {
   Tensor g = ctx.grad;
   if (a.dim() == 1) g = g.unsqueeze(b.dim() == 1 ? 0 : -2);
   if (b.dim() == 1) g = g.unsqueeze(-1);
+  // See Note [Gradients in their operand's layout].
+  bool plain = a2.dim() == 2 && b2.dim() == 2 && g.dim() == 2;
   if (ctx.needs(0)) {
-    Tensor ga = matmul(g, b2.transpose(-1, -2));
+    Tensor ga = plain && is_transposed_matrix(a2) ? matmul(b2, g.t()).t()
+                                                   : matmul(g, b2.transpose(-1, -2));
     ctx.set(0, sum_to(ga, a2.shape()).reshape(a.shape()));
   }
   if (ctx.needs(1)) {
-    Tensor gb = matmul(a2.transpose(-1, -2), g);
+    Tensor gb = plain && is_transposed_matrix(b2) ? matmul(g.t(), a2).t()
+                                                   : matmul(a2.transpose(-1, -2), g);
     ctx.set(1, sum_to(gb, b2.shape()).reshape(b.shape()));
   }
 }

@@ -3,8 +3,8 @@
 
 #include <algorithm>
 
-#include <omp.h>
 
+#include "backend/parallel.h"
 #include "core/check.h"
 #include "ops/ops_common.h"
 
@@ -261,17 +261,11 @@ void Executor::exec_tiles(Tiles& t) {
   if (threads <= 1) {
     for (int64_t tile = 0; tile < ntiles; ++tile) one(t.slots[0], tile);
   } else {
-    std::exception_ptr error;
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t tile = 0; tile < ntiles; ++tile) {
-      try {
-        one(t.slots[static_cast<size_t>(omp_get_thread_num())], tile);
-      } catch (...) {
-#pragma omp critical
-        if (!error) error = std::current_exception();
-      }
-    }
-    if (error) std::rethrow_exception(error);
+    // Chunk s runs a contiguous block of tiles in slot s's scratch.
+    run_chunks(threads, threads, [&](int64_t s) {
+      for (int64_t tile = ntiles * s / threads; tile < ntiles * (s + 1) / threads; ++tile)
+        one(t.slots[static_cast<size_t>(s)], tile);
+    });
   }
   for (TileSlot& slot : t.slots)
     for (TensorImpl& impl : slot.impls) impl.storage.reset();

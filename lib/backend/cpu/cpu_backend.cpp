@@ -8,8 +8,6 @@
 #include <thread>
 #include <vector>
 
-#include <omp.h>
-
 #include "backend/cpu/cpu_kernels.h"
 #include "backend/cpu/loops.h"
 
@@ -22,7 +20,7 @@ std::atomic<int> g_threads{0};
 // Inside a parallel region (the traced graph's row tiles run one per thread) kernels run on
 // their caller's thread.
 int num_threads() {
-  if (omp_in_parallel()) return 1;
+  if (in_parallel_region()) return 1;
   int n = g_threads.load(std::memory_order_relaxed);
   return n > 0 ? n : 1;
 }

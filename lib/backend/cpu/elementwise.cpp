@@ -209,6 +209,24 @@ void binary_kernel(OpKind kind, const TensorImpl& out, const TensorImpl& a, cons
 void where_kernel(const TensorImpl& out, const TensorImpl& cond, const TensorImpl& a,
                   const TensorImpl& b) {
   Loop L = make_loop({&out, &cond, &a, &b});
+  if (out.dtype == kF32) {  // rows with contiguous output and mask: the vectorized select
+    auto fn = vec_kernels().where_f32;
+    for_each_row(L, [fn](char** p, const int64_t* s, int64_t n) {
+      if (s[0] == 4 && s[1] == 1 && (s[2] == 4 || s[2] == 0) && (s[3] == 4 || s[3] == 0)) {
+        fn(reinterpret_cast<float*>(p[0]), reinterpret_cast<const bool*>(p[1]),
+           reinterpret_cast<const float*>(p[2]), s[2] != 0, reinterpret_cast<const float*>(p[3]),
+           s[3] != 0, n);
+        return;
+      }
+      for (int64_t i = 0; i < n; ++i) {
+        bool c = *reinterpret_cast<const bool*>(p[1] + i * s[1]);
+        *reinterpret_cast<float*>(p[0] + i * s[0]) =
+            c ? *reinterpret_cast<const float*>(p[2] + i * s[2])
+              : *reinterpret_cast<const float*>(p[3] + i * s[3]);
+      }
+    });
+    return;
+  }
   TG_DISPATCH_ALL(out.dtype, [&] {
     for_each_row(L, [](char** p, const int64_t* s, int64_t n) {
       for (int64_t i = 0; i < n; ++i) {

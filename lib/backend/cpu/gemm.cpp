@@ -135,8 +135,9 @@ void matmul_2d(const T* a, int64_t m, int64_t k, int64_t ars, int64_t acs, const
 }
 
 // Note [One thread pool]
-// OpenBLAS keeps its own pool of threads, and ours (OpenMP) spins for a while after each parallel
-// loop: with both on the same cores each steals the other's, and 2 threads ran slower than 1.
+// OpenBLAS keeps its own pool of threads, and ours spins for a while after each parallel loop
+// (Note [Waking the pool], backend/parallel.cpp): with both on the same cores each steals the
+// other's, and 2 threads ran slower than 1.
 // So OpenBLAS always runs single-threaded, and matmul splits its work over our pool: whole
 // products of a batch, else blocks of rows (or of columns when there are few rows), each block
 // one BLAS call.
@@ -152,15 +153,14 @@ void matmul_parallel(const T* a, int64_t m, int64_t k, int64_t ars, int64_t acs,
   bool by_rows = m >= n || m >= 8 * blocks;
   int64_t extent = by_rows ? m : n;
   blocks = std::min(blocks, extent);
-#pragma omp parallel for num_threads(static_cast<int>(blocks)) schedule(static)
-  for (int64_t t = 0; t < blocks; ++t) {
+  run_chunks(blocks, static_cast<int>(blocks), [&](int64_t t) {
     int64_t lo = extent * t / blocks, hi = extent * (t + 1) / blocks;
     if (by_rows)
       matmul_2d<T>(a + lo * ars, hi - lo, k, ars, acs, b, n, brs, bcs, c + lo * ldc, ldc, alpha,
                    beta);
     else
       matmul_2d<T>(a, m, k, ars, acs, b + lo * bcs, hi - lo, brs, bcs, c + lo, ldc, alpha, beta);
-  }
+  });
 }
 
 template <class T>

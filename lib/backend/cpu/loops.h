@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "backend/parallel.h"
 #include "core/check.h"
 #include "core/tensor_impl.h"
 
@@ -83,8 +84,8 @@ void for_each_row(const Loop& L, Row&& row) {
     return;
   }
   int64_t chunks = std::min<int64_t>(threads, n / (kParallelGrain / 2));
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t c = 0; c < chunks; ++c) loop_range(L, n * c / chunks, n * (c + 1) / chunks, row);
+  run_chunks(chunks, threads,
+             [&](int64_t c) { loop_range(L, n * c / chunks, n * (c + 1) / chunks, row); });
 }
 
 // Runs f(begin, end) over [0, n) in parallel chunks when n is large.
@@ -96,8 +97,7 @@ void parallel_for(int64_t n, int64_t grain, F&& f) {
     return;
   }
   int64_t chunks = std::min<int64_t>(threads, (n + grain - 1) / grain);
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t c = 0; c < chunks; ++c) f(n * c / chunks, n * (c + 1) / chunks);
+  run_chunks(chunks, threads, [&](int64_t c) { f(n * c / chunks, n * (c + 1) / chunks); });
 }
 
 }  // namespace tg::cpu

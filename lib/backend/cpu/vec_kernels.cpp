@@ -572,9 +572,88 @@ void gemm_skinny(int64_t m, int64_t n, int64_t k, float alpha, const float* a, i
   }
 }
 
+// --- select and pooling ----------------------------------------------------------------------
+
+// out = c ? a : b over a run (out may be a or b itself: element i reads only index i), 16
+// lanes at a time: the mask bytes widen to a lane mask and both sides are selected, never
+// branched on (a random mask mispredicts every other element).
+using V16b = uint8_t __attribute__((vector_size(16), aligned(1)));
+using V16i = int32_t __attribute__((vector_size(64)));
+
+void where(float* out, const bool* c, const float* a, bool av, const float* b, bool bv,
+           int64_t n) {
+  const V16 x0 = V16{} + *a, y0 = V16{} + *b;
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    V16b bytes;
+    __builtin_memcpy(&bytes, c + i, sizeof bytes);
+    const V16i mask = __builtin_convertvector(bytes, V16i) != 0;
+    const V16 x = av ? load16(a + i) : x0, y = bv ? load16(b + i) : y0;
+    store16(out + i, mask ? x : y);
+  }
+  for (; i < n; ++i) {
+    const float x = av ? a[i] : x0[0], y = bv ? b[i] : y0[0];
+    out[i] = c[i] ? x : y;
+  }
+}
+
+// 2x2 windows with stride 2 over one plane, 16 outputs at a time: the even and odd columns of
+// the two input rows are shuffled apart, then three compare-and-selects pick each maximum and
+// the position it came from (code 0..3 within the window). Rows narrower than 16 outputs (14 and
+// 5 in LeNet) are one masked step each.
+using V16l = int64_t __attribute__((vector_size(128)));
+
+inline V16 evens(V16 lo, V16 hi) {
+  return __builtin_shufflevector(lo, hi, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+}
+inline V16 odds(V16 lo, V16 hi) {
+  return __builtin_shufflevector(lo, hi, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+}
+// The first n (<= 32) floats at p as two vectors, zeros past n.
+inline void load32(const float* p, int64_t n, V16& lo, V16& hi) {
+  lo = n >= 16 ? load16(p) : load_part(p, n);
+  hi = n >= 32 ? load16(p + 16) : n > 16 ? load_part(p + 16, n - 16) : V16{};
+}
+
+void max_pool_2x2(float* __restrict out, int64_t* __restrict idx, const float* __restrict plane,
+                  int64_t OH, int64_t OW, int64_t W) {
+  auto better = [](V16 v, V16 b) { return (v > b) | ((v != v) & (b == b)); };  // NaN wins
+  const V16l lane2 = {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30};
+  for (int64_t oh = 0; oh < OH; ++oh) {
+    const float* r0 = plane + 2 * oh * W;
+    const float* r1 = r0 + W;
+    for (int64_t ow = 0; ow < OW; ow += 16) {
+      const int64_t count = std::min<int64_t>(16, OW - ow);
+      V16 lo, hi;
+      load32(r0 + 2 * ow, 2 * count, lo, hi);
+      const V16 a = evens(lo, hi), b = odds(lo, hi);
+      load32(r1 + 2 * ow, 2 * count, lo, hi);
+      const V16 c = evens(lo, hi), d = odds(lo, hi);
+      V16i t = better(b, a);
+      V16 m = t ? b : a;
+      V16i code = t & 1;
+      t = better(c, m);
+      m = t ? c : m;
+      code = t ? V16i{} + 2 : code;
+      t = better(d, m);
+      m = t ? d : m;
+      code = t ? V16i{} + 3 : code;
+      const V16l k = __builtin_convertvector(code, V16l);
+      const V16l at = (2 * oh * W + 2 * ow) + lane2 + (k & 1) + (k >> 1) * W;
+      if (count == 16) {
+        store16(out + oh * OW + ow, m);
+        __builtin_memcpy(idx + oh * OW + ow, &at, sizeof at);
+      } else {
+        store_part(out + oh * OW + ow, m, count);
+        __builtin_memcpy(idx + oh * OW + ow, &at, static_cast<size_t>(count) * sizeof(int64_t));
+      }
+    }
+  }
+}
+
 }  // namespace
 
 extern const VecKernels kTable;
-const VecKernels kTable{TG_VEC_NAME, unary, binary, sum, gemm_skinny};
+const VecKernels kTable{TG_VEC_NAME, unary, binary, sum, gemm_skinny, where, max_pool_2x2};
 
 }  // namespace tg::cpu::TG_VEC_NS

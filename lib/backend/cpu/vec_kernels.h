@@ -30,6 +30,13 @@ struct VecKernels {
   void (*gemm_skinny_f32)(int64_t m, int64_t n, int64_t k, float alpha, const float* a,
                           int64_t ars, int64_t acs, const float* b, int64_t brs, int64_t bcs,
                           float beta, float* c, int64_t ldc);
+  // out = cond ? a : b over a run; a_vec / b_vec false: that operand is one broadcast value.
+  void (*where_f32)(float* out, const bool* cond, const float* a, bool a_vec, const float* b,
+                    bool b_vec, int64_t n);
+  // Max pooling of one contiguous plane (row length W) with 2x2 windows and stride 2: OH x OW
+  // maxima and their flat indices in the plane (NaN wins, the first maximum on ties).
+  void (*max_pool_2x2_f32)(float* out, int64_t* idx, const float* plane, int64_t OH, int64_t OW,
+                           int64_t W);
 };
 
 // The best table this CPU supports (TAPEGRAD_ISA=baseline|avx2|avx512 forces one, for tests and

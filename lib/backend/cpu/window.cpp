@@ -9,6 +9,7 @@
 
 #include "backend/cpu/cpu_kernels.h"
 #include "backend/cpu/loops.h"
+#include "backend/cpu/vec_kernels.h"
 
 namespace tg::cpu {
 namespace {
@@ -128,8 +129,12 @@ void max_pool_2x2(T* __restrict o, int64_t* __restrict idx, const T* __restrict 
 template <class T>
 void pool_unpadded(bool is_max, T* o, int64_t* idx, const T* plane, const Geometry& g,
                    const Window2d& w) {
-  if (is_max && idx && w.kh == 2 && w.kw == 2 && w.sh == 2 && w.sw == 2 && w.dh == 1 && w.dw == 1)
-    return max_pool_2x2(o, idx, plane, g);
+  if (is_max && idx && w.kh == 2 && w.kw == 2 && w.sh == 2 && w.sw == 2 && w.dh == 1 && w.dw == 1) {
+    if constexpr (std::is_same_v<T, float>)
+      return vec_kernels().max_pool_2x2_f32(o, idx, plane, g.OH, g.OW, g.W);
+    else
+      return max_pool_2x2(o, idx, plane, g);
+  }
   // Locals and restrict: the loops must not reload sizes through pointers that might alias.
   const int64_t OH = g.OH, OW = g.OW, W = g.W, sw = w.sw;
   std::vector<int64_t> scratch(idx ? 0 : static_cast<size_t>(OW));
