@@ -10,6 +10,8 @@
 #include <random>
 #include <stdexcept>
 #include <thread>
+#include <sys/wait.h>
+#include <unistd.h>
 #include <vector>
 
 #include "backend/cpu/vec_kernels.h"
@@ -72,6 +74,22 @@ TEST_CASE("run_chunks nests and serves several calling threads") {
     });
   for (auto& t : callers) t.join();
   CHECK(total.load() == 4 * 200 * 15);
+}
+
+TEST_CASE("a forked child has a working pool") {
+  run_chunks(4, 2, [](int64_t) {});  // the parent's workers exist now
+  pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    alarm(20);  // a pool waiting on the parent's workers would hang here
+    std::atomic<int> hits{0};
+    for (int rep = 0; rep < 10; ++rep) run_chunks(4, 2, [&](int64_t) { hits.fetch_add(1); });
+    _exit(hits.load() == 40 ? 0 : 1);
+  }
+  int status = 0;
+  REQUIRE(waitpid(pid, &status, 0) == pid);
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
 }
 
 TEST_CASE("a training step gives the same numbers on 1 and 2 threads") {

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <exception>
 #include <mutex>
+#include <pthread.h>
 #include <thread>
 #include <vector>
 
@@ -135,9 +136,18 @@ class Pool {
 };
 
 // Never destroyed: its detached workers may still be parked in it while the process exits.
+// A child of fork() has none of the parent's workers (and maybe a mutex a parent thread held):
+// it starts over with a new pool and leaves the copied one alone.
+std::atomic<Pool*> g_pool{nullptr};
+
 Pool& instance() {
-  static Pool* pool = new Pool;
-  return *pool;
+  static const bool once = [] {
+    g_pool.store(new Pool);
+    pthread_atfork(nullptr, nullptr, [] { g_pool.store(new Pool); });
+    return true;
+  }();
+  (void)once;
+  return *g_pool.load(std::memory_order_acquire);
 }
 
 }  // namespace
