@@ -157,7 +157,12 @@ std::vector<OpRow> window_rows() {
              sample("1x1 pointwise", {input({2, 3, 2, 3}, dt, -1, 1, 8), input({2, 3, 1, 1}, dt, -1, 1, 9)},
                     {1, 1}, 1),
              sample("one image (3-D), non-contiguous",
-                    {noncontig({2, 4, 3}, dt, -1, 1, 10), input({2, 2, 2, 2}, dt, -1, 1, 11)}, {2, 2}, 1)};
+                    {noncontig({2, 4, 3}, dt, -1, 1, 10), input({2, 2, 2, 2}, dt, -1, 1, 11)}, {2, 2}, 1),
+             // 256 positions a sample: the per-sample weight gradient (Note [Convolution layout])
+             sample("16x16 images, per-sample weight gradient",
+                    {input({2, 1, 16, 16}, dt, -1, 1, 12), input({2, 1, 3, 3}, dt, -1, 1, 13),
+                     input({2}, dt, -1, 1, 14)},
+                    {3, 3, 1, 1, 1, 1}, 1)};
        }},
       {"max_pool2d", [](DType dt) {
          auto sample = [](std::string label, Tensor x, Win w) {
@@ -170,6 +175,8 @@ std::vector<OpRow> window_rows() {
          };
          return std::vector<Sample>{
              sample("2x2", input({2, 2, 6, 6}, dt, -1, 1), {2, 2, 2, 2}),
+             sample("2x2, rows of 18 outputs (vector steps and a tail)", input({1, 2, 4, 37}, dt, -1, 1, 4),
+                    {2, 2, 2, 2}),
              sample("3x3 stride 2 padded", input({1, 2, 7, 6}, dt, -1, 1, 2), {3, 3, 2, 2, 1, 1}),
              sample("dilated, non-contiguous", noncontig({1, 1, 6, 5}, dt, -1, 1, 3), {2, 2, 1, 1, 0, 0, 2, 2})};
        }},

@@ -225,6 +225,19 @@ class Tensor {
   Tensor& mul_(Scalar other, Loc loc = Loc::current());
   Tensor& div_(const Tensor& other, Loc loc = Loc::current());
   Tensor& div_(Scalar other, Loc loc = Loc::current());
+  // LibTorch's scaled updates, one pass over memory outside autograd and tracing (Note [Scaled
+  // in-place updates]); the scale is a number or a one-element tensor (a learning rate that a
+  // traced step reads afresh):
+  //   add_(other, alpha):        self += alpha · other
+  //   addcmul_(t1, t2, value):   self += value · t1 · t2
+  //   addcdiv_(t1, t2, value):   self += value · (t1 / t2)
+  // The operands broadcast to self's shape; the results are those of the plain ops in this order.
+  Tensor& add_(const Tensor& other, Scalar alpha, Loc loc = Loc::current());
+  Tensor& add_(const Tensor& other, const Tensor& alpha, Loc loc = Loc::current());
+  Tensor& addcmul_(const Tensor& t1, const Tensor& t2, Scalar value = 1, Loc loc = Loc::current());
+  Tensor& addcmul_(const Tensor& t1, const Tensor& t2, const Tensor& value, Loc loc = Loc::current());
+  Tensor& addcdiv_(const Tensor& t1, const Tensor& t2, Scalar value = 1, Loc loc = Loc::current());
+  Tensor& addcdiv_(const Tensor& t1, const Tensor& t2, const Tensor& value, Loc loc = Loc::current());
   Tensor& zero_(Loc loc = Loc::current());
   Tensor& fill_(Scalar value, Loc loc = Loc::current());
   Tensor& copy_(const Tensor& src, Loc loc = Loc::current());

@@ -1,6 +1,7 @@
 // Tensor accessors, conversions (to dtype, to device, clone, contiguous) and the in-place ops.
 #include "autograd/node.h"
 #include "ops/ops_common.h"
+#include "tapegrad/trace.h"
 
 namespace tg {
 
@@ -210,7 +211,102 @@ Tensor& inplace_scalar(Tensor& self, OpKind kind, Scalar other, Loc loc, const c
   return inplace_binary(self, kind, scalar_tensor(other, promoted, self.device()), loc, op);
 }
 
+// Note [Scaled in-place updates]
+// add_(other, alpha), addcmul_ and addcdiv_ are how optimizers update their state (PyTorch's
+// formulas are written with them). Outside autograd and tracing they run as one fused pass over
+// self (Backend::fused: each step the same kernel as the plain op, so the same numbers):
+//   add_:     t = alpha·other;          self = self + t
+//   addcmul_: t = value·t1; t = t·t2;   self = self + t
+//   addcdiv_: t = t1 / t2; t = value·t; self = self + t
+// With autograd on one of them, or while tracing (the trace fuses by itself, and its files hold
+// only plain ops), they are those plain ops. The scale becomes a one-element tensor of self's
+// dtype, as a number does in a binary op.
+enum class Update { Add, Addcmul, Addcdiv };
+
+Tensor& scaled_update(Tensor& self, Update kind, const Tensor& t1, const Tensor* t2,
+                      const Tensor& scale, Loc loc, const char* op) {
+  OpScope scope(op, loc);
+  check_defined(self, op);
+  check_defined(t1, op, "first operand");
+  if (t2) check_defined(*t2, op, "second operand");
+  check_defined(scale, op, "scale");
+  TG_CHECK(scale.numel() == 1, "{}: the scale must be one element, got shape {}", op,
+           scale.shape());
+  check_same_device(self, t1, op);
+  if (t2) check_same_device(self, *t2, op);
+  bool grad = inplace_needs_grad(self, &t1) || (t2 && inplace_needs_grad(self, t2)) ||
+              inplace_needs_grad(self, &scale);
+  bool fused = !grad && !is_tracing() && is_floating(self.dtype()) && self.numel() > 0 &&
+               scale.device() == self.device() &&
+               result_type({operand(self), operand(t1)}) == self.dtype() &&
+               (!t2 || result_type({operand(self), operand(*t2)}) == self.dtype());
+  if (!fused) {
+    // The scale in self's dtype, as in the fused pass (an f64 rate would otherwise promote
+    // one-element updates to f64).
+    Tensor s = is_floating(self.dtype()) ? scale.reshape({}).to(self.dtype()) : scale.reshape({});
+    switch (kind) {
+      case Update::Add: return self.add_(s * t1, loc);
+      case Update::Addcmul: return self.add_(s * t1 * *t2, loc);
+      case Update::Addcdiv: return self.add_(s * (t1 / *t2), loc);
+    }
+  }
+  check_writable(self, op);
+  DType dt = self.dtype();
+  Tensor a = operand_for(self, t1, dt, op);
+  Tensor b = t2 ? operand_for(self, *t2, dt, op) : Tensor();
+  Tensor c = expand_to(scale.reshape({}).to(dt), self.shape());
+  using K = FusedStep::Kind;
+  auto step = [&](OpKind o, int32_t x, int32_t y) {
+    FusedStep f;
+    f.kind = K::Binary;
+    f.op = o;
+    f.dtype = dt;
+    f.a = x;
+    f.b = y;
+    return f;
+  };
+  // Inputs: -1 self, -2 t1, -3 t2 or nothing, -4 the scale (Backend::fused's numbering).
+  const TensorImpl* in[4] = {&impl_of(self), &impl_of(a), t2 ? &impl_of(b) : &impl_of(a),
+                             &impl_of(c)};
+  std::vector<FusedStep> steps;
+  switch (kind) {
+    case Update::Add: steps = {step(OpKind::Mul, -4, -2), step(OpKind::Add, -1, 0)}; break;
+    case Update::Addcmul:
+      steps = {step(OpKind::Mul, -4, -2), step(OpKind::Mul, 0, -3), step(OpKind::Add, -1, 1)};
+      break;
+    case Update::Addcdiv:
+      steps = {step(OpKind::Div, -2, -3), step(OpKind::Mul, -4, 0), step(OpKind::Add, -1, 1)};
+      break;
+  }
+  backend_of(self).fused(steps, impl_of(self), in, 4);
+  self.impl()->bump_version();
+  return self;
+}
+
+Tensor scale_tensor(Scalar s, const Tensor& self) {
+  return scalar_tensor(s, result_type({operand(self), operand(s)}), self.device());
+}
+
 }  // namespace
+
+Tensor& Tensor::add_(const Tensor& o, Scalar alpha, Loc loc) {
+  return scaled_update(*this, Update::Add, o, nullptr, scale_tensor(alpha, *this), loc, "add_");
+}
+Tensor& Tensor::add_(const Tensor& o, const Tensor& alpha, Loc loc) {
+  return scaled_update(*this, Update::Add, o, nullptr, alpha, loc, "add_");
+}
+Tensor& Tensor::addcmul_(const Tensor& t1, const Tensor& t2, Scalar value, Loc loc) {
+  return scaled_update(*this, Update::Addcmul, t1, &t2, scale_tensor(value, *this), loc, "addcmul_");
+}
+Tensor& Tensor::addcmul_(const Tensor& t1, const Tensor& t2, const Tensor& value, Loc loc) {
+  return scaled_update(*this, Update::Addcmul, t1, &t2, value, loc, "addcmul_");
+}
+Tensor& Tensor::addcdiv_(const Tensor& t1, const Tensor& t2, Scalar value, Loc loc) {
+  return scaled_update(*this, Update::Addcdiv, t1, &t2, scale_tensor(value, *this), loc, "addcdiv_");
+}
+Tensor& Tensor::addcdiv_(const Tensor& t1, const Tensor& t2, const Tensor& value, Loc loc) {
+  return scaled_update(*this, Update::Addcdiv, t1, &t2, value, loc, "addcdiv_");
+}
 
 Tensor& Tensor::add_(const Tensor& o, Loc loc) { return inplace_binary(*this, OpKind::Add, o, loc, "add_"); }
 Tensor& Tensor::sub_(const Tensor& o, Loc loc) { return inplace_binary(*this, OpKind::Sub, o, loc, "sub_"); }

@@ -117,10 +117,18 @@ Tensor col2im(const Tensor& cols, Size2 image_size, Size2 kernel, Size2 stride, 
 namespace {
 
 // Note [Convolution layout]
-// With groups = 1 the columns are laid out (C·kk, N, L) (a permuted view is what im2col fills),
-// so the forward, the weight gradient and the input gradient are each one gemm over all samples:
-// out (O, N·L) = W·X, dW = G·Xᵀ, dX = Wᵀ·G with G the gradient as (O, N·L). Grouped and 1x1
-// convolutions use per-sample (N, C·kk, L) columns.
+// With groups = 1 the columns X are laid out (C·kk, N, L) (a permuted view is what im2col fills).
+//   - The forward is a batch of per-sample products W·X[:, n, :] written straight into the
+//     output's (N, O, L) layout (one product over all samples would give (O, N, L), and permuting
+//     that into place cost a copy of the whole output).
+//   - dW = G·Xᵀ over all N·L positions. When a sample has at least kLongRows positions (conv1 of
+//     LeNet: 784), per-sample products G[n]·X[:, n, :]ᵀ are summed (dot products of that length
+//     are efficient, and G is read as it is); for small images (conv2: 100) G is copied to
+//     (O, N·L) once and the product is one gemm whose dot products run over all samples.
+//   - dX = col2im(Wᵀ·G), one gemm over all samples.
+// The choice depends only on shapes, so results do not depend on the thread count. Grouped and
+// 1x1 convolutions use per-sample (N, C·kk, L) columns.
+constexpr int64_t kLongRows = 256;
 
 // The convolution primitive over (x, weight); conv2d() adds the bias as a separate op.
 Tensor conv2d_primitive(const Tensor& x, const Tensor& weight, const Window2d& w, int64_t groups) {
@@ -139,9 +147,8 @@ Tensor conv2d_primitive(const Tensor& x, const Tensor& weight, const Window2d& w
     Tensor xc = xin.contiguous();
     if (cols.numel() > 0)
       backend_of(x).window(OpKind::Im2col, impl_of(cols.permute({1, 0, 2})), impl_of(xc), w, nullptr);
-    Tensor flat = cols.reshape({c * kk, n * l});
-    out = matmul(wt.reshape({o, c * kk}), flat).reshape({o, n, oh, ow}).permute({1, 0, 2, 3}).contiguous();
-    if (keep) attrs.extra = flat;  // for the weight's gradient (Note [Saved by-products])
+    out = matmul(wt.reshape({o, c * kk}), cols.permute({1, 0, 2})).reshape({n, o, oh, ow});
+    if (keep) attrs.extra = cols;  // for the weight's gradient (Note [Saved by-products])
   } else {
     Tensor cols = pointwise ? xin.reshape({n, c, l})
                             : window_forward(OpKind::Im2col, xin, w, {n, c * kk, l});
@@ -293,14 +300,27 @@ void conv2d_bprop(BpropCtx& ctx) {
         .to(ctx.input_dtype(0));
   };
   if (groups == 1 && !pointwise) {
-    Tensor g = ctx.grad.permute({1, 0, 2, 3}).reshape({o, n * l});
+    // G as (O, N·L), made once when a product over all samples needs it.
+    Tensor g_all;
+    auto g = [&]() -> const Tensor& {
+      if (!g_all.defined()) g_all = ctx.grad.permute({1, 0, 2, 3}).reshape({o, n * l});
+      return g_all;
+    };
     if (ctx.needs(1)) {
       ctx.input(0);  // the version check of x
-      Tensor flat = use_kept ? kept : columns().permute({1, 0, 2}).reshape({c * kk, n * l});
-      ctx.set(1, matmul(g, flat.t()).reshape(ws).to(ctx.input_dtype(1)));
+      Tensor dw;
+      if (l >= kLongRows) {
+        Tensor per_sample = use_kept ? kept.permute({1, 0, 2}) : columns();  // (N, C·kk, L)
+        dw = matmul(ctx.grad.reshape({n, o, l}), per_sample.transpose(-1, -2)).sum({0});
+      } else {
+        Tensor flat = use_kept ? kept.reshape({c * kk, n * l})
+                               : columns().permute({1, 0, 2}).reshape({c * kk, n * l});
+        dw = matmul(g(), flat.t());
+      }
+      ctx.set(1, dw.reshape(ws).to(ctx.input_dtype(1)));
     }
     if (ctx.needs(0)) {
-      Tensor gcols = matmul(ctx.input(1).reshape({o, c * kk}).t(), g);
+      Tensor gcols = matmul(ctx.input(1).reshape({o, c * kk}).t(), g());
       ctx.set(0, image(gcols.reshape({c * kk, n, l}).permute({1, 0, 2})));
     }
     return;

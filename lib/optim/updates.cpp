@@ -107,8 +107,8 @@ void Adam::step() {
       if (decoupled_) p.mul_(1 - lr * wd);  // f64 0-d: the factor PyTorch computes
       else grad = g + p * wd;
     }
-    m.mul_(b1).add_(grad * (1 - b1));
-    v.mul_(b2).add_(grad * grad * (1 - b2));
+    m.mul_(b1).add_(grad, 1 - b1);  // PyTorch's own form: one fused pass each
+    v.mul_(b2).addcmul_(grad, grad, 1 - b2);
     Tensor bc1 = bias_correction(b1, step), bc2 = bias_correction(b2, step);
     Tensor second = v;
     if (options.amsgrad) {
@@ -116,8 +116,8 @@ void Adam::step() {
       vmax.copy_(maximum(vmax, v));
       second = vmax;
     }
-    Tensor denom = sqrt(second).mul_(1 / sqrt(bc2)).add_(options.eps);
-    p.sub_((m / denom).mul_(lr / bc1));
+    Tensor denom = (sqrt(second) / sqrt(bc2)).add_(options.eps);
+    p.addcdiv_(m, denom, -(lr / bc1));
   });
 }
 
