@@ -5,7 +5,7 @@
 #include <span>
 #include <vector>
 
-#include "autograd/pool.h"
+#include "core/pool.h"
 #include "backend/backend.h"
 #include "core/tensor_impl.h"
 #include "tapegrad/autograd.h"
@@ -37,6 +37,7 @@ struct SavedTensor {
 
 // One input of a node: where its gradient goes and what shape/dtype that gradient must have.
 struct InputSlot {
+  InputSlot() {}  // see Note [No zeroing on construction]
   std::shared_ptr<NodeImpl> fn;  // its grad_fn, its leaf's AccumulateGrad node, or null (no grad)
   uint32_t output_nr = 0;
   Shape shape;
@@ -51,8 +52,15 @@ struct InputSlot {
 // and where it was recorded). The output is saved as an alias without history, since the output's
 // own grad_fn is this node (a cycle otherwise); when the backward pass is recorded (create_graph)
 // the alias gets this node back as its grad_fn, so second derivatives flow through it.
+// Note [No zeroing on construction]
+// make_shared<T>() and vector::resize value-initialize, and for a class whose default
+// constructor is not user-provided that means zero-filling the whole object first: the 16-dim
+// inline Shapes make a node, its input slots and a TensorImpl several hundred bytes each, and
+// zeroing them was a fifth of recording an op. Every member that needs a value has a default
+// member initializer, so these classes declare an empty constructor and skip the fill.
 class NodeImpl final : public Node, public std::enable_shared_from_this<NodeImpl> {
  public:
+  NodeImpl() {}
   ~NodeImpl() override;
 
   OpKind op = OpKind::Neg;

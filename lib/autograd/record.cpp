@@ -14,7 +14,7 @@ thread_local bool t_anomaly = false;
 // A view of t's data with no autograd state.
 Tensor alias_of(const Tensor& t) {
   const TensorImpl& s = *t.impl();
-  auto impl = std::make_shared<TensorImpl>();
+  auto impl = std::allocate_shared<TensorImpl>(pool::Allocator<TensorImpl>());
   impl->storage = s.storage;
   impl->sizes = s.sizes;
   impl->strides = s.strides;

@@ -2,6 +2,7 @@
 #include <climits>
 
 #include "backend/backend.h"
+#include "core/pool.h"
 #include "core/check.h"
 #include "core/tensor_impl.h"
 
@@ -93,7 +94,7 @@ Storage::~Storage() {
 std::shared_ptr<Storage> allocate_storage(size_t nbytes, Device device) {
   Backend& be = backend_for(device);
   void* data = nbytes ? be.allocate(nbytes) : nullptr;
-  auto storage = std::make_shared<Storage>(data, nbytes, device);
+  auto storage = std::allocate_shared<Storage>(pool::Allocator<Storage>(), data, nbytes, device);
   if (data != nullptr) {
     Counters& c = counters(device);
     int64_t now = c.allocated.fetch_add(static_cast<int64_t>(nbytes)) + static_cast<int64_t>(nbytes);
@@ -141,7 +142,7 @@ bool TensorImpl::is_contiguous() const {
 }
 
 Tensor make_tensor(const Shape& sizes, DType dtype, Device device) {
-  auto impl = std::make_shared<TensorImpl>();
+  auto impl = std::allocate_shared<TensorImpl>(pool::Allocator<TensorImpl>());
   impl->numel = checked_numel(sizes);
   size_t nbytes = 0;
   TG_CHECK(!__builtin_mul_overflow(static_cast<size_t>(impl->numel), element_size(dtype), &nbytes),
@@ -154,7 +155,7 @@ Tensor make_tensor(const Shape& sizes, DType dtype, Device device) {
 }
 
 Tensor make_view(const Tensor& base, Shape sizes, Shape strides, int64_t offset) {
-  auto impl = std::make_shared<TensorImpl>();
+  auto impl = std::allocate_shared<TensorImpl>(pool::Allocator<TensorImpl>());
   impl->numel = checked_numel(sizes);
   impl->storage = base.impl()->storage;
   impl->sizes = std::move(sizes);

@@ -45,6 +45,9 @@ struct AutogradMeta {
 // live inline in TensorImpl: recording allocates the node and nothing else. The grad, hooks, name
 // and a leaf's accumulator are rare and live in AutogradMeta, allocated when first set.
 struct TensorImpl {
+  // User-provided on purpose (Note [No zeroing on construction]).
+  TensorImpl() {}
+
   std::shared_ptr<Storage> storage;
   Shape sizes;
   Shape strides;  // in elements

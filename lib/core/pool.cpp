@@ -1,5 +1,5 @@
 // The node pool: freed node blocks are kept per thread by size class and reused.
-#include "autograd/pool.h"
+#include "core/pool.h"
 
 #include <new>
 

@@ -1,4 +1,4 @@
-// A per-thread free list for the memory of tape nodes (see Note [Node pool] in pool.cpp).
+// A per-thread free list for the memory of tape nodes, tensor handles and storages (see Note [Node pool] in pool.cpp).
 #pragma once
 
 #include <cstddef>
