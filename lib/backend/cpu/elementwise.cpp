@@ -192,6 +192,24 @@ void binary_kernel(OpKind kind, const TensorImpl& out, const TensorImpl& a, cons
       return;
     }
   }
+  if (out.dtype == kF32 && a.dtype == kF32 && b.dtype == kF32 && L.ndim > 1) {
+    // Broadcasts over several dims (a bias over a batch, a scale over rows): each row whose
+    // operands are contiguous or one broadcast value goes through the vectorized kernel.
+    if (auto fn = vec_kernels().binary_f32(kind)) {
+      for_each_row(L, [fn, kind](char** p, const int64_t* s, int64_t n) {
+        if (s[0] == 4 && (s[1] == 4 || s[1] == 0) && (s[2] == 4 || s[2] == 0)) {
+          fn(reinterpret_cast<float*>(p[0]), reinterpret_cast<const float*>(p[1]), s[1] != 0,
+             reinterpret_cast<const float*>(p[2]), s[2] != 0, n);
+          return;
+        }
+        for (int64_t i = 0; i < n; ++i)
+          *reinterpret_cast<float*>(p[0] + i * s[0]) =
+              scalar_binary(kind, *reinterpret_cast<const float*>(p[1] + i * s[1]),
+                            *reinterpret_cast<const float*>(p[2] + i * s[2]));
+      });
+      return;
+    }
+  }
   TG_DISPATCH_ALL(a.dtype, [&] {
     switch (kind) {
       TG_BINARY_CASE(Add) TG_BINARY_CASE(Sub) TG_BINARY_CASE(Mul) TG_BINARY_CASE(Div)
