@@ -41,7 +41,9 @@ TEST_CASE("unpacked f32 products match f64 sums in every layout, on every ISA") 
   std::mt19937 rng(7);
   std::uniform_real_distribution<float> u(-1, 1);
   const Case cases[] = {{1, 1, 1},   {1, 784, 500}, {3, 5, 17},   {10, 1000, 33}, {17, 3, 129},
-                        {8, 16, 16}, {9, 31, 300},  {60, 70, 15}, {784, 1, 500},  {130, 10, 257}};
+                        {8, 16, 16}, {9, 31, 300},  {60, 70, 15}, {784, 1, 500},  {130, 10, 257},
+                        // 9 to 12 rows are one group; updates walk several panels last first
+                        {10, 40, 300}, {11, 5, 129}, {12, 7, 260}, {784, 10, 500}};
   for (const auto* table : cpu::available_vec_kernels()) {
     for (const Case& s : cases) {
       CAPTURE(table->isa);

@@ -262,10 +262,11 @@ TEST_CASE("trace: graphs print as text and DOT, and count nodes by op") {
   auto f = trace([&](const Tensor& x) { return relu(x.matmul(w)).sum(); });
   f(randn({2, 4}));
   Graph g = f.graph();
-  CHECK(g.num_nodes() == 3);
+  CHECK(g.num_nodes() == 2);  // matmul, and relu fused into the sum (Note [Fused sums])
   CHECK(g.count("matmul") == 1);
   CHECK(g.count("relu") == 1);
   CHECK(g.count("sum") == 1);
+  CHECK(g.count("fused") == 1);
   CHECK(g.count("add") == 0);
   std::string text = g.to_string();
   CHECK(text.find("matmul(in0, state") != std::string::npos);

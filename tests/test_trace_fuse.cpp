@@ -217,6 +217,141 @@ TEST_CASE("fuse: the blocked CPU kernel agrees with running the steps one by one
   }
 }
 
+TEST_CASE("fuse: a sum takes the value it sums into its group, with eager's bits") {
+  // LayerNorm's variance: Σ(x - mean)² never stored.
+  auto var = [](const Tensor& x) {
+    Tensor mean = x.sum({-1}, true) / x.size(-1);
+    Tensor d = x - mean;
+    return (d * d).sum({-1});
+  };
+  for (int64_t cols : {1, 7, 100, 255, 256, 300, 1000, 1024, 1025, 3000}) {
+    CAPTURE(cols);
+    Tensor x = randn({37, cols});
+    auto f = trace(var);
+    CHECK(same(f(x), var(x)));
+    CHECK(f.graph().count("fused") == 1);
+    CHECK(f.graph().count("sum") == 2);
+    CHECK(f.graph().to_string().find("s1=mul(s0, s0)} then sum reduced=1") != std::string::npos);
+    CHECK(f.pass_summary().find("(1 of them sums)") != std::string::npos);
+    auto unfused = trace(var, {.disable = {"fuse"}});
+    CHECK(same(unfused(x), f(x)));
+  }
+}
+
+TEST_CASE("fuse: fused sums over several dims, all dims, strided and broadcast operands") {
+  Tensor w = randn({6});
+  auto fn = [&](const Tensor& x, const Tensor& xt, const Tensor& col) {
+    Tensor a = exp(x * w - 1).sum({1, 2});      // two trailing dims
+    Tensor b = (x * xt.transpose(1, 2).transpose(1, 2)).sum({2});
+    Tensor c = (x + col).sum();                  // everything
+    Tensor d = (xt.transpose(0, 2) * 2 + x.transpose(0, 2)).sum({2});  // strided reads
+    return std::vector<Tensor>{a, b, c, d};
+  };
+  int before = get_num_threads();
+  for (int threads : {1, 2}) {
+    set_num_threads(threads);
+    Tensor x = randn({8, 5, 6}), xt = randn({8, 5, 6}), col = randn({8, 5, 1});
+    auto f = trace(fn);
+    auto got = f(x, xt, col);
+    auto want = fn(x, xt, col);
+    for (size_t i = 0; i < want.size(); ++i) {
+      CAPTURE(i);
+      CHECK(same(got[i], want[i]));
+    }
+    CHECK(f.graph().count("fused") == 4);
+    CHECK(f.graph().count("sum") == 4);
+  }
+  set_num_threads(before);
+}
+
+TEST_CASE("fuse: a stored or twice-read value is not summed in a group; f64 and bool sums") {
+  // exp(x) is also returned: it is stored, and the sum reads it.
+  auto kept = [](const Tensor& x) {
+    Tensor e = exp(x);
+    return std::vector<Tensor>{e, e.sum({-1})};
+  };
+  Tensor x = randn({4, 9});
+  auto f = trace(kept);
+  CHECK(same(f(x)[1], kept(x)[1]));
+  CHECK(f.graph().count("fused") == 0);
+  // A cheap value read by the sum and by another group is computed in both.
+  auto twice = [](const Tensor& x) {
+    Tensor d = x - 1;
+    return std::vector<Tensor>{(d * d).sum({-1}), d * 3};
+  };
+  auto g = trace(twice);
+  CHECK(same(g(x)[0], twice(x)[0]));
+  CHECK(same(g(x)[1], twice(x)[1]));
+  CHECK(g.graph().count("fused") == 2);
+  // f64 and a sum of comparisons go through the reference path: the same values.
+  auto other = [](const Tensor& x) {
+    return std::vector<Tensor>{(x * x).sum({-1}), (x > 0.5).sum({-1})};
+  };
+  Tensor x64 = randn({5, 300}, {.dtype = kF64});
+  auto h = trace(other);
+  auto got = h(x64), want = other(x64);
+  CHECK(same(got[0], want[0]));
+  CHECK(same(got[1], want[1]));
+  CHECK(got[1].dtype() == want[1].dtype());
+}
+
+TEST_CASE("fuse: the CPU fused sum agrees with the reference on random programs") {
+  std::mt19937 rng(9);
+  Backend& cpu = cpu_backend();
+  const OpKind unary[] = {OpKind::Neg, OpKind::Exp, OpKind::Tanh, OpKind::Relu, OpKind::Gelu};
+  const OpKind binary[] = {OpKind::Add, OpKind::Sub, OpKind::Mul, OpKind::Maximum};
+  for (int trial = 0; trial < 40; ++trial) {
+    CAPTURE(trial);
+    Shape shape{static_cast<int64_t>(1 + rng() % 30), static_cast<int64_t>(1 + rng() % 1100)};
+    std::vector<Tensor> views;
+    for (int k = 0; k < 3; ++k) {
+      switch (rng() % 4) {
+        case 0: views.push_back(randn(shape)); break;
+        case 1: views.push_back(randn({shape[1]}).expand(shape)); break;
+        case 2: views.push_back(randn({shape[0], 1}).expand(shape)); break;
+        default: views.push_back(randn({shape[1], shape[0]}).t()); break;
+      }
+    }
+    std::vector<FusedStep> steps;
+    int nsteps = 1 + static_cast<int>(rng() % 5);
+    for (int i = 0; i < nsteps; ++i) {
+      auto pick = [&] {
+        int r = static_cast<int>(rng() % (i + 3));
+        return r < 3 ? -r - 1 : r - 3;
+      };
+      FusedStep s;
+      if (rng() % 2) {
+        s.kind = FusedStep::Kind::Unary;
+        s.op = unary[rng() % std::size(unary)];
+        s.a = pick();
+      } else {
+        s.kind = FusedStep::Kind::Binary;
+        s.op = binary[rng() % std::size(binary)];
+        s.a = pick();
+        s.b = pick();
+      }
+      steps.push_back(s);
+    }
+    // Rows summed into a strided output, or into a contiguous one.
+    Tensor got = trial % 3 == 0 ? empty({2, shape[0]}).select(0, 1) : empty({shape[0]});
+    Tensor want = empty({shape[0]});
+    std::vector<const TensorImpl*> in;
+    for (auto& v : views) in.push_back(v.impl());
+    cpu.fused_sum(steps, *got.impl(), in.data(), in.size(), 1);
+    cpu.Backend::fused_sum(steps, *want.impl(), in.data(), in.size(), 1);
+    // As above: the reference takes scalar definitions for strided inputs (a few ulp).
+    auto g = got.to_vector<float>(), w = want.to_vector<float>();
+    int bad = 0;
+    for (size_t i = 0; i < g.size(); ++i) {
+      float a = g[i], b = w[i];
+      bool ok = a == b || (std::isnan(a) && std::isnan(b)) ||
+                std::abs(a - b) <= 1e-4f * (1 + std::abs(b));
+      bad += !ok;
+    }
+    CHECK(bad == 0);
+  }
+}
+
 TEST_CASE("fuse: a saved graph is fused again when loaded, with the same results") {
   Tensor w = randn({10, 4}), b = randn({4});
   auto fn = [&](const Tensor& x) { return tanh(x.matmul(w) + b) * 0.5 + 0.5; };

@@ -54,6 +54,21 @@ void Backend::fused(const std::vector<FusedStep>& steps, const TensorImpl& out,
   }
 }
 
+// The reference way to run a fused sum: the group's value into a temporary, then the reduction.
+void Backend::fused_sum(const std::vector<FusedStep>& steps, const TensorImpl& out,
+                        const TensorImpl* const* inputs, size_t ninputs, int nreduced) {
+  TG_INTERNAL_ASSERT(!steps.empty() && ninputs > 0);
+  TensorImpl value;
+  value.sizes = inputs[0]->sizes;
+  value.strides = contiguous_strides(value.sizes);
+  value.numel = inputs[0]->numel;
+  value.dtype = steps.back().dtype;
+  value.storage = allocate_storage(static_cast<size_t>(value.numel) * element_size(value.dtype),
+                                   out.storage->device);
+  fused(steps, value, inputs, ninputs);
+  reduce(OpKind::Sum, out, value, nreduced);
+}
+
 // The reference way to run a matmul update: the product into a temporary, then elementwise.
 void Backend::matmul_update(const TensorImpl& out, const TensorImpl& a, const TensorImpl& b,
                             double alpha, double beta, const TensorImpl* scale) {

@@ -107,6 +107,12 @@ class Backend {
   // backend overrides it to run them in one pass over memory.
   virtual void fused(const std::vector<FusedStep>& steps, const TensorImpl& out,
                      const TensorImpl* const* inputs, size_t ninputs);
+  // A fused group whose value is summed over its trailing `nreduced` dims into out (Note [Fused
+  // sums] in pass_fuse.cpp): the inputs are views expanded to the value's shape, out holds the
+  // leading dims. The same bits as the group into a temporary, then reduce(Sum), which is what
+  // the default does; a backend overrides it to keep the value out of memory.
+  virtual void fused_sum(const std::vector<FusedStep>& steps, const TensorImpl& out,
+                         const TensorImpl* const* inputs, size_t ninputs, int nreduced);
 };
 
 // Note [Trace hooks]

@@ -376,7 +376,10 @@ void run_call(const Node& n, const TensorImpl& out, const TensorImpl* const* in,
       be.window(n.op, out, *in[0], n.window, out2);
       break;
     case Call::Fused:
-      be.fused(n.steps, out, in, n.in.size());
+      if (n.nreduced > 0)
+        be.fused_sum(n.steps, out, in, n.in.size(), n.nreduced);
+      else
+        be.fused(n.steps, out, in, n.in.size());
       break;
   }
 }

@@ -72,6 +72,7 @@ std::string Node::label() const {
   if (call != Call::Fused) return name();
   std::vector<std::string> names;
   for (const FusedStep& s : steps) names.push_back(step_name(s));
+  if (nreduced > 0) names.emplace_back(op_name(op));  // a fused sum (Note [Fused sums])
   return fmt::format("fused[{}]", fmt::join(names, ", "));
 }
 
@@ -109,6 +110,9 @@ std::string attrs_of(const Node& n) {
         if (s.kind == FusedStep::Kind::Where) args += ", " + reg(s.c);
         steps.push_back(fmt::format("s{}={}({})", k, step_name(s), args));
       }
+      if (n.nreduced > 0)
+        return fmt::format(" {{{}}} then {} reduced={}", fmt::join(steps, "; "), op_name(n.op),
+                           n.nreduced);
       return fmt::format(" {{{}}}", fmt::join(steps, "; "));
     }
     default:
@@ -132,6 +136,7 @@ int64_t Graph::count(std::string_view op) const {
   for (const auto& node : program_->nodes) {
     n += node.name() == op;
     for (const auto& s : node.steps) n += trace_detail::step_name(s) == op;
+    n += node.call == trace_detail::Call::Fused && node.nreduced > 0 && op_name(node.op) == op;
   }
   return n;
 }

@@ -27,6 +27,13 @@ namespace tg::trace_detail {
 // kernel as the unfused node (up to the last bit where the unfused node took a strided scalar
 // path), which Mode::Debug checks.
 //
+// Note [Fused sums]
+// A sum over trailing dims is a reader too: when the value it sums is inlined into it, its group
+// becomes one fused node whose value is summed row by row as it is computed (Backend::fused_sum),
+// so LayerNorm's Σ(x - mean)² and softmax's Σ exp(x - max) never exist in memory. Row-local like
+// the sum, so such a node joins row tiles (Note [Row tiles]). The backend sums each row the way
+// reduce() sums a stored one: the same bits.
+//
 // Fusion is a lowering step: it runs last, after the memory plan's input is otherwise final, and
 // f.save() writes the graph before it, so that the file stays free of backend-specific groups
 // (the loader fuses again for the device it runs on).
@@ -43,6 +50,15 @@ bool elementwise(const Node& n) {
           n.call == Call::Copy) &&
          n.out2.buf < 0;
 }
+
+// A sum over trailing dims, which may take the value it reads into its group (Note [Fused sums]).
+bool sum_root(const Node& n) {
+  return n.call == Call::Reduce && n.op == OpKind::Sum && n.nreduced >= 1 && n.out2.buf < 0 &&
+         n.in.size() == 1;
+}
+
+// A node that may be the root of a group.
+bool root_kind(const Node& n) { return elementwise(n) || sum_root(n); }
 
 // What computing one element costs, roughly: transcendental steps are never duplicated.
 int own_cost(const Node& n) {
@@ -136,7 +152,7 @@ class Fuser {
       bool ok = true;
       for (int64_t r : readers) {
         const Node& reader = p_.nodes[r];
-        ok &= r > self && elementwise(reader);
+        ok &= r > self && root_kind(reader);
         for (const Operand& o : reader.in) ok &= o.buf != node.out.buf || o.view == node.out.view;
       }
       std::vector<int64_t> distinct = readers;
@@ -172,7 +188,7 @@ class Fuser {
     bool changed = false;
     for (size_t i = 0; i < p_.nodes.size(); ++i) {
       const Node& root = p_.nodes[i];
-      if (inl_[i] || !elementwise(root)) continue;
+      if (inl_[i] || !root_kind(root)) continue;
       auto r = static_cast<int64_t>(i);
       std::vector<int64_t> members = group(r);
       if (members.size() < 2) continue;
@@ -199,7 +215,7 @@ class Fuser {
   std::string emit() {
     std::vector<Node> out;
     out.reserve(p_.nodes.size());
-    int64_t groups = 0, fused_nodes = 0, removed = 0;
+    int64_t groups = 0, fused_nodes = 0, removed = 0, sums = 0;
     size_t bytes = 0;
     std::vector<char> counted(p_.buffers.size(), 0);
     for (size_t i = 0; i < p_.nodes.size(); ++i) {
@@ -211,7 +227,7 @@ class Fuser {
         continue;
       }
       std::vector<int64_t> members;
-      if (elementwise(root)) members = group(static_cast<int64_t>(i));
+      if (root_kind(root)) members = group(static_cast<int64_t>(i));
       if (members.size() < 2) {
         out.push_back(root);
         continue;
@@ -219,6 +235,11 @@ class Fuser {
       Node f;
       f.call = Call::Fused;
       f.op = root.op;
+      if (sum_root(root)) {
+        members.pop_back();  // the sum is the node, its value the last step
+        f.nreduced = root.nreduced;
+        ++sums;
+      }
       f.out = root.out;
       f.user_op = root.user_op;
       f.file = root.file;
@@ -244,13 +265,15 @@ class Fuser {
         reg.push_back({j, static_cast<int32_t>(f.steps.size())});
         f.steps.push_back(s);
       }
-      fused_nodes += static_cast<int64_t>(members.size());
+      fused_nodes += static_cast<int64_t>(members.size()) + (f.nreduced > 0);
       ++groups;
       out.push_back(std::move(f));
     }
     p_.nodes = std::move(out);
-    return fmt::format("fuse: {} groups of {} elementwise nodes, {} values never stored ({} bytes)",
-                       groups, fused_nodes, removed, bytes);
+    return fmt::format(
+        "fuse: {} groups of {} elementwise nodes{}, {} values never stored ({} bytes)", groups,
+        fused_nodes, sums ? fmt::format(" ({} of them sums)", sums) : std::string(), removed,
+        bytes);
   }
 
   Program& p_;

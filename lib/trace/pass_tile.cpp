@@ -51,7 +51,8 @@ bool row_local(const Node& n) {
     case Call::Where:
     case Call::Copy:
     case Call::Fused:
-      return true;
+      if (n.nreduced == 0) return true;
+      [[fallthrough]];  // a fused sum (Note [Fused sums]) is row-local like a sum
     case Call::Reduce:
       return n.nreduced >= 1 && n.in[0].view.sizes.size() > static_cast<size_t>(n.nreduced);
     default:

@@ -180,6 +180,11 @@ class CpuBackend final : public Backend {
              const TensorImpl* const* inputs, size_t ninputs) override {
     fused_kernel(steps, out, inputs, ninputs);
   }
+  void fused_sum(const std::vector<FusedStep>& steps, const TensorImpl& out,
+                 const TensorImpl* const* inputs, size_t ninputs, int nreduced) override {
+    if (!fused_sum_kernel(steps, out, inputs, ninputs, nreduced))
+      Backend::fused_sum(steps, out, inputs, ninputs, nreduced);
+  }
 
  private:
   CachingAllocator allocator_;

@@ -11,6 +11,9 @@ void unary_kernel(OpKind kind, const TensorImpl& out, const TensorImpl& x, const
 void binary_kernel(OpKind kind, const TensorImpl& out, const TensorImpl& a, const TensorImpl& b);
 void fused_kernel(const std::vector<FusedStep>& steps, const TensorImpl& out,
                   const TensorImpl* const* in, size_t nin);
+// A fused group summed over its trailing nreduced dims; false when this kernel does not take it.
+bool fused_sum_kernel(const std::vector<FusedStep>& steps, const TensorImpl& out,
+                      const TensorImpl* const* in, size_t nin, int nreduced);
 void where_kernel(const TensorImpl& out, const TensorImpl& cond, const TensorImpl& a,
                   const TensorImpl& b);
 void reduce_kernel(OpKind kind, const TensorImpl& out, const TensorImpl& x, int nreduced);

