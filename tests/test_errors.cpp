@@ -74,11 +74,24 @@ TEST_CASE("randint(5, 2, ...)") {
   expect_error([&] { (void)randint(5, 2, {3}); }, {"randint", "low (5)", "high (2)"}, __LINE__);
 }
 
-TEST_CASE("CUDA in a build without CUDA") {
+TEST_CASE("CUDA where there is none: a build without CUDA, or no GPU") {
   auto a = zeros({2});
+  if (cuda::is_available()) {
+    MESSAGE("a GPU is present: its tests are in test_cuda.cpp");
+    return;
+  }
   CHECK_FALSE(cuda_is_available());
-  expect_error([&] { (void)a.to(cuda(0)); }, {"built without CUDA"}, __LINE__);
-  expect_error([&] { (void)zeros({2}, {.device = cuda(0)}); }, {"built without CUDA"}, __LINE__);
+  CHECK(cuda::device_count() == 0);
+  // Built with CUDA on a machine without a GPU, the error says that instead.
+  const char* why = cuda::is_built() ? "no CUDA GPU is present" : "built without CUDA";
+  expect_error([&] { (void)a.to(cuda(0)); }, {why}, __LINE__);
+  expect_error([&] { (void)zeros({2}, {.device = cuda(0)}); }, {why}, __LINE__);
+  CHECK(a.sum().item<float>() == 0);  // the CPU tensor is untouched and usable
+  // tg::cuda is a Device.
+  Device d = cuda(1);
+  CHECK(d.is_cuda());
+  CHECK(d.index == 1);
+  CHECK(cuda::memory_stats().allocated == 0);
 }
 
 TEST_CASE("more misuse, each a clear error") {

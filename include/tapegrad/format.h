@@ -29,3 +29,6 @@ struct fmt::formatter<tg::Device> {
   constexpr auto parse(format_parse_context& ctx) { return ctx.begin(); }
   format_context::iterator format(const tg::Device& d, format_context& ctx) const;
 };
+template <>
+struct fmt::formatter<tg::cuda> : fmt::formatter<tg::Device> {};
+

@@ -9,7 +9,7 @@ thread_local TraceHook* t_trace_hook = nullptr;
 
 Backend& device_backend(Device device) {
   if (device.is_cpu()) return cpu_backend();
-  return cuda_backend();
+  return cuda_backend(device.index);
 }
 
 Backend& backend_for(Device device) {

@@ -7,15 +7,11 @@
 #include <vector>
 
 #include "core/tensor_impl.h"
+#include "backend/op_attrs.h"
 #include "ops/op_registry.h"
 
 namespace tg {
 
-// Scalar attributes of an op: the exponent of PowScalar, the bounds of Clamp (±inf when absent).
-struct OpAttrs {
-  double a = 0;
-  double b = 0;
-};
 
 // A 2-D sliding window: kernel, stride, zero padding, dilation (height then width).
 struct Window2d {
@@ -132,7 +128,7 @@ Backend& backend_for(Device device);
 // The device's own backend, never the recorder's.
 Backend& device_backend(Device device);
 Backend& cpu_backend();
-// The CUDA backend when built with CUDA (lib/backend/cuda/), else a stub that throws.
-Backend& cuda_backend();
+// The backend of cuda:index when built with CUDA (lib/backend/cuda/), else a stub that throws.
+Backend& cuda_backend(int index);
 
 }  // namespace tg

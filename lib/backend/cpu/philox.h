@@ -1,9 +1,15 @@
 // Philox 4x32-10 and the maps from its 32-bit outputs to uniform and normal numbers. Shared with
-// the CUDA backend later, so the same seed gives the same numbers on both devices.
+// the CUDA backend, so the same seed gives the same numbers on both devices.
 #pragma once
 
 #include <cmath>
 #include <cstdint>
+
+#if defined(__CUDACC__)
+#define TG_HD_PHILOX __host__ __device__
+#else
+#define TG_HD_PHILOX
+#endif
 
 namespace tg::cpu {
 
@@ -12,7 +18,7 @@ struct Philox4 {
 };
 
 // Counter (ctr, 0, 0) under key seed: one call gives four 32-bit numbers.
-inline Philox4 philox4x32_10(uint64_t seed, uint64_t ctr) {
+TG_HD_PHILOX inline Philox4 philox4x32_10(uint64_t seed, uint64_t ctr) {
   uint32_t c[4] = {static_cast<uint32_t>(ctr), static_cast<uint32_t>(ctr >> 32), 0, 0};
   uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
   for (int round = 0; round < 10; ++round) {
@@ -31,13 +37,13 @@ inline Philox4 philox4x32_10(uint64_t seed, uint64_t ctr) {
 }
 
 // A double in [0, 1) from 53 random bits of two outputs.
-inline double uniform01(uint32_t hi, uint32_t lo) {
+TG_HD_PHILOX inline double uniform01(uint32_t hi, uint32_t lo) {
   uint64_t bits = ((static_cast<uint64_t>(hi) << 32) | lo) >> 11;
   return static_cast<double>(bits) * 0x1.0p-53;
 }
 
 // Four standard normals by Box-Muller on the four outputs (paired).
-inline void normal4(const Philox4& r, double out[4]) {
+TG_HD_PHILOX inline void normal4(const Philox4& r, double out[4]) {
   for (int k = 0; k < 4; k += 2) {
     double u1 = (static_cast<double>(r.v[k]) + 1.0) * 0x1.0p-32;  // (0, 1]: log is finite
     double u2 = static_cast<double>(r.v[k + 1]) * 0x1.0p-32;

@@ -1,4 +1,4 @@
-// The reference scalar definition of every elementwise op on the CPU: the strided kernels use these
+// The reference scalar definition of every elementwise op (CPU, and CUDA's kernels): the strided kernels use these
 // directly, and the vectorized f32 kernels (vec_kernels.cpp) are tested against them.
 #pragma once
 
@@ -7,12 +7,20 @@
 #include <limits>
 #include <type_traits>
 
-#include "backend/backend.h"
+#include "backend/op_attrs.h"
+#include "ops/op_registry.h"
+
+// Host and device: the CUDA kernels (lib/backend/cuda/kernels.cu) use these same definitions.
+#if defined(__CUDACC__)
+#define TG_HD __host__ __device__
+#else
+#define TG_HD
+#endif
 
 namespace tg::cpu {
 
 // Integer arithmetic wraps around instead of overflowing (which would be undefined behaviour).
-template <class T> T wrap_add(T a, T b) {
+template <class T> TG_HD T wrap_add(T a, T b) {
   if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
     using U = std::make_unsigned_t<T>;
     return static_cast<T>(static_cast<U>(a) + static_cast<U>(b));
@@ -20,7 +28,7 @@ template <class T> T wrap_add(T a, T b) {
     return a + b;
   }
 }
-template <class T> T wrap_sub(T a, T b) {
+template <class T> TG_HD T wrap_sub(T a, T b) {
   if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
     using U = std::make_unsigned_t<T>;
     return static_cast<T>(static_cast<U>(a) - static_cast<U>(b));
@@ -28,7 +36,7 @@ template <class T> T wrap_sub(T a, T b) {
     return a - b;
   }
 }
-template <class T> T wrap_mul(T a, T b) {
+template <class T> TG_HD T wrap_mul(T a, T b) {
   if constexpr (std::is_same_v<T, bool>) {
     return a && b;
   } else if constexpr (std::is_integral_v<T>) {
@@ -39,7 +47,7 @@ template <class T> T wrap_mul(T a, T b) {
   }
 }
 
-template <class T> T int_pow(T base, T e) {
+template <class T> TG_HD T int_pow(T base, T e) {
   if constexpr (std::is_same_v<T, bool>) return base || !e;
   if (e < 0) return base == 1 ? 1 : base == -1 ? ((e & 1) ? -1 : 1) : 0;
   T result = 1;
@@ -53,7 +61,7 @@ template <class T> T int_pow(T base, T e) {
 
 // Converts between element types; float to integer saturates and NaN becomes 0, so no input
 // is undefined behaviour.
-template <class To, class From> To convert(From v) {
+template <class To, class From> TG_HD To convert(From v) {
   if constexpr (std::is_same_v<To, bool>) {
     return v != From(0);
   } else if constexpr (std::is_integral_v<To> && std::is_floating_point_v<From>) {
@@ -66,7 +74,7 @@ template <class To, class From> To convert(From v) {
   }
 }
 
-template <class T> T scalar_unary(OpKind kind, T x, const OpAttrs& attrs) {
+template <class T> TG_HD T scalar_unary(OpKind kind, T x, const OpAttrs& attrs) {
   if constexpr (std::is_floating_point_v<T>) {
     switch (kind) {
       case OpKind::Neg: return -x;
@@ -115,7 +123,7 @@ template <class T> T scalar_unary(OpKind kind, T x, const OpAttrs& attrs) {
   }
 }
 
-template <class T> T scalar_binary(OpKind kind, T a, T b) {
+template <class T> TG_HD T scalar_binary(OpKind kind, T a, T b) {
   switch (kind) {
     case OpKind::Add: return wrap_add(a, b);
     case OpKind::Sub: return wrap_sub(a, b);
@@ -139,7 +147,7 @@ template <class T> T scalar_binary(OpKind kind, T a, T b) {
   }
 }
 
-template <class T> bool scalar_compare(OpKind kind, T a, T b) {
+template <class T> TG_HD bool scalar_compare(OpKind kind, T a, T b) {
   switch (kind) {
     case OpKind::Eq: return a == b;
     case OpKind::Ne: return a != b;
@@ -151,7 +159,7 @@ template <class T> bool scalar_compare(OpKind kind, T a, T b) {
   }
 }
 
-inline bool is_comparison(OpKind kind) {
+TG_HD inline bool is_comparison(OpKind kind) {
   return kind == OpKind::Eq || kind == OpKind::Ne || kind == OpKind::Lt || kind == OpKind::Le ||
          kind == OpKind::Gt || kind == OpKind::Ge;
 }

@@ -44,11 +44,21 @@ class CudaStub final : public Backend {
 
 }  // namespace
 
-Backend& cuda_backend() {
+Backend& cuda_backend(int) {
   static CudaStub stub;
   return stub;
 }
 bool cuda_is_available() { return false; }
 int cuda_device_count() { return 0; }
+
+bool cuda::is_built() { return false; }
+bool cuda::is_available() { return false; }
+int cuda::device_count() { return 0; }
+void cuda::synchronize(int) { no_cuda(); }
+void cuda::empty_cache(int) {}
+cuda::Memory cuda::memory_stats(int) { return {}; }
+void cuda::reset_peak(int) {}
+void cuda::set_allow_tf32(bool) {}
+bool cuda::allow_tf32() { return false; }
 
 }  // namespace tg

@@ -1,0 +1,140 @@
+// CUDA benchmarks (issue: CUDA backend): elementwise ops on 16M elements as a fraction of the
+// GPU's memory bandwidth, matmul 4096³ as a fraction of what cuBLAS itself reaches, the slides'
+// training workloads at batch 60 and 1024, and a traced step against eager at batch 1.
+// bench/torch_cuda.py times the same workloads in PyTorch on the same machine; run both:
+//   build/release/bench/bench_cuda && python3 bench/torch_cuda.py
+// Without a GPU it says so and exits 0.
+#include <cuda_runtime_api.h>
+#include <tapegrad/tapegrad.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <vector>
+
+#include "harness.h"
+
+namespace F = tg::nn::functional;
+
+namespace {
+
+// Seconds per call, the device drained before and after each trial.
+double gpu_time(const std::function<void()>& f, double seconds = 0.3) {
+  return bench::measure(
+      [&] {
+        f();
+        tg::cuda::synchronize();
+      },
+      seconds);
+}
+
+double peak_bandwidth_gbs() {
+  int dev = 0, clock_khz = 0, bus_bits = 0;
+  cudaGetDevice(&dev);
+  // Memory clock (kHz) × bus width × 2 (double data rate).
+  cudaDeviceGetAttribute(&clock_khz, cudaDevAttrMemoryClockRate, dev);
+  cudaDeviceGetAttribute(&bus_bits, cudaDevAttrGlobalMemoryBusWidth, dev);
+  return 2.0 * clock_khz * 1e3 * (bus_bits / 8.0) / 1e9;
+}
+
+void elementwise() {
+  const int64_t n = int64_t{1} << 24;
+  tg::Tensor a = tg::randn({n}).to(tg::cuda()), b = tg::randn({n}).to(tg::cuda());
+  double peak = peak_bandwidth_gbs();
+  std::printf("\nElementwise, 16M f32 elements (peak bandwidth from the device: %.0f GB/s)\n", peak);
+  std::printf("%-28s %12s %12s %10s\n", "op", "ms", "GB/s", "of peak");
+  auto report = [&](const char* name, double s, double bytes) {
+    double gbs = bytes / s / 1e9;
+    std::printf("%-28s %12.3f %12.1f %9.1f%%\n", name, s * 1e3, gbs, 100 * gbs / peak);
+  };
+  report("add (2 reads, 1 write)", gpu_time([&] { (void)(a + b); }), 12.0 * n);
+  report("mul by a scalar", gpu_time([&] { (void)(a * 2.0); }), 8.0 * n);
+  report("exp", gpu_time([&] { (void)tg::exp(a); }), 8.0 * n);
+  report("gelu", gpu_time([&] { (void)tg::gelu(a); }), 8.0 * n);
+  report("sum (1 read)", gpu_time([&] { (void)a.sum(); }), 4.0 * n);
+  auto fused = tg::trace([&](const tg::Tensor& x) { return tg::tanh(x * a + b) * 0.5 + 0.5; });
+  fused(a);
+  report("traced tanh(x*a+b)*.5+.5", gpu_time([&] { (void)fused(a); }), 16.0 * n);
+}
+
+void products() {
+  const int64_t n = 4096;
+  tg::Tensor a = tg::randn({n, n}).to(tg::cuda()), b = tg::randn({n, n}).to(tg::cuda());
+  std::printf("\nmatmul %ldx%ldx%ld\n", static_cast<long>(n), static_cast<long>(n), static_cast<long>(n));
+  double flop = 2.0 * n * n * n;
+  for (bool tf32 : {false, true}) {
+    tg::cuda::set_allow_tf32(tf32);
+    double s = gpu_time([&] { (void)a.matmul(b); });
+    std::printf("  f32%-6s %10.3f ms %10.1f TFLOP/s\n", tf32 ? "+tf32" : "", s * 1e3, flop / s / 1e12);
+  }
+  tg::cuda::set_allow_tf32(false);
+  tg::Tensor a64 = a.to(tg::kF64), b64 = b.to(tg::kF64);
+  double s = gpu_time([&] { (void)a64.matmul(b64); });
+  std::printf("  f64       %10.3f ms %10.1f TFLOP/s\n", s * 1e3, flop / s / 1e12);
+}
+
+struct Model {
+  std::vector<tg::Tensor> params;
+  explicit Model(const std::vector<int64_t>& widths) {
+    tg::manual_seed(0);
+    for (size_t i = 0; i + 1 < widths.size(); ++i) {
+      double s = 1.0 / std::sqrt(static_cast<double>(widths[i]));
+      params.push_back(((tg::rand({widths[i], widths[i + 1]}) * (2 * s) - s)).to(tg::cuda()).requires_grad_());
+      params.push_back(tg::zeros({widths[i + 1]}, {.device = tg::cuda()}).requires_grad_());
+    }
+  }
+  tg::Tensor step(const tg::Tensor& x, const tg::Tensor& y) {
+    tg::Tensor h = x;
+    for (size_t i = 0; i < params.size(); i += 2) {
+      h = h.matmul(params[i]) + params[i + 1];
+      if (i + 2 < params.size()) h = tg::tanh(h);
+    }
+    tg::Tensor loss = F::cross_entropy(h, y);
+    auto grads = tg::grad({loss}, params);
+    tg::NoGradGuard no_grad;
+    for (size_t i = 0; i < params.size(); ++i) params[i].sub_(grads[i] * 0.01);
+    return loss;
+  }
+};
+
+void training() {
+  std::printf("\nTraining steps (forward, backward, SGD), examples/s\n");
+  std::printf("%-34s %12s %12s %10s\n", "workload", "eager", "traced", "traced/eager");
+  struct Load {
+    const char* name;
+    std::vector<int64_t> widths;
+  };
+  const Load loads[] = {{"MLP 784-500-10", {784, 500, 10}},
+                        {"deep MLP 784-3x1000-10", {784, 1000, 1000, 1000, 10}}};
+  for (const Load& load : loads) {
+    for (int64_t batch : {1, 60, 1024}) {
+      tg::Tensor x = tg::randn({batch, 784}).to(tg::cuda());
+      tg::Tensor y = tg::randint(0, 10, {batch}).to(tg::cuda());
+      Model eager(load.widths), traced_model(load.widths);
+      double e = gpu_time([&] { eager.step(x, y); });
+      auto traced = tg::trace([&](const tg::Tensor& xx, const tg::Tensor& yy) { return traced_model.step(xx, yy); });
+      traced(x, y);
+      double t = gpu_time([&] { traced(x, y); });
+      std::printf("%-24s batch %4ld %12.0f %12.0f %9.2fx\n", load.name, static_cast<long>(batch),
+                  batch / e, batch / t, e / t);
+    }
+  }
+}
+
+}  // namespace
+
+int main() {
+  bench::keep_freed_memory();
+  if (!tg::cuda::is_available()) {
+    std::printf("bench_cuda: %s; nothing measured\n",
+                tg::cuda::is_built() ? "no CUDA GPU is present" : "tapegrad was built without CUDA");
+    return 0;
+  }
+  cudaDeviceProp prop{};
+  cudaGetDeviceProperties(&prop, 0);
+  std::printf("bench_cuda on %s\n", prop.name);
+  elementwise();
+  products();
+  training();
+  return 0;
+}

@@ -1,0 +1,603 @@
+// The CUDA backend: one stream and one caching allocator per device, cuBLAS for products, the
+// kernels of kernels.cu for everything else. Host code only (the C++ compiler): device code
+// lives in kernels.cu behind the plain interface of kernels.h.
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+#include <dlfcn.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <climits>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <unordered_map>
+#include <vector>
+
+#include "backend/backend.h"
+#include "backend/cuda/kernels.h"
+#include "core/check.h"
+#include "tapegrad/format.h"
+
+namespace tg {
+namespace cuda_detail {
+namespace {
+
+// Note [CUDA errors]
+// Every runtime and cuBLAS call is checked; a failure becomes tg::Error naming the op, the call
+// and the error's name and text. An out-of-memory from cudaMalloc first empties the cache and
+// retries, then reports the sizes. A kernel's own failure (a launch error) is caught at its
+// launch; one during execution surfaces at the next synchronizing call, which names itself.
+[[noreturn]] void fail(std::string_view op, const char* call, cudaError_t e) {
+  (void)cudaGetLastError();  // clear it, where it is not sticky
+  throw_error(fmt::format("{}: CUDA error {} ({}) from {}", op, cudaGetErrorName(e),
+                          cudaGetErrorString(e), call));
+}
+// Note [cuBLAS on demand]
+// cuBLAS (with cuBLASLt, several hundred MB) is opened at the first product, not linked: linked,
+// every program built with CUDA paid a third of a second at startup to map it, CPU-only ones
+// and every test included. The few entry points used are looked up once.
+struct Blas {
+  decltype(&cublasCreate_v2) create = nullptr;
+  decltype(&cublasSetStream_v2) set_stream = nullptr;
+  decltype(&cublasSetMathMode) set_math_mode = nullptr;
+  decltype(&cublasSgemmStridedBatched) sgemm = nullptr;
+  decltype(&cublasDgemmStridedBatched) dgemm = nullptr;
+  decltype(&cublasGetStatusName) status_name = nullptr;
+  decltype(&cublasGetStatusString) status_string = nullptr;
+};
+
+const Blas& blas() {
+  static const Blas b = [] {
+    std::string name = fmt::format("libcublas.so.{}", CUBLAS_VER_MAJOR);
+    void* lib = dlopen(name.c_str(), RTLD_NOW | RTLD_LOCAL);
+#ifdef TG_CUBLAS_DIR
+    if (lib == nullptr) lib = dlopen((TG_CUBLAS_DIR "/" + name).c_str(), RTLD_NOW | RTLD_LOCAL);
+#endif
+    if (lib == nullptr) lib = dlopen("libcublas.so", RTLD_NOW | RTLD_LOCAL);
+    TG_CHECK(lib != nullptr, "matmul: cuBLAS could not be loaded ({}): {}", name, dlerror());
+    Blas r;
+    auto sym = [&](auto& fn, const char* symbol) {
+      fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(dlsym(lib, symbol));
+      TG_CHECK(fn != nullptr, "matmul: {} has no {}", name, symbol);
+    };
+    sym(r.create, "cublasCreate_v2");
+    sym(r.set_stream, "cublasSetStream_v2");
+    sym(r.set_math_mode, "cublasSetMathMode");
+    sym(r.sgemm, "cublasSgemmStridedBatched");
+    sym(r.dgemm, "cublasDgemmStridedBatched");
+    sym(r.status_name, "cublasGetStatusName");
+    sym(r.status_string, "cublasGetStatusString");
+    return r;
+  }();
+  return b;
+}
+
+[[noreturn]] void fail_blas(std::string_view op, const char* call, cublasStatus_t s) {
+  throw_error(fmt::format("{}: cuBLAS error {} ({}) from {}", op, blas().status_name(s),
+                          blas().status_string(s), call));
+}
+#define TG_CUDA(op, call)                            \
+  do {                                               \
+    cudaError_t tg_e_ = (call);                      \
+    if (tg_e_ != cudaSuccess) fail(op, #call, tg_e_); \
+  } while (0)
+#define TG_CUBLAS(op, call)                                         \
+  do {                                                              \
+    cublasStatus_t tg_s_ = (call);                                  \
+    if (tg_s_ != CUBLAS_STATUS_SUCCESS) fail_blas(op, #call, tg_s_); \
+  } while (0)
+// After a launch: a bad configuration or a missing kernel image shows here.
+#define TG_LAUNCHED(op) TG_CUDA(op, cudaGetLastError())
+
+std::atomic<bool> g_allow_tf32{false};
+
+int device_count_or_zero() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 0;
+  }
+  return n;
+}
+
+// Operands of an elementwise call at out's shape, dims merged (Strided in kernels.h).
+Strided strided(std::initializer_list<const TensorImpl*> ops) {
+  Strided s;
+  s.nops = static_cast<int>(ops.size());
+  const TensorImpl& out = **ops.begin();
+  int k = 0;
+  for (const TensorImpl* t : ops) {
+    s.base[k] = t->data();
+    s.dtype[k] = t->dtype;
+    ++k;
+  }
+  for (; k < kOperands; ++k) {
+    s.base[k] = nullptr;
+    s.dtype[k] = DType::F32;
+  }
+  int nd = static_cast<int>(out.sizes.size());
+  for (int d = nd - 1; d >= 0; --d) {
+    if (out.sizes[d] == 1) continue;
+    s.sizes[s.ndim] = out.sizes[d];
+    k = 0;
+    for (const TensorImpl* t : ops) {
+      s.strides[k][s.ndim] = t->strides[d] * static_cast<int64_t>(element_size(t->dtype));
+      ++k;
+    }
+    for (; k < kOperands; ++k) s.strides[k][s.ndim] = 0;
+    ++s.ndim;
+  }
+  if (s.ndim == 0) {  // one element
+    s.ndim = 1;
+    s.sizes[0] = 1;
+    for (k = 0; k < kOperands; ++k) s.strides[k][0] = 0;
+    return s;
+  }
+  int w = 0;
+  for (int d = 1; d < s.ndim; ++d) {
+    bool merge = true;
+    for (k = 0; k < s.nops; ++k) merge &= s.strides[k][d] == s.strides[k][w] * s.sizes[w];
+    if (merge) {
+      s.sizes[w] *= s.sizes[d];
+    } else {
+      ++w;
+      s.sizes[w] = s.sizes[d];
+      for (k = 0; k < kOperands; ++k) s.strides[k][w] = s.strides[k][d];
+    }
+  }
+  s.ndim = w + 1;
+  return s;
+}
+
+size_t nbytes_of(const TensorImpl& t) {
+  return static_cast<size_t>(t.numel) * element_size(t.dtype);
+}
+
+// Rounded so that freed blocks are found again: 512 bytes below 1 MiB, 2 MiB above.
+size_t round_size(size_t n) {
+  constexpr size_t kSmall = 512, kLarge = size_t{2} << 20;
+  return n < (size_t{1} << 20) ? (n + kSmall - 1) / kSmall * kSmall
+                               : (n + kLarge - 1) / kLarge * kLarge;
+}
+
+// A row-major (r × c) operand with element strides (rs, cs) as cuBLAS sees it: the column-major
+// matrix of its transpose (no op) or of itself (op T), with a leading dimension; or not at all.
+struct BlasView {
+  bool ok = false;
+  cublasOperation_t op = CUBLAS_OP_N;
+  int64_t ld = 0;
+};
+BlasView blas_view(int64_t r, int64_t c, int64_t rs, int64_t cs) {
+  if (c == 1) cs = 1;
+  if (r == 1) rs = std::max<int64_t>(c, 1);
+  if (cs == 1 && rs >= std::max<int64_t>(c, 1)) return {true, CUBLAS_OP_N, rs};
+  if (rs == 1 && cs >= std::max<int64_t>(r, 1)) return {true, CUBLAS_OP_T, cs};
+  return {};
+}
+
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(int index) : index_(index) {}
+
+  // --- memory ----------------------------------------------------------------------------------
+
+  void* allocate(size_t nbytes) override {
+    enter("allocate");
+    size_t size = round_size(nbytes);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = cache_.find(size);
+      if (it != cache_.end() && !it->second.empty()) {
+        void* p = it->second.back();
+        it->second.pop_back();
+        note_alloc(size);
+        return p;
+      }
+    }
+    void* p = nullptr;
+    cudaError_t e = cudaMalloc(&p, size);
+    if (e == cudaErrorMemoryAllocation) {
+      (void)cudaGetLastError();
+      empty_cache();
+      e = cudaMalloc(&p, size);
+    }
+    if (e == cudaErrorMemoryAllocation) {
+      (void)cudaGetLastError();
+      size_t free = 0, total = 0;
+      (void)cudaMemGetInfo(&free, &total);
+      (void)cudaGetLastError();
+      std::lock_guard<std::mutex> lock(mu_);
+      throw_error(fmt::format(
+          "CUDA out of memory on cuda:{}: tried to allocate {} bytes; {} bytes in tensors, {} "
+          "held by tapegrad, {} free of {} on the device",
+          index_, size, allocated_, reserved_, free, total));
+    }
+    TG_CUDA("allocate", e);
+    std::lock_guard<std::mutex> lock(mu_);
+    reserved_ += static_cast<int64_t>(size);
+    note_alloc(size);
+    return p;
+  }
+
+  void deallocate(void* ptr, size_t nbytes) override {
+    // Stream-ordered: work queued on the one stream that used the block runs before any later
+    // use of it, so the block may be handed out again at once.
+    size_t size = round_size(nbytes);
+    std::lock_guard<std::mutex> lock(mu_);
+    cache_[size].push_back(ptr);
+    allocated_ -= static_cast<int64_t>(size);
+  }
+
+  void empty_cache() {
+    if (stream_ != nullptr) (void)cudaStreamSynchronize(stream_);
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& [size, blocks] : cache_) {
+      for (void* p : blocks) {
+        (void)cudaFree(p);
+        reserved_ -= static_cast<int64_t>(size);
+      }
+      blocks.clear();
+    }
+    (void)cudaGetLastError();
+  }
+
+  cuda::Memory memory() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return {allocated_, reserved_, peak_};
+  }
+  void reset_peak() {
+    std::lock_guard<std::mutex> lock(mu_);
+    peak_ = allocated_;
+  }
+
+  void synchronize() override {
+    enter("synchronize");
+    TG_CUDA("synchronize", cudaStreamSynchronize(stream_));
+  }
+
+  // --- copies ----------------------------------------------------------------------------------
+
+  void copy(const TensorImpl& dst, const TensorImpl& src) override {
+    enter("copy");
+    launch_copy(strided({&dst, &src}), dst.numel, stream_);
+    TG_LAUNCHED("copy");
+  }
+
+  // Large copies go through a pinned buffer, so the transfer runs at the bus's speed; small ones
+  // straight from pageable memory.
+  void copy_from_host(const TensorImpl& dst, const void* src) override {
+    enter("copy to cuda");
+    size_t n = nbytes_of(dst);
+    auto* d = static_cast<char*>(dst.data());
+    const auto* s = static_cast<const char*>(src);
+    if (n < kPinnedFrom) {
+      TG_CUDA("copy to cuda", cudaMemcpyAsync(d, s, n, cudaMemcpyHostToDevice, stream_));
+      TG_CUDA("copy to cuda", cudaStreamSynchronize(stream_));
+      return;
+    }
+    std::lock_guard<std::mutex> lock(pinned_mu_);
+    char* buf = pinned();
+    for (size_t done = 0; done < n; done += kPinnedBytes) {
+      size_t part = std::min(kPinnedBytes, n - done);
+      std::memcpy(buf, s + done, part);
+      TG_CUDA("copy to cuda", cudaMemcpyAsync(d + done, buf, part, cudaMemcpyHostToDevice, stream_));
+      TG_CUDA("copy to cuda", cudaStreamSynchronize(stream_));
+    }
+  }
+
+  void copy_to_host(void* dst, const TensorImpl& src) override {
+    enter("copy to cpu");
+    size_t n = nbytes_of(src);
+    const char* s = src.data();
+    auto* d = static_cast<char*>(dst);
+    if (n < kPinnedFrom) {
+      TG_CUDA("copy to cpu", cudaMemcpyAsync(d, s, n, cudaMemcpyDeviceToHost, stream_));
+      TG_CUDA("copy to cpu", cudaStreamSynchronize(stream_));
+      return;
+    }
+    std::lock_guard<std::mutex> lock(pinned_mu_);
+    char* buf = pinned();
+    for (size_t done = 0; done < n; done += kPinnedBytes) {
+      size_t part = std::min(kPinnedBytes, n - done);
+      TG_CUDA("copy to cpu", cudaMemcpyAsync(buf, s + done, part, cudaMemcpyDeviceToHost, stream_));
+      TG_CUDA("copy to cpu", cudaStreamSynchronize(stream_));
+      std::memcpy(d + done, buf, part);
+    }
+  }
+
+  void fill(const TensorImpl& dst, Scalar value) override {
+    enter("fill");
+    launch_fill(strided({&dst}), dst.numel, value.to_double(), value.to_int(), stream_);
+    TG_LAUNCHED("fill");
+  }
+
+  void iota(const TensorImpl& dst, double start, double step) override {
+    enter("arange");
+    launch_iota(dst.data(), dst.dtype, dst.numel, start, step, stream_);
+    TG_LAUNCHED("arange");
+  }
+
+  void random(RandomKind kind, const TensorImpl& dst, uint64_t seed, uint64_t offset, double a,
+              double b) override {
+    enter("random");
+    int k = kind == RandomKind::Uniform ? 0 : kind == RandomKind::Normal ? 1 : 2;
+    launch_random(k, dst.data(), dst.dtype, dst.numel, seed, offset, a, b, stream_);
+    TG_LAUNCHED("random");
+  }
+
+  // --- elementwise and reductions --------------------------------------------------------------
+
+  void unary(OpKind kind, const TensorImpl& out, const TensorImpl& x,
+             const OpAttrs& attrs) override {
+    enter(op_name(kind));
+    launch_unary(kind, attrs, strided({&out, &x}), out.numel, stream_);
+    TG_LAUNCHED(op_name(kind));
+  }
+
+  void binary(OpKind kind, const TensorImpl& out, const TensorImpl& a,
+              const TensorImpl& b) override {
+    enter(op_name(kind));
+    launch_binary(kind, strided({&out, &a, &b}), out.numel, stream_);
+    TG_LAUNCHED(op_name(kind));
+  }
+
+  void where(const TensorImpl& out, const TensorImpl& cond, const TensorImpl& a,
+             const TensorImpl& b) override {
+    enter("where");
+    launch_where(strided({&out, &cond, &a, &b}), out.numel, stream_);
+    TG_LAUNCHED("where");
+  }
+
+  void reduce(OpKind kind, const TensorImpl& out, const TensorImpl& x, int nreduced) override {
+    enter(op_name(kind));
+    ReduceGeom g;
+    int nd = static_cast<int>(x.sizes.size());
+    g.nkept = nd - nreduced;
+    g.nred = nreduced;
+    g.count = 1;
+    for (int d = 0; d < nd; ++d) {
+      if (d < g.nkept) {
+        g.kept_sizes[d] = x.sizes[d];
+        g.kept_strides[d] = x.strides[d];
+      } else {
+        g.red_sizes[d - g.nkept] = x.sizes[d];
+        g.red_strides[d - g.nkept] = x.strides[d];
+        g.count *= x.sizes[d];
+      }
+    }
+    g.nout = out.numel;
+    launch_reduce(kind, x.dtype, x.data(), out.data(), g, stream_);
+    TG_LAUNCHED(op_name(kind));
+  }
+
+  // --- products --------------------------------------------------------------------------------
+
+  // out (B×m×n, contiguous) = a (B×m×k) · b (B×k×n) through cuBLAS, which is column-major:
+  // outᵀ = bᵀ · aᵀ. An operand with no unit stride is copied contiguous first.
+  void matmul(const TensorImpl& out, const TensorImpl& a, const TensorImpl& b) override {
+    enter("matmul");
+    const int64_t B = out.sizes[0], m = out.sizes[1], n = out.sizes[2], k = a.sizes[2];
+    if (m == 0 || n == 0) return;
+    if (k == 0) return fill(out, Scalar(0));
+    TG_CHECK(m <= INT_MAX && n <= INT_MAX && k <= INT_MAX,
+             "matmul: {}x{}x{} is too large for one cuBLAS call", m, k, n);
+    cublasHandle_t handle = blas_handle();
+    std::shared_ptr<Storage> keep_a, keep_b;
+    TensorImpl ca = contiguous_if_needed(a, keep_a), cb = contiguous_if_needed(b, keep_b);
+    BlasView va = blas_view(m, k, ca.strides[1], ca.strides[2]);
+    BlasView vb = blas_view(k, n, cb.strides[1], cb.strides[2]);
+    TG_INTERNAL_ASSERT(va.ok && vb.ok);
+    int64_t sa = ca.sizes[0] == 1 ? 0 : ca.strides[0], sb = cb.sizes[0] == 1 ? 0 : cb.strides[0];
+    const int mi = static_cast<int>(m), ni = static_cast<int>(n), ki = static_cast<int>(k);
+    if (out.dtype == kF32) {
+      TG_CUBLAS("matmul", blas().set_math_mode(handle, g_allow_tf32 ? CUBLAS_TF32_TENSOR_OP_MATH
+                                                                     : CUBLAS_DEFAULT_MATH));
+      const float one = 1, zero = 0;
+      TG_CUBLAS("matmul",
+                blas().sgemm(
+                    handle, vb.op, va.op, ni, mi, ki, &one,
+                    reinterpret_cast<const float*>(cb.data()), static_cast<int>(vb.ld), sb,
+                    reinterpret_cast<const float*>(ca.data()), static_cast<int>(va.ld), sa, &zero,
+                    reinterpret_cast<float*>(out.data()), ni, m * n, static_cast<int>(B)));
+    } else {
+      TG_CHECK(out.dtype == kF64, "matmul on CUDA takes f32 or f64, got {}", out.dtype);
+      const double one = 1, zero = 0;
+      TG_CUBLAS("matmul",
+                blas().dgemm(
+                    handle, vb.op, va.op, ni, mi, ki, &one,
+                    reinterpret_cast<const double*>(cb.data()), static_cast<int>(vb.ld), sb,
+                    reinterpret_cast<const double*>(ca.data()), static_cast<int>(va.ld), sa, &zero,
+                    reinterpret_cast<double*>(out.data()), ni, m * n, static_cast<int>(B)));
+    }
+  }
+
+  // --- indexing and windows --------------------------------------------------------------------
+
+  void index(OpKind kind, const TensorImpl& out, const TensorImpl& x, int dim,
+             const TensorImpl& index) override {
+    const std::string_view op = op_name(kind);
+    enter(op);
+    const TensorImpl& target = kind == OpKind::ScatterAdd ? out : x;
+    const TensorImpl& space = kind == OpKind::ScatterAdd ? x : out;
+    int64_t dim_size = target.sizes.empty() ? 1 : target.sizes[dim];
+    check_indices(index, dim_size, op, dim);
+    IndexGeom g;
+    g.ndim = static_cast<int>(space.sizes.size());
+    g.dim = dim;
+    g.dim_size = dim_size;
+    g.index_step = index.strides.empty() ? 0 : index.strides[0];
+    for (int d = 0; d < g.ndim; ++d) {
+      g.sizes[d] = space.sizes[d];
+      g.out_strides[d] = out.strides[d];
+      g.x_strides[d] = x.strides[d];
+      g.index_strides[d] =
+          kind == OpKind::IndexSelect || index.strides.size() <= static_cast<size_t>(d)
+              ? 0
+              : index.strides[d];
+    }
+    launch_index(kind, out.dtype, out.data(), x.data(),
+                 reinterpret_cast<const int64_t*>(index.data()), g, space.numel, stream_);
+    TG_LAUNCHED(op);
+  }
+
+  void window(OpKind kind, const TensorImpl& out, const TensorImpl& x, const Window2d& w,
+              const TensorImpl* indices) override {
+    const std::string_view op = op_name(kind);
+    enter(op);
+    const TensorImpl& image = kind == OpKind::Col2im ? out : x;
+    const TensorImpl* cols = kind == OpKind::Im2col ? &out : kind == OpKind::Col2im ? &x : nullptr;
+    WindowGeom g{};
+    g.N = image.sizes[0], g.C = image.sizes[1], g.H = image.sizes[2], g.W = image.sizes[3];
+    g.OH = w.out_h(g.H), g.OW = w.out_w(g.W);
+    g.kh = w.kh, g.kw = w.kw, g.sh = w.sh, g.sw = w.sw, g.ph = w.ph, g.pw = w.pw, g.dh = w.dh,
+    g.dw = w.dw;
+    if (cols != nullptr) {
+      g.col_n_stride = cols->strides[0];
+      g.col_row_stride = cols->strides[1];
+    }
+    launch_window(kind, out.dtype, out.data(), x.data(),
+                  indices != nullptr ? reinterpret_cast<int64_t*>(indices->data()) : nullptr, g,
+                  stream_);
+    TG_LAUNCHED(op);
+  }
+
+ private:
+  static constexpr size_t kPinnedFrom = size_t{1} << 20;   // bytes
+  static constexpr size_t kPinnedBytes = size_t{8} << 20;  // the staging buffer
+
+  // Makes this device current and its stream and cuBLAS handle ready; a missing GPU is an error
+  // that says so.
+  void enter(std::string_view op) {
+    if (stream_ == nullptr) {
+      std::lock_guard<std::mutex> lock(init_mu_);
+      if (stream_ == nullptr) {
+        int count = device_count_or_zero();
+        TG_CHECK(count > 0,
+                 "{}: no CUDA GPU is present (cuda:{} was asked for); tapegrad was built with "
+                 "CUDA, and tg::cuda::is_available() says whether a GPU can be used",
+                 op, index_);
+        TG_CHECK(index_ < count, "{}: cuda:{} was asked for, but this machine has {} CUDA GPU(s)",
+                 op, index_, count);
+        TG_CUDA(op, cudaSetDevice(index_));
+        cudaStream_t s = nullptr;
+        TG_CUDA(op, cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+        stream_ = s;
+      }
+    }
+    int current = -1;
+    TG_CUDA(op, cudaGetDevice(&current));
+    if (current != index_) TG_CUDA(op, cudaSetDevice(index_));
+  }
+
+  // This device's cuBLAS handle on its stream, made at the first product.
+  cublasHandle_t blas_handle() {
+    std::lock_guard<std::mutex> lock(init_mu_);
+    if (blas_ == nullptr) {
+      cublasHandle_t h = nullptr;
+      TG_CUBLAS("matmul", blas().create(&h));
+      TG_CUBLAS("matmul", blas().set_stream(h, stream_));
+      blas_ = h;
+    }
+    return blas_;
+  }
+
+  void note_alloc(size_t size) {
+    allocated_ += static_cast<int64_t>(size);
+    peak_ = std::max(peak_, allocated_);
+  }
+
+  char* pinned() {
+    if (pinned_ == nullptr) TG_CUDA("copy", cudaMallocHost(&pinned_, kPinnedBytes));
+    return static_cast<char*>(pinned_);
+  }
+
+  // Every index checked before anything is written (as on the CPU): one flag read back.
+  void check_indices(const TensorImpl& index, int64_t size, std::string_view op, int dim) {
+    if (index.numel == 0) return;
+    void* flag = allocate(2 * sizeof(int64_t));
+    struct Free {
+      CudaBackend* be;
+      void* p;
+      ~Free() { be->deallocate(p, 2 * sizeof(int64_t)); }
+    } release{this, flag};
+    auto* f = static_cast<int64_t*>(flag);
+    TG_CUDA(op, cudaMemsetAsync(f, 0, 2 * sizeof(int64_t), stream_));
+    launch_check_indices(strided({&index}), index.numel, size, f, stream_);
+    TG_LAUNCHED(op);
+    int64_t host[2] = {0, 0};
+    TG_CUDA(op, cudaMemcpyAsync(host, f, sizeof host, cudaMemcpyDeviceToHost, stream_));
+    TG_CUDA(op, cudaStreamSynchronize(stream_));
+    TG_CHECK(host[0] == 0, "{}: index {} is out of bounds for dim {} of size {}", op, host[1], dim,
+             size);
+  }
+
+  // `t`, or a contiguous copy of it (kept alive by `keep`) when no stride of its matrix is 1.
+  TensorImpl contiguous_if_needed(const TensorImpl& t, std::shared_ptr<Storage>& keep) {
+    TensorImpl v;
+    v.storage = t.storage;
+    v.sizes = t.sizes;
+    v.strides = t.strides;
+    v.offset = t.offset;
+    v.numel = t.numel;
+    v.dtype = t.dtype;
+    if (blas_view(t.sizes[1], t.sizes[2], t.strides[1], t.strides[2]).ok) return v;
+    keep = allocate_storage(nbytes_of(t), t.storage->device);
+    v.storage = keep;
+    v.offset = 0;
+    v.strides = contiguous_strides(t.sizes);
+    copy(v, t);
+    return v;
+  }
+
+  int index_;
+  std::mutex init_mu_;
+  std::atomic<cudaStream_t> stream_{nullptr};
+  cublasHandle_t blas_ = nullptr;
+  std::mutex mu_;
+  std::unordered_map<size_t, std::vector<void*>> cache_;
+  int64_t allocated_ = 0, reserved_ = 0, peak_ = 0;
+  std::mutex pinned_mu_;
+  void* pinned_ = nullptr;
+};
+
+constexpr int kMaxCudaDevices = 16;
+
+CudaBackend& backend_of(int index) {
+  TG_CHECK(index >= 0 && index < kMaxCudaDevices, "cuda:{}: device indices run from 0 to {}",
+           index, kMaxCudaDevices - 1);
+  // Never destroyed, like the CPU backend: tensors in static storage may outlive any order.
+  static std::array<std::atomic<CudaBackend*>, kMaxCudaDevices> backends{};
+  static std::mutex mu;
+  CudaBackend* b = backends[index].load();
+  if (b == nullptr) {
+    std::lock_guard<std::mutex> lock(mu);
+    b = backends[index].load();
+    if (b == nullptr) {
+      b = new CudaBackend(index);
+      backends[index] = b;
+    }
+  }
+  return *b;
+}
+
+}  // namespace
+}  // namespace cuda_detail
+
+Backend& cuda_backend(int index) { return cuda_detail::backend_of(index); }
+
+bool cuda_is_available() { return cuda_detail::device_count_or_zero() > 0; }
+int cuda_device_count() { return cuda_detail::device_count_or_zero(); }
+
+bool cuda::is_built() { return true; }
+bool cuda::is_available() { return cuda_is_available(); }
+int cuda::device_count() { return cuda_device_count(); }
+void cuda::synchronize(int index) { cuda_detail::backend_of(index).synchronize(); }
+void cuda::empty_cache(int index) { cuda_detail::backend_of(index).empty_cache(); }
+cuda::Memory cuda::memory_stats(int index) { return cuda_detail::backend_of(index).memory(); }
+void cuda::reset_peak(int index) { cuda_detail::backend_of(index).reset_peak(); }
+void cuda::set_allow_tf32(bool allow) { cuda_detail::g_allow_tf32 = allow; }
+bool cuda::allow_tf32() { return cuda_detail::g_allow_tf32; }
+
+}  // namespace tg

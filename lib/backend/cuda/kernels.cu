@@ -1,0 +1,494 @@
+// CUDA kernels for every backend primitive. The scalar definitions are the CPU's own
+// (backend/cpu/scalar_math.h, philox.h, compiled for the device too), so both devices compute the
+// same functions; only the order of floating sums and the device's libm differ.
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+#include "backend/cpu/philox.h"
+#include "backend/cpu/scalar_math.h"
+#include "backend/cuda/kernels.h"
+
+namespace tg::cuda_detail {
+namespace {
+
+using cpu::convert;
+using cpu::scalar_binary;
+using cpu::scalar_compare;
+using cpu::scalar_unary;
+
+constexpr int kThreads = 256;
+
+// Enough blocks to fill the GPU many times over; the loops stride over the rest.
+unsigned blocks_for(int64_t n) {
+  int64_t b = (n + kThreads - 1) / kThreads;
+  return static_cast<unsigned>(b < 1 ? 1 : (b > 65536 ? 65536 : b));
+}
+
+// Calls f(type tag) with T bound to dtype's C++ type.
+template <class T>
+struct Tag {
+  using type = T;
+};
+template <class F>
+void dispatch(DType dtype, F&& f) {
+  switch (dtype) {
+    case DType::F32: return f(Tag<float>{});
+    case DType::F64: return f(Tag<double>{});
+    case DType::I32: return f(Tag<int32_t>{});
+    case DType::I64: return f(Tag<int64_t>{});
+    case DType::Bool: return f(Tag<bool>{});
+  }
+}
+
+// --- elementwise -------------------------------------------------------------------------------
+
+template <class F>
+__global__ void elementwise(Strided s, int64_t n, F f) {
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += step) {
+    int64_t off[kOperands] = {0, 0, 0, 0};
+    if (s.ndim == 1) {
+#pragma unroll
+      for (int k = 0; k < kOperands; ++k) off[k] = i * s.strides[k][0];
+    } else {
+      int64_t r = i;
+      for (int d = 0; d < s.ndim; ++d) {
+        int64_t q = r % s.sizes[d];
+        r /= s.sizes[d];
+#pragma unroll
+        for (int k = 0; k < kOperands; ++k) off[k] += q * s.strides[k][d];
+      }
+    }
+    f(s.base, off);
+  }
+}
+
+template <class F>
+void launch(const Strided& s, int64_t n, cudaStream_t stream, F f) {
+  if (n > 0) elementwise<<<blocks_for(n), kThreads, 0, stream>>>(s, n, f);
+}
+
+template <class T>
+__device__ T& at(char* const* base, const int64_t* off, int k) {
+  return *reinterpret_cast<T*>(base[k] + off[k]);
+}
+
+template <class To, class From>
+struct CopyF {
+  __device__ void operator()(char* const* b, const int64_t* o) const {
+    at<To>(b, o, 0) = convert<To>(at<From>(b, o, 1));
+  }
+};
+
+template <class T>
+struct FillF {
+  T value;
+  __device__ void operator()(char* const* b, const int64_t* o) const { at<T>(b, o, 0) = value; }
+};
+
+template <class T>
+struct UnaryF {
+  OpKind kind;
+  OpAttrs attrs;
+  __device__ void operator()(char* const* b, const int64_t* o) const {
+    at<T>(b, o, 0) = scalar_unary(kind, at<T>(b, o, 1), attrs);
+  }
+};
+
+template <class T>
+struct BinaryF {
+  OpKind kind;
+  __device__ void operator()(char* const* b, const int64_t* o) const {
+    at<T>(b, o, 0) = scalar_binary(kind, at<T>(b, o, 1), at<T>(b, o, 2));
+  }
+};
+
+template <class T>
+struct CompareF {
+  OpKind kind;
+  __device__ void operator()(char* const* b, const int64_t* o) const {
+    at<bool>(b, o, 0) = scalar_compare(kind, at<T>(b, o, 1), at<T>(b, o, 2));
+  }
+};
+
+template <class T>
+struct WhereF {
+  __device__ void operator()(char* const* b, const int64_t* o) const {
+    at<T>(b, o, 0) = at<bool>(b, o, 1) ? at<T>(b, o, 2) : at<T>(b, o, 3);
+  }
+};
+
+struct CheckF {
+  int64_t size;
+  int64_t* flag;
+  __device__ void operator()(char* const* b, const int64_t* o) const {
+    int64_t v = at<int64_t>(b, o, 0);
+    if (v < -size || v >= size) {
+      flag[1] = v;  // any one of them
+      flag[0] = 1;
+    }
+  }
+};
+
+// --- fill patterns -----------------------------------------------------------------------------
+
+template <class T>
+__global__ void iota_kernel(T* out, int64_t n, double start, double step) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride)
+    out[i] = static_cast<T>(start + static_cast<double>(i) * step);
+}
+
+// One thread per block of four elements, as backend/cpu/random.cpp.
+template <class T>
+__global__ void random_kernel(int kind, T* out, int64_t n, uint64_t seed, uint64_t offset,
+                              double a, double b) {
+  const int64_t blocks = (n + 3) / 4;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t blk = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; blk < blocks;
+       blk += stride) {
+    cpu::Philox4 r = cpu::philox4x32_10(seed, offset + static_cast<uint64_t>(blk));
+    double v[4];
+    if (kind == 1) {
+      cpu::normal4(r, v);
+      for (double& x : v) x = a + b * x;
+    } else if (kind == 0) {
+      for (int k = 0; k < 4; ++k) v[k] = a + (b - a) * cpu::uniform01(r.v[k], r.v[(k + 1) & 3]);
+      if constexpr (std::is_same_v<T, float>) {
+        double top = nextafterf(static_cast<float>(b), -INFINITY);
+        for (double& x : v) x = x < top ? x : top;
+      }
+    } else {
+      auto range = static_cast<uint64_t>(b - a);
+      for (int k = 0; k < 4; ++k) {
+        uint64_t bits = (static_cast<uint64_t>(r.v[k]) << 32) | r.v[(k + 1) & 3];
+        int64_t iv = static_cast<int64_t>(a) + static_cast<int64_t>(__umul64hi(bits, range));
+        if (blk * 4 + k < n) out[blk * 4 + k] = static_cast<T>(iv);
+      }
+      continue;
+    }
+    for (int k = 0; k < 4 && blk * 4 + k < n; ++k) out[blk * 4 + k] = static_cast<T>(v[k]);
+  }
+}
+
+// --- reductions --------------------------------------------------------------------------------
+// One block per output; thread t folds positions t, t + B, ...; the block's states combine in a
+// fixed tree, so a result depends only on the shapes. Arg reductions keep the smallest index on
+// ties, and NaN wins (its first index), as the CPU's fold does.
+
+template <class T>
+using Acc = std::conditional_t<std::is_floating_point_v<T>, double,
+                               std::conditional_t<std::is_same_v<T, bool>, int64_t, T>>;
+
+template <class T>
+struct RState {
+  Acc<T> v;
+  int64_t idx;
+  bool nan;
+  bool valid;
+};
+
+template <class T>
+__device__ RState<T> combine(OpKind kind, RState<T> a, RState<T> b) {
+  if (!b.valid) return a;
+  if (!a.valid) return b;
+  switch (kind) {
+    case OpKind::Sum: a.v = cpu::wrap_add(a.v, b.v); return a;
+    case OpKind::Prod: a.v = cpu::wrap_mul(a.v, b.v); return a;
+    default: break;
+  }
+  bool is_max = kind == OpKind::Amax || kind == OpKind::Argmax;
+  if (a.nan || b.nan) {
+    if (a.nan && b.nan) return a.idx <= b.idx ? a : b;
+    return a.nan ? a : b;
+  }
+  bool b_better = is_max ? b.v > a.v : b.v < a.v;
+  if (b_better || (b.v == a.v && b.idx < a.idx)) return b;
+  return a;
+}
+
+template <class T>
+__device__ void fold(OpKind kind, RState<T>& s, T x, int64_t i) {
+  RState<T> e{static_cast<Acc<T>>(x), i, false, true};
+  if constexpr (std::is_floating_point_v<T>) e.nan = x != x;
+  s = combine(kind, s, e);
+}
+
+template <class T>
+__global__ void reduce_kernel(OpKind kind, const T* x, char* out, ReduceGeom g) {
+  __shared__ RState<T> states[kThreads];
+  for (int64_t o = blockIdx.x; o < g.nout; o += gridDim.x) {
+    int64_t base = 0, r = o;
+    for (int d = g.nkept - 1; d >= 0; --d) {
+      base += (r % g.kept_sizes[d]) * g.kept_strides[d];
+      r /= g.kept_sizes[d];
+    }
+    RState<T> s{};
+    s.valid = false;
+    for (int64_t j = threadIdx.x; j < g.count; j += blockDim.x) {
+      int64_t off = base, q = j;
+      for (int d = g.nred - 1; d >= 0; --d) {
+        off += (q % g.red_sizes[d]) * g.red_strides[d];
+        q /= g.red_sizes[d];
+      }
+      fold(kind, s, x[off], j);
+    }
+    states[threadIdx.x] = s;
+    __syncthreads();
+    for (int w = blockDim.x / 2; w > 0; w /= 2) {
+      if (threadIdx.x < w) states[threadIdx.x] = combine(kind, states[threadIdx.x], states[threadIdx.x + w]);
+      __syncthreads();
+    }
+    if (threadIdx.x == 0) {
+      RState<T> t = states[0];
+      if (kind == OpKind::Argmax || kind == OpKind::Argmin) {
+        reinterpret_cast<int64_t*>(out)[o] = t.valid ? t.idx : 0;
+      } else if (!t.valid) {  // nothing reduced: the identity
+        reinterpret_cast<T*>(out)[o] = kind == OpKind::Prod ? T(1) : T(0);
+      } else {
+        reinterpret_cast<T*>(out)[o] = static_cast<T>(t.v);
+      }
+    }
+    __syncthreads();
+  }
+}
+
+// --- indexing ----------------------------------------------------------------------------------
+
+__device__ inline int64_t wrap_index(int64_t v, int64_t size) { return v < 0 ? v + size : v; }
+
+template <class T>
+__global__ void index_kernel(OpKind kind, T* out, const T* x, const int64_t* index, IndexGeom g,
+                             int64_t n) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+    int64_t idx[kDims];
+    int64_t r = i;
+    for (int d = g.ndim - 1; d >= 0; --d) {
+      idx[d] = r % g.sizes[d];
+      r /= g.sizes[d];
+    }
+    int64_t o_off = 0, x_off = 0, i_off = 0;
+    for (int d = 0; d < g.ndim; ++d) {
+      o_off += idx[d] * g.out_strides[d];
+      x_off += idx[d] * g.x_strides[d];
+      i_off += idx[d] * g.index_strides[d];
+    }
+    if (kind == OpKind::IndexSelect) {
+      int64_t pos = g.ndim ? idx[g.dim] : 0;
+      int64_t sel = wrap_index(index[pos * g.index_step], g.dim_size);
+      out[o_off] = x[x_off + (sel - pos) * g.x_strides[g.dim]];
+    } else if (kind == OpKind::Gather) {
+      int64_t sel = wrap_index(index[i_off], g.dim_size);
+      int64_t pos = g.ndim ? idx[g.dim] : 0;
+      out[o_off] = g.ndim ? x[x_off + (sel - pos) * g.x_strides[g.dim]] : x[0];
+    } else {  // ScatterAdd: out[... index ...] += x
+      int64_t sel = wrap_index(index[i_off], g.dim_size);
+      int64_t pos = g.ndim ? idx[g.dim] : 0;
+      T* d = out + (g.ndim ? o_off + (sel - pos) * g.out_strides[g.dim] : 0);
+      if constexpr (std::is_same_v<T, int64_t>) {
+        atomicAdd(reinterpret_cast<unsigned long long*>(d), static_cast<unsigned long long>(x[x_off]));
+      } else if constexpr (std::is_same_v<T, bool>) {
+        if (x[x_off]) *d = true;  // a sum of bools, stored as bool, is an or
+      } else {
+        atomicAdd(d, x[x_off]);
+      }
+    }
+  }
+}
+
+// --- sliding windows ---------------------------------------------------------------------------
+
+template <class T>
+__global__ void im2col_kernel(T* cols, const T* x, WindowGeom g) {
+  const int64_t L = g.OH * g.OW, K = g.kh * g.kw;
+  const int64_t n = g.N * g.C * K * L;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+    int64_t l = i % L, row = (i / L) % (g.C * K), b = i / (L * g.C * K);
+    int64_t c = row / K, k = row % K, ki = k / g.kw, kj = k % g.kw;
+    int64_t ih = (l / g.OW) * g.sh - g.ph + ki * g.dh, iw = (l % g.OW) * g.sw - g.pw + kj * g.dw;
+    T v = T(0);
+    if (ih >= 0 && ih < g.H && iw >= 0 && iw < g.W) v = x[((b * g.C + c) * g.H + ih) * g.W + iw];
+    cols[b * g.col_n_stride + row * g.col_row_stride + l] = v;
+  }
+}
+
+// The adjoint, one thread per image pixel: it gathers the columns that read it (no atomics).
+template <class T>
+__global__ void col2im_kernel(T* x, const T* cols, WindowGeom g) {
+  const int64_t n = g.N * g.C * g.H * g.W, K = g.kh * g.kw, L = g.OH * g.OW;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+    int64_t w = i % g.W, h = (i / g.W) % g.H, c = (i / (g.W * g.H)) % g.C, b = i / (g.W * g.H * g.C);
+    Acc<T> sum = 0;
+    for (int64_t ki = 0; ki < g.kh; ++ki) {
+      int64_t th = h + g.ph - ki * g.dh;
+      if (th < 0 || th % g.sh != 0 || th / g.sh >= g.OH) continue;
+      for (int64_t kj = 0; kj < g.kw; ++kj) {
+        int64_t tw = w + g.pw - kj * g.dw;
+        if (tw < 0 || tw % g.sw != 0 || tw / g.sw >= g.OW) continue;
+        int64_t row = c * K + ki * g.kw + kj, l = (th / g.sh) * g.OW + tw / g.sw;
+        sum += cols[b * g.col_n_stride + row * g.col_row_stride + l];
+      }
+    }
+    (void)L;
+    x[i] = static_cast<T>(sum);
+  }
+}
+
+template <class T>
+__global__ void pool_kernel(bool is_max, T* out, int64_t* indices, const T* x, WindowGeom g) {
+  const int64_t n = g.N * g.C * g.OH * g.OW;
+  const T inv = T(1) / static_cast<T>(g.kh * g.kw);
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+    int64_t ow = i % g.OW, oh = (i / g.OW) % g.OH, p = i / (g.OW * g.OH);
+    const T* plane = x + p * g.H * g.W;
+    T best = is_max ? -INFINITY : T(0);
+    int64_t arg = -1;
+    for (int64_t ki = 0; ki < g.kh; ++ki) {
+      int64_t ih = oh * g.sh - g.ph + ki * g.dh;
+      if (ih < 0 || ih >= g.H) continue;
+      for (int64_t kj = 0; kj < g.kw; ++kj) {
+        int64_t iw = ow * g.sw - g.pw + kj * g.dw;
+        if (iw < 0 || iw >= g.W) continue;
+        int64_t pos = ih * g.W + iw;
+        T v = plane[pos];
+        if (!is_max) {
+          best += v;
+        } else if (arg < 0 || v > best || (v != v && best == best)) {  // NaN wins
+          best = v;
+          arg = pos;
+        }
+      }
+    }
+    out[i] = is_max ? best : best * inv;
+    if (indices) indices[i] = arg < 0 ? 0 : arg;
+  }
+}
+
+}  // namespace
+
+void launch_copy(const Strided& s, int64_t n, cudaStream_t stream) {
+  dispatch(s.dtype[0], [&](auto to) {
+    using To = typename decltype(to)::type;
+    dispatch(s.dtype[1], [&](auto from) {
+      using From = typename decltype(from)::type;
+      launch(s, n, stream, CopyF<To, From>{});
+    });
+  });
+}
+
+void launch_fill(const Strided& s, int64_t n, double value, int64_t value_i, cudaStream_t stream) {
+  dispatch(s.dtype[0], [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    T v;
+    if constexpr (std::is_floating_point_v<T>) v = static_cast<T>(value);
+    else if constexpr (std::is_same_v<T, bool>) v = value_i != 0 || value != 0;
+    else v = static_cast<T>(value_i);
+    launch(s, n, stream, FillF<T>{v});
+  });
+}
+
+void launch_unary(OpKind kind, const OpAttrs& attrs, const Strided& s, int64_t n,
+                  cudaStream_t stream) {
+  dispatch(s.dtype[0], [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    launch(s, n, stream, UnaryF<T>{kind, attrs});
+  });
+}
+
+void launch_binary(OpKind kind, const Strided& s, int64_t n, cudaStream_t stream) {
+  dispatch(s.dtype[1], [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    if (cpu::is_comparison(kind)) launch(s, n, stream, CompareF<T>{kind});
+    else launch(s, n, stream, BinaryF<T>{kind});
+  });
+}
+
+void launch_where(const Strided& s, int64_t n, cudaStream_t stream) {
+  dispatch(s.dtype[0], [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    launch(s, n, stream, WhereF<T>{});
+  });
+}
+
+void launch_check_indices(const Strided& s, int64_t n, int64_t size, int64_t* flag,
+                          cudaStream_t stream) {
+  launch(s, n, stream, CheckF{size, flag});
+}
+
+void launch_iota(void* dst, DType dtype, int64_t n, double start, double step,
+                 cudaStream_t stream) {
+  if (n <= 0) return;
+  dispatch(dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    iota_kernel<T><<<blocks_for(n), kThreads, 0, stream>>>(static_cast<T*>(dst), n, start, step);
+  });
+}
+
+void launch_random(int kind, void* dst, DType dtype, int64_t n, uint64_t seed, uint64_t offset,
+                   double a, double b, cudaStream_t stream) {
+  if (n <= 0) return;
+  dispatch(dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    random_kernel<T><<<blocks_for((n + 3) / 4), kThreads, 0, stream>>>(kind, static_cast<T*>(dst), n,
+                                                                      seed, offset, a, b);
+  });
+}
+
+void launch_reduce(OpKind kind, DType dtype, const char* x, char* out, const ReduceGeom& g,
+                   cudaStream_t stream) {
+  if (g.nout <= 0) return;
+  unsigned grid = static_cast<unsigned>(g.nout < (1 << 20) ? g.nout : (1 << 20));
+  dispatch(dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    reduce_kernel<T><<<grid, kThreads, 0, stream>>>(kind, reinterpret_cast<const T*>(x), out, g);
+  });
+}
+
+void launch_index(OpKind kind, DType dtype, char* out, const char* x, const int64_t* index,
+                  const IndexGeom& g, int64_t n, cudaStream_t stream) {
+  if (n <= 0) return;
+  dispatch(dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    index_kernel<T><<<blocks_for(n), kThreads, 0, stream>>>(
+        kind, reinterpret_cast<T*>(out), reinterpret_cast<const T*>(x), index, g, n);
+  });
+}
+
+void launch_window(OpKind kind, DType dtype, char* out, const char* x, int64_t* indices,
+                   const WindowGeom& g, cudaStream_t stream) {
+  auto run = [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    T* o = reinterpret_cast<T*>(out);
+    const T* xi = reinterpret_cast<const T*>(x);
+    switch (kind) {
+      case OpKind::Im2col: {
+        int64_t n = g.N * g.C * g.kh * g.kw * g.OH * g.OW;
+        if (n > 0) im2col_kernel<T><<<blocks_for(n), kThreads, 0, stream>>>(o, xi, g);
+        break;
+      }
+      case OpKind::Col2im: {
+        int64_t n = g.N * g.C * g.H * g.W;
+        if (n > 0) col2im_kernel<T><<<blocks_for(n), kThreads, 0, stream>>>(o, xi, g);
+        break;
+      }
+      default: {
+        int64_t n = g.N * g.C * g.OH * g.OW;
+        if (n > 0)
+          pool_kernel<T><<<blocks_for(n), kThreads, 0, stream>>>(kind == OpKind::MaxPool2d, o,
+                                                                 indices, xi, g);
+        break;
+      }
+    }
+  };
+  if (dtype == DType::F64) run(Tag<double>{});
+  else run(Tag<float>{});
+}
+
+}  // namespace tg::cuda_detail

@@ -1,0 +1,84 @@
+// The CUDA kernels' launch interface: plain structs and functions, so that kernels.cu (nvcc)
+// includes no host-only headers (fmt does not compile as CUDA) and cuda_backend.cpp (the C++
+// compiler) includes no device code. Every launch is asynchronous on the given stream; the
+// caller checks cudaGetLastError() and turns a failure into tg::Error.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "backend/op_attrs.h"
+#include "ops/op_registry.h"
+#include "tapegrad/dtype.h"
+
+namespace tg::cuda_detail {
+
+constexpr int kDims = 16;     // tensors have at most 16 dims
+constexpr int kOperands = 4;  // an elementwise call's output and up to three inputs
+
+// Operands of an elementwise call, all viewed at the output's shape: dims innermost first,
+// merged where every operand allows, strides in bytes; operand 0 is the output.
+struct Strided {
+  int ndim = 0;
+  int nops = 0;
+  int64_t sizes[kDims];
+  int64_t strides[kOperands][kDims];
+  char* base[kOperands];
+  DType dtype[kOperands];
+};
+
+// A reduction of x over its trailing dims: kept and reduced dims outermost first, element
+// strides; out is contiguous over the kept dims.
+struct ReduceGeom {
+  int nkept = 0, nred = 0;
+  int64_t kept_sizes[kDims], kept_strides[kDims];
+  int64_t red_sizes[kDims], red_strides[kDims];
+  int64_t nout = 0, count = 0;
+};
+
+// index_select / gather / scatter_add: the iteration space (out's shape for the first two,
+// x's for scatter_add), outermost first, with each operand's element strides over it.
+struct IndexGeom {
+  int ndim = 0;
+  int dim = 0;
+  int64_t dim_size = 0;     // the size of the indexed dim of the operand indexed into
+  int64_t index_step = 0;   // index_select: the index vector's stride
+  int64_t sizes[kDims];
+  int64_t out_strides[kDims], x_strides[kDims], index_strides[kDims];
+};
+
+// Sliding windows over contiguous (N, C, H, W) images; columns (N, C*kh*kw, L) with their
+// batch and row strides (elements) and contiguous rows.
+struct WindowGeom {
+  int64_t N, C, H, W, OH, OW;
+  int64_t kh, kw, sh, sw, ph, pw, dh, dw;
+  int64_t col_n_stride, col_row_stride;
+};
+
+void launch_copy(const Strided& s, int64_t n, cudaStream_t stream);
+// op 0 = value; integers take value_i exactly.
+void launch_fill(const Strided& s, int64_t n, double value, int64_t value_i, cudaStream_t stream);
+void launch_unary(OpKind kind, const OpAttrs& attrs, const Strided& s, int64_t n,
+                  cudaStream_t stream);
+// Comparisons write bool; everything else the inputs' dtype.
+void launch_binary(OpKind kind, const Strided& s, int64_t n, cudaStream_t stream);
+// out, cond (bool), a, b.
+void launch_where(const Strided& s, int64_t n, cudaStream_t stream);
+void launch_iota(void* dst, DType dtype, int64_t n, double start, double step,
+                 cudaStream_t stream);
+// kind: 0 uniform [a, b), 1 normal (a, b), 2 integers [a, b): the CPU's Philox streams.
+void launch_random(int kind, void* dst, DType dtype, int64_t n, uint64_t seed, uint64_t offset,
+                   double a, double b, cudaStream_t stream);
+void launch_reduce(OpKind kind, DType dtype, const char* x, char* out, const ReduceGeom& g,
+                   cudaStream_t stream);
+// flag (device, two i64, zeroed by the caller): flag[0] becomes 1 when an index of the strided
+// i64 operand 0 of s lies outside [-size, size), and flag[1] one such index.
+void launch_check_indices(const Strided& s, int64_t n, int64_t size, int64_t* flag,
+                          cudaStream_t stream);
+void launch_index(OpKind kind, DType dtype, char* out, const char* x, const int64_t* index,
+                  const IndexGeom& g, int64_t n, cudaStream_t stream);
+void launch_window(OpKind kind, DType dtype, char* out, const char* x, int64_t* indices,
+                   const WindowGeom& g, cudaStream_t stream);
+
+}  // namespace tg::cuda_detail

@@ -1,0 +1,217 @@
+// The CUDA backend against the CPU: every op-table sample on both devices (f32 within 1e-3, f64
+// within 1e-6), gradients by central differences on the GPU, the RNG's streams, traced against
+// eager, the caching allocator, and the errors (device mismatch, out of memory). Without a GPU
+// every case says so and skips.
+#include <doctest/doctest.h>
+#include <tapegrad/tapegrad.h>
+
+#include <cmath>
+
+#include "op_table.h"
+
+using namespace tg;
+using namespace tgtest;
+
+namespace {
+
+bool have_gpu() {
+  if (cuda::is_available()) return true;
+  MESSAGE((cuda::is_built() ? "built with CUDA, but no GPU is present: CUDA case skipped"
+                            : "built without CUDA: CUDA case skipped"));
+  return false;
+}
+
+std::vector<Tensor> on(const std::vector<Tensor>& xs, Device d) {
+  std::vector<Tensor> out;
+  for (const Tensor& x : xs) out.push_back(x.to(d));
+  return out;
+}
+
+// The largest |a - b| / (atol / rtol + |b|) scaled so that <= 1 passes; NaN matches NaN.
+bool close(const Tensor& got, const Tensor& want, double tol) {
+  if (got.shape() != want.shape() || got.dtype() != want.dtype()) return false;
+  auto a = got.to(kCPU).to_vector<double>(), b = want.to_vector<double>();
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (std::isnan(a[i]) && std::isnan(b[i])) continue;
+    if (a[i] == b[i]) continue;
+    if (!(std::abs(a[i] - b[i]) <= tol * (1 + std::abs(b[i])))) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+TEST_CASE("cuda: every op-table sample gives the CPU's values") {
+  if (!have_gpu()) return;
+  int checked = 0;
+  for (const auto& row : op_table()) {
+    for (DType dt : {kF32, kF64}) {
+      double tol = dt == kF32 ? 1e-3 : 1e-6;
+      for (const auto& s : row.samples(dt)) {
+        CAPTURE(row.op);
+        CAPTURE(s.label);
+        CAPTURE(dtype_name(dt));
+        Tensor want = s.op(s.inputs);
+        Tensor got;
+        REQUIRE_NOTHROW(got = s.op(on(s.inputs, cuda())));
+        CHECK(got.device() == Device(cuda()));
+        CHECK_MESSAGE(close(got, want, tol), row.op << " [" << s.label << "]");
+        ++checked;
+      }
+    }
+  }
+  CHECK(checked > 300);
+}
+
+TEST_CASE("cuda: gradients of every differentiable sample, f64 central differences on the GPU") {
+  if (!have_gpu()) return;
+  // Along a random direction d per input: (f(x + εd) - f(x - εd)) / 2ε, weighted by a random v,
+  // against Σ <grad_x(v·f), d>. Out of place, so any layout works.
+  int checked = 0;
+  for (const auto& row : op_table()) {
+    for (const auto& s : row.samples(kF64)) {
+      if (!s.differentiable) continue;
+      if (std::find(row.no_gradient.begin(), row.no_gradient.end(), s.label) != row.no_gradient.end())
+        continue;
+      CAPTURE(row.op);
+      CAPTURE(s.label);
+      std::vector<Tensor> x = on(s.inputs, cuda());
+      std::vector<Tensor> wrt, dirs;
+      for (Tensor& t : x) {
+        if (!is_floating(t.dtype())) continue;
+        t = t.detach().requires_grad_();
+        wrt.push_back(t);
+        dirs.push_back(randn(t.shape(), {.dtype = kF64}).to(cuda()));
+      }
+      if (wrt.empty()) continue;
+      Tensor out = s.op(x);
+      if (out.dtype() != kF64 || !out.requires_grad()) continue;
+      Tensor v = randn(out.shape(), {.dtype = kF64}).to(cuda());
+      std::vector<Tensor> g = grad({(out * v).sum()}, wrt, {.allow_unused = true});
+      double analytic = 0;
+      for (size_t i = 0; i < wrt.size(); ++i)
+        if (g[i].defined()) analytic += (g[i] * dirs[i]).sum().item<double>();
+      const double eps = 1e-6;
+      auto shifted = [&](double sign) {
+        NoGradGuard no_grad;
+        std::vector<Tensor> y = x;
+        size_t k = 0;
+        for (Tensor& t : y)
+          if (is_floating(t.dtype())) t = t.detach() + dirs[k++] * (sign * eps);
+        return (s.op(y) * v).sum().item<double>();
+      };
+      double numeric = (shifted(1) - shifted(-1)) / (2 * eps);
+      CHECK_MESSAGE(std::abs(numeric - analytic) <= 1e-5 + 1e-3 * std::abs(numeric),
+                    row.op << " [" << s.label << "]: numeric " << numeric << ", analytic "
+                           << analytic);
+      ++checked;
+    }
+  }
+  CHECK(checked > 100);
+}
+
+TEST_CASE("cuda: manual_seed then rand/randn/randint give the CPU's numbers") {
+  if (!have_gpu()) return;
+  for (DType dt : {kF32, kF64}) {
+    manual_seed(42);
+    Tensor a = randn({1001}, {.dtype = dt});
+    Tensor u = rand({77}, {.dtype = dt});
+    manual_seed(42);
+    Tensor b = randn({1001}, {.dtype = dt, .device = cuda()});
+    Tensor w = rand({77}, {.dtype = dt, .device = cuda()});
+    CHECK(close(b, a, dt == kF32 ? 1e-6 : 1e-12));
+    CHECK(close(w, u, dt == kF32 ? 1e-6 : 1e-12));
+  }
+  manual_seed(7);
+  Tensor i = randint(-5, 9, {500});
+  manual_seed(7);
+  Tensor j = randint(-5, 9, {500}, {.device = cuda()});
+  CHECK(j.to(kCPU).to_vector<int64_t>() == i.to_vector<int64_t>());
+}
+
+TEST_CASE("cuda: a traced training step equals the eager one, and replays") {
+  if (!have_gpu()) return;
+  manual_seed(3);
+  auto make = [] {
+    return std::vector<Tensor>{(randn({20, 16}) * 0.1).to(cuda()).requires_grad_(),
+                               zeros({16}, {.device = cuda()}).requires_grad_(),
+                               (randn({16, 4}) * 0.1).to(cuda()).requires_grad_(),
+                               zeros({4}, {.device = cuda()}).requires_grad_()};
+  };
+  std::vector<Tensor> pe = make(), pt;
+  for (const Tensor& p : pe) pt.push_back(p.detach().clone().requires_grad_());
+  auto step_with = [](std::vector<Tensor>& params) {
+    return [&params](const Tensor& x, const Tensor& y) {
+      Tensor h = tanh(x.matmul(params[0]) + params[1]).matmul(params[2]) + params[3];
+      Tensor loss = nn::functional::cross_entropy(h, y);
+      auto grads = grad({loss}, params);
+      NoGradGuard no_grad;
+      for (size_t i = 0; i < params.size(); ++i) params[i].sub_(grads[i] * 0.1);
+      return loss;
+    };
+  };
+  auto eager = step_with(pe);
+  auto traced = trace(step_with(pt));
+  for (int it = 0; it < 3; ++it) {
+    Tensor x = randn({8, 20}).to(cuda()), y = randint(0, 4, {8}).to(cuda());
+    Tensor le = eager(x, y), lt = traced(x, y);
+    CHECK(close(lt, le.to(kCPU), 1e-5));
+    for (size_t i = 0; i < pe.size(); ++i) CHECK(close(pt[i], pe[i].to(kCPU), 1e-5));
+  }
+  CHECK(traced.num_compiles() == 1);
+}
+
+TEST_CASE("cuda: the caching allocator reuses blocks and reports its bytes") {
+  if (!have_gpu()) return;
+  cuda::synchronize();
+  cuda::empty_cache();
+  auto before = cuda::memory_stats();
+  {
+    Tensor a = zeros({1 << 20}, {.device = cuda()});
+    auto during = cuda::memory_stats();
+    CHECK(during.allocated >= before.allocated + (4 << 20));
+    CHECK(during.reserved >= during.allocated);
+    CHECK(during.peak >= during.allocated);
+  }
+  auto after = cuda::memory_stats();
+  CHECK(after.allocated == before.allocated);
+  CHECK(after.reserved > before.reserved);  // cached, not given back
+  { Tensor b = zeros({1 << 20}, {.device = cuda()}); }
+  CHECK(cuda::memory_stats().reserved == after.reserved);  // the same block again
+  cuda::empty_cache();
+  CHECK(cuda::memory_stats().reserved == before.reserved);
+}
+
+TEST_CASE("cuda: errors name the op and the devices, out of memory gives the sizes") {
+  if (!have_gpu()) return;
+  Tensor a = ones({3}), b = ones({3}).to(cuda());
+  CHECK_THROWS_WITH_AS((void)(a + b), doctest::Contains("cuda:0"), Error);
+  CHECK_THROWS_WITH_AS((void)a.matmul(ones({3, 2}).to(cuda())), doctest::Contains("cpu"), Error);
+  // A terabyte: more than any GPU has.
+  CHECK_THROWS_WITH_AS((void)empty({int64_t{1} << 38}, {.device = cuda()}),
+                       doctest::Contains("out of memory"), Error);
+  // The device still works afterwards, and the CPU tensor is untouched.
+  CHECK((b * 2).sum().item<float>() == 6);
+  CHECK(a.sum().item<float>() == 3);
+  // An index out of range is caught before anything is written.
+  Tensor x = arange(0, 6).to(cuda()).reshape({2, 3}).to(kF32);
+  CHECK_THROWS_WITH_AS((void)x.gather(1, tensor({int64_t{0}, int64_t{7}}).reshape({2, 1}).to(cuda())),
+                       doctest::Contains("out of bounds"), Error);
+  CHECK(cuda::device_count() >= 1);
+  CHECK_THROWS_AS((void)zeros({2}, {.device = cuda(cuda::device_count())}), Error);
+}
+
+TEST_CASE("cuda: f32 products stay f32 unless TF32 is allowed") {
+  if (!have_gpu()) return;
+  manual_seed(1);
+  Tensor a = randn({256, 512}), b = randn({512, 128});
+  Tensor want = a.to(kF64).matmul(b.to(kF64));
+  CHECK_FALSE(cuda::allow_tf32());
+  Tensor got = a.to(cuda()).matmul(b.to(cuda())).to(kF64);
+  // Exact f32 products: within f32 rounding of the f64 product (TF32 would be ~1e-3 off).
+  CHECK(close(got, want, 1e-4));
+  cuda::set_allow_tf32(true);
+  Tensor fast = a.to(cuda()).matmul(b.to(cuda())).to(kF64);
+  cuda::set_allow_tf32(false);
+  CHECK(close(fast, want, 2e-2));
+}
