@@ -368,7 +368,10 @@ class CudaBackend final : public Backend {
       }
     }
     g.nout = out.numel;
-    launch_reduce(kind, x.dtype, x.data(), out.data(), g, stream_);
+    size_t ws = reduce_workspace_bytes(g);
+    void* workspace = ws > 0 ? allocate(ws) : nullptr;
+    launch_reduce(kind, x.dtype, x.data(), out.data(), g, workspace, stream_);
+    if (workspace != nullptr) deallocate(workspace, ws);  // stream-ordered: safe at once
     TG_LAUNCHED(op_name(kind));
   }
 

@@ -217,43 +217,92 @@ __device__ void fold(OpKind kind, RState<T>& s, T x, int64_t i) {
   s = combine(kind, s, e);
 }
 
+// The block's states combined in a fixed tree; thread 0 gets the result.
+template <class T>
+__device__ RState<T> block_combine(OpKind kind, RState<T>* states, RState<T> s) {
+  states[threadIdx.x] = s;
+  __syncthreads();
+  for (int w = blockDim.x / 2; w > 0; w /= 2) {
+    if (threadIdx.x < w)
+      states[threadIdx.x] = combine(kind, states[threadIdx.x], states[threadIdx.x + w]);
+    __syncthreads();
+  }
+  RState<T> r = states[0];
+  __syncthreads();
+  return r;
+}
+
+template <class T>
+__device__ void store_result(OpKind kind, char* out, int64_t o, const RState<T>& t) {
+  if (kind == OpKind::Argmax || kind == OpKind::Argmin) {
+    reinterpret_cast<int64_t*>(out)[o] = t.valid ? t.idx : 0;
+  } else if (!t.valid) {  // nothing reduced: the identity
+    reinterpret_cast<T*>(out)[o] = kind == OpKind::Prod ? T(1) : T(0);
+  } else {
+    reinterpret_cast<T*>(out)[o] = static_cast<T>(t.v);
+  }
+}
+
+// Positions [begin, end) of output o's reduced elements folded by one block.
+template <class T>
+__device__ RState<T> fold_range(OpKind kind, const T* x, const ReduceGeom& g, int64_t o,
+                                int64_t begin, int64_t end) {
+  int64_t base = 0, r = o;
+  for (int d = g.nkept - 1; d >= 0; --d) {
+    base += (r % g.kept_sizes[d]) * g.kept_strides[d];
+    r /= g.kept_sizes[d];
+  }
+  RState<T> s{};
+  s.valid = false;
+  for (int64_t j = begin + threadIdx.x; j < end; j += blockDim.x) {
+    int64_t off = base, q = j;
+    for (int d = g.nred - 1; d >= 0; --d) {
+      off += (q % g.red_sizes[d]) * g.red_strides[d];
+      q /= g.red_sizes[d];
+    }
+    fold(kind, s, x[off], j);
+  }
+  return s;
+}
+
 template <class T>
 __global__ void reduce_kernel(OpKind kind, const T* x, char* out, ReduceGeom g) {
   __shared__ RState<T> states[kThreads];
   for (int64_t o = blockIdx.x; o < g.nout; o += gridDim.x) {
-    int64_t base = 0, r = o;
-    for (int d = g.nkept - 1; d >= 0; --d) {
-      base += (r % g.kept_sizes[d]) * g.kept_strides[d];
-      r /= g.kept_sizes[d];
-    }
-    RState<T> s{};
-    s.valid = false;
-    for (int64_t j = threadIdx.x; j < g.count; j += blockDim.x) {
-      int64_t off = base, q = j;
-      for (int d = g.nred - 1; d >= 0; --d) {
-        off += (q % g.red_sizes[d]) * g.red_strides[d];
-        q /= g.red_sizes[d];
-      }
-      fold(kind, s, x[off], j);
-    }
-    states[threadIdx.x] = s;
-    __syncthreads();
-    for (int w = blockDim.x / 2; w > 0; w /= 2) {
-      if (threadIdx.x < w) states[threadIdx.x] = combine(kind, states[threadIdx.x], states[threadIdx.x + w]);
-      __syncthreads();
-    }
-    if (threadIdx.x == 0) {
-      RState<T> t = states[0];
-      if (kind == OpKind::Argmax || kind == OpKind::Argmin) {
-        reinterpret_cast<int64_t*>(out)[o] = t.valid ? t.idx : 0;
-      } else if (!t.valid) {  // nothing reduced: the identity
-        reinterpret_cast<T*>(out)[o] = kind == OpKind::Prod ? T(1) : T(0);
-      } else {
-        reinterpret_cast<T*>(out)[o] = static_cast<T>(t.v);
-      }
-    }
-    __syncthreads();
+    RState<T> t = block_combine(kind, states, fold_range(kind, x, g, o, 0, g.count));
+    if (threadIdx.x == 0) store_result(kind, out, o, t);
   }
+}
+
+// Few long rows: each row in `chunks` pieces, one block each, then the pieces' states combined
+// in order by a second kernel. The split depends only on the shapes (deterministic).
+int64_t reduce_chunks(const ReduceGeom& g) {
+  constexpr int64_t kPiece = 16384;
+  if (g.count < 4 * kPiece || g.nout >= 512) return 1;
+  int64_t chunks = (g.count + kPiece - 1) / kPiece, cap = 2048 / g.nout;
+  return chunks < cap ? chunks : (cap < 1 ? 1 : cap);
+}
+
+template <class T>
+__global__ void reduce_pieces(OpKind kind, const T* x, RState<T>* pieces, ReduceGeom g,
+                              int64_t chunks) {
+  __shared__ RState<T> states[kThreads];
+  const int64_t o = blockIdx.x / chunks, c = blockIdx.x % chunks;
+  const int64_t len = (g.count + chunks - 1) / chunks;
+  const int64_t begin = c * len, end = begin + len < g.count ? begin + len : g.count;
+  RState<T> t = block_combine(kind, states, fold_range(kind, x, g, o, begin, end));
+  if (threadIdx.x == 0) pieces[blockIdx.x] = t;
+}
+
+template <class T>
+__global__ void reduce_join(OpKind kind, const RState<T>* pieces, char* out, int64_t chunks) {
+  __shared__ RState<T> states[kThreads];
+  const int64_t o = blockIdx.x;
+  RState<T> s{};
+  s.valid = false;
+  for (int64_t c = threadIdx.x; c < chunks; c += blockDim.x) s = combine(kind, s, pieces[o * chunks + c]);
+  RState<T> t = block_combine(kind, states, s);
+  if (threadIdx.x == 0) store_result(kind, out, o, t);
 }
 
 // --- indexing ----------------------------------------------------------------------------------
@@ -441,13 +490,28 @@ void launch_random(int kind, void* dst, DType dtype, int64_t n, uint64_t seed, u
   });
 }
 
+size_t reduce_workspace_bytes(const ReduceGeom& g) {
+  int64_t chunks = reduce_chunks(g);
+  return chunks > 1 ? static_cast<size_t>(g.nout * chunks) * sizeof(RState<double>) : 0;
+}
+
 void launch_reduce(OpKind kind, DType dtype, const char* x, char* out, const ReduceGeom& g,
-                   cudaStream_t stream) {
+                   void* workspace, cudaStream_t stream) {
   if (g.nout <= 0) return;
-  unsigned grid = static_cast<unsigned>(g.nout < (1 << 20) ? g.nout : (1 << 20));
+  const int64_t chunks = reduce_chunks(g);
   dispatch(dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    reduce_kernel<T><<<grid, kThreads, 0, stream>>>(kind, reinterpret_cast<const T*>(x), out, g);
+    const T* xt = reinterpret_cast<const T*>(x);
+    if (chunks > 1 && workspace != nullptr) {
+      auto* pieces = static_cast<RState<T>*>(workspace);
+      reduce_pieces<T><<<static_cast<unsigned>(g.nout * chunks), kThreads, 0, stream>>>(
+          kind, xt, pieces, g, chunks);
+      reduce_join<T><<<static_cast<unsigned>(g.nout), kThreads, 0, stream>>>(kind, pieces, out,
+                                                                            chunks);
+      return;
+    }
+    unsigned grid = static_cast<unsigned>(g.nout < (1 << 20) ? g.nout : (1 << 20));
+    reduce_kernel<T><<<grid, kThreads, 0, stream>>>(kind, xt, out, g);
   });
 }
 

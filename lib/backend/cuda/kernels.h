@@ -6,6 +6,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include <cstddef>
 #include <cstdint>
 
 #include "backend/op_attrs.h"
@@ -70,8 +71,10 @@ void launch_iota(void* dst, DType dtype, int64_t n, double start, double step,
 // kind: 0 uniform [a, b), 1 normal (a, b), 2 integers [a, b): the CPU's Philox streams.
 void launch_random(int kind, void* dst, DType dtype, int64_t n, uint64_t seed, uint64_t offset,
                    double a, double b, cudaStream_t stream);
+// Few long rows are reduced in two passes through a workspace of this many bytes (0: none).
+size_t reduce_workspace_bytes(const ReduceGeom& g);
 void launch_reduce(OpKind kind, DType dtype, const char* x, char* out, const ReduceGeom& g,
-                   cudaStream_t stream);
+                   void* workspace, cudaStream_t stream);
 // flag (device, two i64, zeroed by the caller): flag[0] becomes 1 when an index of the strided
 // i64 operand 0 of s lies outside [-size, size), and flag[1] one such index.
 void launch_check_indices(const Strided& s, int64_t n, int64_t size, int64_t* flag,
