@@ -23,6 +23,33 @@ bool same(const Tensor& a, const Tensor& b) {
   return true;
 }
 
+// A random step program of 1..max_steps steps over `ninputs` inputs and earlier values.
+std::vector<FusedStep> random_steps(std::mt19937& rng, int ninputs, int max_steps,
+                                    const std::vector<OpKind>& unary,
+                                    const std::vector<OpKind>& binary) {
+  std::vector<FusedStep> steps;
+  int nsteps = 1 + static_cast<int>(rng() % static_cast<unsigned>(max_steps));
+  for (int i = 0; i < nsteps; ++i) {
+    auto pick = [&] {
+      int r = static_cast<int>(rng() % static_cast<unsigned>(i + ninputs));
+      return r < ninputs ? -r - 1 : r - ninputs;
+    };
+    FusedStep s;
+    if (rng() % 2) {
+      s.kind = FusedStep::Kind::Unary;
+      s.op = unary[rng() % unary.size()];
+      s.a = pick();
+    } else {
+      s.kind = FusedStep::Kind::Binary;
+      s.op = binary[rng() % binary.size()];
+      s.a = pick();
+      s.b = pick();
+    }
+    steps.push_back(s);
+  }
+  return steps;
+}
+
 }  // namespace
 
 TEST_CASE("fuse: a chain of elementwise ops becomes one node and gives eager's bits") {
@@ -149,9 +176,10 @@ TEST_CASE("fuse: the blocked CPU kernel agrees with running the steps one by one
   // Random step programs over inputs of several layouts, against Backend::fused's reference.
   std::mt19937 rng(5);
   Backend& cpu = cpu_backend();
-  const OpKind unary[] = {OpKind::Neg, OpKind::Exp,  OpKind::Tanh, OpKind::Sigmoid,
-                          OpKind::Abs, OpKind::Relu, OpKind::Gelu, OpKind::Sign};
-  const OpKind binary[] = {OpKind::Add, OpKind::Sub, OpKind::Mul, OpKind::Maximum, OpKind::Div};
+  const std::vector<OpKind> unary = {OpKind::Neg, OpKind::Exp,  OpKind::Tanh, OpKind::Sigmoid,
+                                     OpKind::Abs, OpKind::Relu, OpKind::Gelu, OpKind::Sign};
+  const std::vector<OpKind> binary = {OpKind::Add, OpKind::Sub, OpKind::Mul, OpKind::Maximum,
+                                      OpKind::Div};
   for (int trial = 0; trial < 40; ++trial) {
     CAPTURE(trial);
     Shape shape{static_cast<int64_t>(1 + rng() % 40), static_cast<int64_t>(1 + rng() % 700)};
@@ -175,26 +203,7 @@ TEST_CASE("fuse: the blocked CPU kernel agrees with running the steps one by one
       }
       views.push_back(t);
     }
-    std::vector<FusedStep> steps;
-    int nsteps = 1 + static_cast<int>(rng() % 8);
-    for (int i = 0; i < nsteps; ++i) {
-      auto pick = [&] {
-        int r = static_cast<int>(rng() % (i + 4));
-        return r < 4 ? -r - 1 : r - 4;
-      };
-      FusedStep s;
-      if (rng() % 2) {
-        s.kind = FusedStep::Kind::Unary;
-        s.op = unary[rng() % std::size(unary)];
-        s.a = pick();
-      } else {
-        s.kind = FusedStep::Kind::Binary;
-        s.op = binary[rng() % std::size(binary)];
-        s.a = pick();
-        s.b = pick();
-      }
-      steps.push_back(s);
-    }
+    std::vector<FusedStep> steps = random_steps(rng, 4, 8, unary, binary);
     // The output too may be strided (scattered block by block).
     Tensor blocked = trial % 3 == 0 ? empty({shape[1], shape[0]}).t() : empty(shape);
     Tensor reference = empty(shape);
@@ -298,8 +307,9 @@ TEST_CASE("fuse: a stored or twice-read value is not summed in a group; f64 and 
 TEST_CASE("fuse: the CPU fused sum agrees with the reference on random programs") {
   std::mt19937 rng(9);
   Backend& cpu = cpu_backend();
-  const OpKind unary[] = {OpKind::Neg, OpKind::Exp, OpKind::Tanh, OpKind::Relu, OpKind::Gelu};
-  const OpKind binary[] = {OpKind::Add, OpKind::Sub, OpKind::Mul, OpKind::Maximum};
+  const std::vector<OpKind> unary = {OpKind::Neg, OpKind::Exp, OpKind::Tanh, OpKind::Relu,
+                                     OpKind::Gelu};
+  const std::vector<OpKind> binary = {OpKind::Add, OpKind::Sub, OpKind::Mul, OpKind::Maximum};
   for (int trial = 0; trial < 40; ++trial) {
     CAPTURE(trial);
     Shape shape{static_cast<int64_t>(1 + rng() % 30), static_cast<int64_t>(1 + rng() % 1100)};
@@ -312,26 +322,7 @@ TEST_CASE("fuse: the CPU fused sum agrees with the reference on random programs"
         default: views.push_back(randn({shape[1], shape[0]}).t()); break;
       }
     }
-    std::vector<FusedStep> steps;
-    int nsteps = 1 + static_cast<int>(rng() % 5);
-    for (int i = 0; i < nsteps; ++i) {
-      auto pick = [&] {
-        int r = static_cast<int>(rng() % (i + 3));
-        return r < 3 ? -r - 1 : r - 3;
-      };
-      FusedStep s;
-      if (rng() % 2) {
-        s.kind = FusedStep::Kind::Unary;
-        s.op = unary[rng() % std::size(unary)];
-        s.a = pick();
-      } else {
-        s.kind = FusedStep::Kind::Binary;
-        s.op = binary[rng() % std::size(binary)];
-        s.a = pick();
-        s.b = pick();
-      }
-      steps.push_back(s);
-    }
+    std::vector<FusedStep> steps = random_steps(rng, 3, 5, unary, binary);
     // Rows summed into a strided output, or into a contiguous one.
     Tensor got = trial % 3 == 0 ? empty({2, shape[0]}).select(0, 1) : empty({shape[0]});
     Tensor want = empty({shape[0]});
