@@ -133,6 +133,58 @@ struct CheckF {
   }
 };
 
+// Contiguous f32 operands (an input may be one broadcast value): four elements a thread through
+// 16-byte loads and stores, the tail one by one.
+struct UnaryF32 {
+  OpKind kind;
+  OpAttrs attrs;
+  __device__ float operator()(float x, float) const { return scalar_unary(kind, x, attrs); }
+};
+struct BinaryF32 {
+  OpKind kind;
+  __device__ float operator()(float x, float y) const { return scalar_binary(kind, x, y); }
+};
+
+template <class Op>
+__global__ void contiguous_f32(int64_t n, float* out, const float* a, bool a_vec, const float* b,
+                               bool b_vec, Op op) {
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const int64_t first = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t n4 = n / 4;
+  const float as = a_vec ? 0.0f : *a, bs = b_vec ? 0.0f : *b;
+  for (int64_t g = first; g < n4; g += step) {
+    float4 x = a_vec ? reinterpret_cast<const float4*>(a)[g] : make_float4(as, as, as, as);
+    float4 y = b_vec ? reinterpret_cast<const float4*>(b)[g] : make_float4(bs, bs, bs, bs);
+    reinterpret_cast<float4*>(out)[g] =
+        make_float4(op(x.x, y.x), op(x.y, y.y), op(x.z, y.z), op(x.w, y.w));
+  }
+  for (int64_t i = n4 * 4 + first; i < n; i += step)
+    out[i] = op(a_vec ? a[i] : as, b_vec ? b[i] : bs);
+}
+
+// Operand k of s is consecutive f32 (vec) or one value (!vec), at a 16-byte boundary if vec.
+bool f32_run(const Strided& s, int k, bool& vec) {
+  if (s.dtype[k] != DType::F32 || s.ndim != 1) return false;
+  vec = s.strides[k][0] != 0;
+  if (vec && s.strides[k][0] != 4) return false;
+  return !vec || reinterpret_cast<uintptr_t>(s.base[k]) % 16 == 0;
+}
+
+template <class Op>
+bool try_contiguous(const Strided& s, int64_t n, cudaStream_t stream, Op op) {
+  bool out_vec = false, a_vec = false;
+  if (!f32_run(s, 0, out_vec) || !out_vec || !f32_run(s, 1, a_vec)) return false;
+  bool b_vec = a_vec;  // a unary op reads its one input again as b, and ignores it
+  if (s.nops > 2 && !f32_run(s, 2, b_vec)) return false;
+  const float* b = s.nops > 2 ? reinterpret_cast<const float*>(s.base[2])
+                              : reinterpret_cast<const float*>(s.base[1]);
+  if (n > 0)
+    contiguous_f32<<<blocks_for((n + 3) / 4), kThreads, 0, stream>>>(
+        n, reinterpret_cast<float*>(s.base[0]), reinterpret_cast<const float*>(s.base[1]), a_vec, b,
+        b_vec, op);
+  return true;
+}
+
 // --- fill patterns -----------------------------------------------------------------------------
 
 template <class T>
@@ -445,6 +497,7 @@ void launch_fill(const Strided& s, int64_t n, double value, int64_t value_i, cud
 
 void launch_unary(OpKind kind, const OpAttrs& attrs, const Strided& s, int64_t n,
                   cudaStream_t stream) {
+  if (try_contiguous(s, n, stream, UnaryF32{kind, attrs})) return;
   dispatch(s.dtype[0], [&](auto tag) {
     using T = typename decltype(tag)::type;
     launch(s, n, stream, UnaryF<T>{kind, attrs});
@@ -452,6 +505,7 @@ void launch_unary(OpKind kind, const OpAttrs& attrs, const Strided& s, int64_t n
 }
 
 void launch_binary(OpKind kind, const Strided& s, int64_t n, cudaStream_t stream) {
+  if (!cpu::is_comparison(kind) && try_contiguous(s, n, stream, BinaryF32{kind})) return;
   dispatch(s.dtype[1], [&](auto tag) {
     using T = typename decltype(tag)::type;
     if (cpu::is_comparison(kind)) launch(s, n, stream, CompareF<T>{kind});
