@@ -10,6 +10,7 @@
 #include <random>
 #include <stdexcept>
 #include <thread>
+#include <sched.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <vector>
@@ -85,6 +86,29 @@ TEST_CASE("a forked child has a working pool") {
     std::atomic<int> hits{0};
     for (int rep = 0; rep < 10; ++rep) run_chunks(4, 2, [&](int64_t) { hits.fetch_add(1); });
     _exit(hits.load() == 40 ? 0 : 1);
+  }
+  int status = 0;
+  REQUIRE(waitpid(pid, &status, 0) == pid);
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
+}
+
+TEST_CASE("the default thread count follows the process's CPU affinity") {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  REQUIRE(sched_getaffinity(0, sizeof set, &set) == 0);
+  CHECK(usable_cpus() == CPU_COUNT(&set));
+  // Narrowed to one CPU (as taskset -c 0 does), a child counts one.
+  pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    int first = 0;
+    while (!CPU_ISSET(first, &set)) ++first;
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(first, &one);
+    if (sched_setaffinity(0, sizeof one, &one) != 0) _exit(2);
+    _exit(usable_cpus() == 1 ? 0 : 1);
   }
   int status = 0;
   REQUIRE(waitpid(pid, &status, 0) == pid);

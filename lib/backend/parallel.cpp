@@ -6,6 +6,7 @@
 #include <exception>
 #include <mutex>
 #include <pthread.h>
+#include <sched.h>
 #include <thread>
 #include <vector>
 
@@ -157,5 +158,16 @@ void run_chunks(int64_t chunks, int threads, void (*fn)(void*, int64_t), void* c
 }
 
 bool in_parallel_region() { return t_in_chunk; }
+
+int usable_cpus() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof set, &set) == 0) {
+    int n = CPU_COUNT(&set);
+    if (n > 0) return n;
+  }
+  int hw = static_cast<int>(std::thread::hardware_concurrency());
+  return hw > 0 ? hw : 1;
+}
 
 }  // namespace tg

@@ -25,4 +25,9 @@ void run_chunks(int64_t chunks, int threads, F&& f) {
 // True on a thread while it runs a chunk (kernels called there stay on that thread).
 bool in_parallel_region();
 
+// The default thread count: the CPUs this process may run on (its affinity mask, which taskset,
+// cgroups' cpusets and containers narrow), not the machine's. More threads than those CPUs
+// would make the caller wait on workers that cannot run until the scheduler preempts it.
+int usable_cpus();
+
 }  // namespace tg

@@ -10,6 +10,7 @@
 
 #include "backend/cpu/cpu_kernels.h"
 #include "backend/cpu/loops.h"
+#include "backend/parallel.h"
 
 namespace tg::cpu {
 
@@ -117,10 +118,7 @@ class CachingAllocator {
 
 class CpuBackend final : public Backend {
  public:
-  CpuBackend() {
-    int hw = static_cast<int>(std::thread::hardware_concurrency());
-    set_threads(hw > 0 ? hw : 1);
-  }
+  CpuBackend() { set_threads(usable_cpus()); }
   void set_threads(int n) {
     g_threads = n;
     set_blas_threads(n);
