@@ -4,6 +4,8 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <memory>
 #include <vector>
 
 #include "core/tensor_impl.h"
@@ -36,6 +38,14 @@ struct FusedStep {
     return kind == o.kind && op == o.op && attrs.a == o.attrs.a && attrs.b == o.attrs.b &&
            dtype == o.dtype && a == o.a && b == o.b && c == o.c;
   }
+};
+
+// Work a backend recorded once and runs again on each launch() (Note [Captured replays],
+// lib/trace/executor.cpp): on CUDA, an instantiated CUDA graph.
+class CapturedWork {
+ public:
+  virtual ~CapturedWork() = default;
+  virtual void launch() = 0;
 };
 
 class Backend {
@@ -109,6 +119,13 @@ class Backend {
   // the default does; a backend overrides it to keep the value out of memory.
   virtual void fused_sum(const std::vector<FusedStep>& steps, const TensorImpl& out,
                          const TensorImpl* const* inputs, size_t ninputs, int nreduced);
+
+  // Records what `work` asks of this device (every call it makes on this backend) without
+  // running it, into work that launch() runs as often as wanted on the same memory. Nothing
+  // (nullptr) where the backend cannot (the default, the CPU's) or where the work did what a
+  // recording cannot hold: a wait for the device, a read of device memory by the host, memory
+  // allocated in it and still held at its end. Nothing has run either way.
+  virtual std::unique_ptr<CapturedWork> capture(const std::function<void()>& work);
 };
 
 // Note [Trace hooks]

@@ -2,7 +2,9 @@
 #include "trace/executor.h"
 
 #include <algorithm>
-
+#include <atomic>
+#include <cstdlib>
+#include <map>
 
 #include "backend/parallel.h"
 #include "core/check.h"
@@ -19,7 +21,60 @@ bool elementwise(const Node& n) {
   return n.call == Call::Unary || n.call == Call::Binary || n.call == Call::Where ||
          n.call == Call::Copy || n.call == Call::Fused;
 }
+
+std::atomic<bool> g_capture_on_cpu{false};
+
+// TAPEGRAD_CUDA_GRAPHS=0 replays node by node (to tell a capture's fault from the rest).
+bool cuda_graphs_enabled() {
+  static const bool on = [] {
+    const char* v = std::getenv("TAPEGRAD_CUDA_GRAPHS");
+    return !(v != nullptr && std::string_view(v) == "0");
+  }();
+  return on;
+}
+
+// The CPU's stand-in for a recording (tests only): runs the work at each launch.
+class Deferred final : public CapturedWork {
+ public:
+  explicit Deferred(std::function<void()> work) : work_(std::move(work)) {}
+  void launch() override { work_(); }
+
+ private:
+  std::function<void()> work_;
+};
+
+// Whether a view's elements lie within `whole`'s (both of one storage), compared in bytes.
+bool within(const View& v, const View& whole) {
+  if (v.numel() == 0) return true;
+  int64_t lo = v.offset, hi = v.offset;
+  for (size_t d = 0; d < v.sizes.size(); ++d) {
+    int64_t span = (v.sizes[d] - 1) * v.strides[d];
+    (span < 0 ? lo : hi) += span;
+  }
+  return lo * esize(v.dtype) >= whole.offset * esize(whole.dtype) &&
+         (hi + 1) * esize(v.dtype) <= (whole.offset + whole.numel()) * esize(whole.dtype);
+}
+
+// A copy of a storage's first nbytes bytes, bit for bit (as integers: no float is touched).
+std::shared_ptr<Storage> clone_bytes(const std::shared_ptr<Storage>& s, size_t nbytes) {
+  auto out = allocate_storage(nbytes, s->device);
+  if (nbytes == 0) return out;
+  DType dt = nbytes % 8 == 0 ? kI64 : nbytes % 4 == 0 ? kI32 : kBool;
+  TensorImpl src, dst;
+  src.storage = s;
+  dst.storage = out;
+  for (TensorImpl* t : {&src, &dst}) {
+    t->dtype = dt;
+    t->numel = static_cast<int64_t>(nbytes / element_size(dt));
+    t->sizes = {t->numel};
+    t->strides = {1};
+  }
+  device_backend(s->device).copy(dst, src);
+  return out;
+}
 }  // namespace
+
+void set_capture_on_cpu_for_tests(bool on) { g_capture_on_cpu = on; }
 
 // Note [Memory plan]
 // Every temp that is neither kept (escaped) nor returned lives in one arena per device, allocated
@@ -193,6 +248,143 @@ Executor::Executor(std::shared_ptr<const Program> program, const MemoryPlan& pla
   tile_at_.assign(p.nodes.size(), -1);
   tiles_.reserve(p.tiles.size());
   for (const TileRun& r : p.tiles) make_tiles(r);
+  plan_capture();
+}
+
+// Note [Captured replays]
+// On CUDA, launching each node's kernels costs the host more than a small kernel costs the GPU,
+// so a batch-1 training step is bound by launches. From the second call of a signature on, the
+// executor has the backend record runs of consecutive nodes (segments) into CUDA graphs and
+// launches each as one call. A recording holds device addresses, so everything it touches must
+// stay where it is:
+//   - arguments are copied (on the device) into buffers the executor keeps, which the graph
+//     reads; outputs are written into kept buffers and copied out into fresh tensors, so a
+//     call's outputs are never overwritten by the next call;
+//   - state, kept temps and the arena stay where they are by construction; each launch still
+//     checks every address a segment touches against those at its recording, and records again
+//     (three times at most) when one moved.
+// What a recording cannot hold runs between segments, as before: index ops (their bounds are
+// checked on the host before anything is written), random draws (each replay draws fresh
+// numbers from the host's Philox offset), constants copied from host memory, and row tiles (a
+// CPU lowering). A program qualifies when all its buffers are on one CUDA device, each argument
+// is its own storage, contiguous, never written, and read only within its own elements.
+// TAPEGRAD_CUDA_GRAPHS=0 turns this off. Mode::Debug never launches segments.
+void Executor::plan_capture() {
+  const Program& p = *program_;
+  segment_at_.assign(p.nodes.size(), -1);
+  if (p.buffers.empty() || p.nodes.empty()) return;
+  Device d = p.buffers[0].device;
+  for (const Buffer& b : p.buffers)
+    if (b.device != d) return;
+  if (!(d.is_cuda() ? cuda_graphs_enabled() : g_capture_on_cpu.load())) return;
+  for (size_t i = 0; i < p.num_inputs; ++i)
+    if (input_buffers_[i] < 0 || !p.input_views[i].contiguous()) return;
+  auto input_ok = [&](const Operand& o) {
+    if (o.buf < 0 || p.buffers[o.buf].kind != BufKind::Input) return true;
+    return within(o.view, p.input_views[p.buffers[o.buf].input]);
+  };
+  std::vector<char> tiled(p.nodes.size(), 0);
+  for (const TileRun& r : p.tiles)
+    for (size_t i = r.first; i < r.end; ++i) tiled[i] = 1;
+  for (const Node& n : p.nodes) {
+    for (const Operand* o : {&n.out, &n.out2})
+      if (o->buf >= 0 && p.buffers[o->buf].kind == BufKind::Input) return;  // writes an argument
+    for (const Operand& o : n.in)
+      if (!input_ok(o)) return;
+  }
+  for (const Operand& o : p.outputs)
+    if (!input_ok(o)) return;
+  auto recordable = [&](size_t i) {
+    Call c = p.nodes[i].call;
+    return !tiled[i] && c != Call::Index && c != Call::Random && c != Call::Constant;
+  };
+  for (size_t i = 0; i < p.nodes.size();) {
+    if (!recordable(i)) {
+      ++i;
+      continue;
+    }
+    size_t j = i;
+    while (j < p.nodes.size() && recordable(j)) ++j;
+    if (j - i >= 2) {  // one node is one launch either way
+      segment_at_[i] = static_cast<int32_t>(segments_.size());
+      Segment g;
+      g.first = i;
+      g.end = j;
+      segments_.push_back(std::move(g));
+    }
+    i = j;
+  }
+  capture_ = !segments_.empty();
+  if (!capture_) return;
+  static_inputs_.resize(p.num_inputs);
+  static_outputs_.resize(fresh_.size());
+  for (size_t k = 0; k < fresh_.size(); ++k) {
+    const Buffer& b = p.buffers[fresh_[k]];
+    static_outputs_[k] = allocate_storage(b.nbytes, b.device);
+  }
+}
+
+std::string Executor::capture_summary() const {
+  if (!capture_) return {};
+  const Program& p = *program_;
+  std::vector<std::string> runs;
+  size_t nodes = 0;
+  int recordings = 0, refused = 0;
+  for (const Segment& g : segments_) {
+    runs.push_back(fmt::format("{}-{}", g.first, g.end - 1));
+    nodes += g.end - g.first;
+    recordings += g.recordings;
+    refused += g.refused;
+  }
+  bool cuda = p.buffers[0].device.is_cuda();
+  return fmt::format(
+      "replay: from the second call, {} of {} nodes run as {} {} (nodes {}); the rest one by "
+      "one; {} recordings so far, {} segments refused\n",
+      nodes, p.nodes.size(), segments_.size(),
+      cuda ? "captured CUDA graphs" : "recorded segments (the CPU test stand-in)",
+      fmt::join(runs, ", "), recordings, refused);
+}
+
+std::vector<const void*> Executor::segment_key(const Segment& g) const {
+  std::vector<const void*> key;
+  for (size_t j = g.first; j < g.end; ++j) {
+    const Step& s = steps_[j];
+    key.push_back(s.out->data());
+    if (s.out2 != nullptr) key.push_back(s.out2->data());
+    for (size_t k = 0; k < s.node->in.size(); ++k) key.push_back(ins_[s.in + k]->data());
+  }
+  return key;
+}
+
+void Executor::run_segment(Segment& g) {
+  if (!g.refused && runs_ >= 1) {  // the first run warms up: kernels compiled, handles made
+    std::vector<const void*> key = segment_key(g);
+    if (g.work && key != g.key) g.work.reset();  // something moved: record again
+    if (!g.work) {
+      if (g.recordings >= 3) {
+        g.refused = true;
+      } else {
+        ++g.recordings;
+        Device d = program_->buffers[0].device;
+        auto work = [this, &g] {
+          for (size_t j = g.first; j < g.end; ++j) exec(steps_[j]);
+        };
+        if (d.is_cpu())
+          g.work = std::make_unique<Deferred>(work);
+        else
+          g.work = device_backend(d).capture(work);
+        if (g.work)
+          g.key = std::move(key);
+        else
+          g.refused = true;  // the backend could not hold it: node by node from now on
+      }
+    }
+    if (g.work) {
+      g.work->launch();
+      return;
+    }
+  }
+  for (size_t j = g.first; j < g.end; ++j) exec(steps_[j]);
 }
 
 void Executor::make_tiles(const TileRun& r) {
@@ -301,9 +493,27 @@ void Executor::bind(const std::vector<Tensor>& args) {
     const TensorImpl& a = *args[i].impl();
     // Views of an argument are relative to its offset: a slice of a bigger tensor replays too.
     int64_t delta = a.offset - p.input_views[i].offset;
-    bound_[b] = a.storage;
+    std::shared_ptr<Storage> storage = a.storage;
+    if (capture_) {
+      // The argument's elements, copied where a recording can read them (Note [Captured
+      // replays]); it is contiguous, so they start the copy.
+      arg_storage_.resize(p.num_inputs);
+      arg_storage_[i] = a.storage;
+      auto nbytes = static_cast<size_t>(a.numel * esize(a.dtype));
+      if (!static_inputs_[i]) static_inputs_[i] = allocate_storage(nbytes, a.device());
+      TensorImpl copy;
+      copy.storage = static_inputs_[i];
+      copy.sizes = a.sizes;
+      copy.strides = a.strides;
+      copy.numel = a.numel;
+      copy.dtype = a.dtype;
+      if (a.numel > 0) device_backend(a.device()).copy(copy, a);
+      storage = static_inputs_[i];
+      delta = -p.input_views[i].offset;
+    }
+    bound_[b] = storage;
     for (size_t j = 0; j < users_[b].size(); ++j) {
-      users_[b][j]->storage = a.storage;
+      users_[b][j]->storage = storage;
       users_[b][j]->offset = recorded_offset_[b][j] + delta;
     }
   }
@@ -322,9 +532,12 @@ void Executor::bind(const std::vector<Tensor>& args) {
     for (TensorImpl* u : users_[b]) u->storage = s;
     bound_[b] = std::move(s);
   }
-  for (int32_t b : fresh_) {
+  for (size_t k = 0; k < fresh_.size(); ++k) {
+    int32_t b = fresh_[k];
     const Buffer& buf = p.buffers[b];
-    std::shared_ptr<Storage> s = allocate_storage(buf.nbytes, buf.device);
+    // Captured: the kept buffer the recording writes; outputs() copies it out.
+    std::shared_ptr<Storage> s =
+        capture_ ? static_outputs_[k] : allocate_storage(buf.nbytes, buf.device);
     for (TensorImpl* u : users_[b]) u->storage = s;
     bound_[b] = std::move(s);
   }
@@ -394,10 +607,23 @@ std::vector<Tensor> Executor::outputs() {
   const Program& p = *program_;
   std::vector<Tensor> out;
   out.reserve(p.outputs.size());
+  std::map<int32_t, std::shared_ptr<Storage>> copied;  // captured: per output buffer
   for (size_t i = 0; i < p.outputs.size(); ++i) {
     const Operand& o = p.outputs[i];
     auto impl = std::make_shared<TensorImpl>();
     impl->storage = bound_[o.buf];
+    if (capture_) {
+      // An argument's view is the argument's (it is never written); a fresh output is copied
+      // out of the buffer the next call overwrites.
+      const Buffer& b = p.buffers[o.buf];
+      if (b.kind == BufKind::Input) {
+        impl->storage = arg_storage_[b.input];
+      } else if (std::find(fresh_.begin(), fresh_.end(), o.buf) != fresh_.end()) {
+        auto& c = copied[o.buf];
+        if (!c) c = clone_bytes(bound_[o.buf], b.nbytes);
+        impl->storage = c;
+      }
+    }
     impl->sizes = o.view.sizes;
     impl->strides = o.view.strides;
     impl->offset = o.view.offset + output_delta_[i];
@@ -422,6 +648,7 @@ void Executor::unbind() {
   for (int32_t b : input_buffers_) drop(b);
   for (int32_t b : state_) drop(b);
   for (int32_t b : fresh_) drop(b);
+  arg_storage_.clear();
 }
 
 std::vector<Tensor> Executor::run(const std::vector<Tensor>& args) {
@@ -431,7 +658,11 @@ std::vector<Tensor> Executor::run(const std::vector<Tensor>& args) {
   } unbind{this};
   prepare(args);
   for (size_t i = 0; i < steps_.size();) {
-    if (tile_at_[i] >= 0) {
+    if (capture_ && segment_at_[i] >= 0) {
+      Segment& g = segments_[static_cast<size_t>(segment_at_[i])];
+      run_segment(g);
+      i = g.end;
+    } else if (tile_at_[i] >= 0) {
       Tiles& t = tiles_[static_cast<size_t>(tile_at_[i])];
       exec_tiles(t);
       i = t.run->end;
@@ -439,6 +670,7 @@ std::vector<Tensor> Executor::run(const std::vector<Tensor>& args) {
       exec(steps_[i++]);
     }
   }
+  ++runs_;
   return outputs();
 }
 

@@ -23,6 +23,9 @@ class Executor {
   Executor& operator=(const Executor&) = delete;
 
   std::vector<Tensor> run(const std::vector<Tensor>& args);
+  // Which nodes replay as recorded work (Note [Captured replays]): a line for the summary, or
+  // empty when none do.
+  std::string capture_summary() const;
   // Calls `visit(node index, output tensor)` after each node (Mode::Debug).
   std::vector<Tensor> run_checked(const std::vector<Tensor>& args,
                                   const std::function<void(size_t, const Tensor&)>& visit);
@@ -57,6 +60,17 @@ class Executor {
   void unbind();
   void exec(const Step& s);
   std::vector<Tensor> outputs();
+  // Note [Captured replays]
+  struct Segment {
+    size_t first = 0, end = 0;               // nodes [first, end)
+    std::unique_ptr<CapturedWork> work;      // recorded at the second run
+    std::vector<const void*> key;            // the data every node touched when recorded
+    int recordings = 0;
+    bool refused = false;                    // run node by node from now on
+  };
+  void plan_capture();
+  std::vector<const void*> segment_key(const Segment& g) const;
+  void run_segment(Segment& g);
 
   std::shared_ptr<const Program> program_;
   std::vector<std::shared_ptr<Storage>> arenas_;
@@ -72,7 +86,21 @@ class Executor {
   std::vector<int32_t> input_buffers_;  // buffer of argument i (-1: aliases an earlier one)
   std::vector<int32_t> fresh_;          // output temps: allocated at every call
   std::vector<int32_t> state_;          // state buffers
+  // Captured replays: segments, the segment starting at each node (-1: none), the arguments'
+  // copies the graph reads, the outputs' buffers it writes, and the arguments themselves.
+  bool capture_ = false;
+  int64_t runs_ = 0;
+  std::vector<Segment> segments_;
+  std::vector<int32_t> segment_at_;
+  std::vector<std::shared_ptr<Storage>> static_inputs_;   // per argument
+  std::vector<std::shared_ptr<Storage>> static_outputs_;  // per fresh_ entry
+  std::vector<std::shared_ptr<Storage>> arg_storage_;     // per argument, during a call
 };
+
+// Tests: executors of CPU programs plan and use captured segments as CUDA ones do, through a
+// stand-in that runs the work at each launch and checks that it touches the data it touched
+// when recorded (tests/test_trace_capture.cpp).
+void set_capture_on_cpu_for_tests(bool on);
 
 // Mode::Debug: runs `reference` (the graph as recorded), then `optimized` node by node, and
 // throws at the first value that differs (debug.cpp, Note [Debug replay]).

@@ -263,7 +263,8 @@ Graph TracedFunction::graph() const { return Graph(cache_->latest().program); }
 
 std::string TracedFunction::pass_summary() const {
   const auto& c = cache_->latest();
-  return c.program->summary + c.memory;
+  // Mode::Debug replays node by node, never through captured segments.
+  return c.program->summary + c.memory + (c.reference ? "" : c.executor->capture_summary());
 }
 
 }  // namespace tg

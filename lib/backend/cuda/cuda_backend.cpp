@@ -9,13 +9,18 @@
 #include <array>
 #include <atomic>
 #include <climits>
+#include <cstdlib>
+#include <map>
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <thread>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "backend/backend.h"
+#include "backend/cuda/fused_source.h"
 #include "backend/cuda/kernels.h"
 #include "core/check.h"
 #include "tapegrad/format.h"
@@ -44,6 +49,7 @@ struct Blas {
   decltype(&cublasSetMathMode) set_math_mode = nullptr;
   decltype(&cublasSgemmStridedBatched) sgemm = nullptr;
   decltype(&cublasDgemmStridedBatched) dgemm = nullptr;
+  decltype(&cublasSetWorkspace_v2) set_workspace = nullptr;
   decltype(&cublasGetStatusName) status_name = nullptr;
   decltype(&cublasGetStatusString) status_string = nullptr;
 };
@@ -67,6 +73,7 @@ const Blas& blas() {
     sym(r.set_math_mode, "cublasSetMathMode");
     sym(r.sgemm, "cublasSgemmStridedBatched");
     sym(r.dgemm, "cublasDgemmStridedBatched");
+    sym(r.set_workspace, "cublasSetWorkspace_v2");
     sym(r.status_name, "cublasGetStatusName");
     sym(r.status_string, "cublasGetStatusString");
     return r;
@@ -151,6 +158,44 @@ Strided strided(std::initializer_list<const TensorImpl*> ops) {
   return s;
 }
 
+// A fused group's parameter block (fused_params_words): out and the inputs at out's shape, dims
+// merged where every operand allows, innermost first. ndim is at least 1.
+std::vector<int64_t> fused_params(const TensorImpl& out, const TensorImpl* const* in, size_t nin,
+                                  int& ndim) {
+  const size_t nops = nin + 1;
+  auto op = [&](size_t k) -> const TensorImpl& { return k == 0 ? out : *in[k - 1]; };
+  std::vector<int64_t> sizes;
+  std::vector<std::vector<int64_t>> strides(nops);
+  for (int d = static_cast<int>(out.sizes.size()) - 1; d >= 0; --d) {
+    if (out.sizes[d] == 1) continue;
+    int64_t size = out.sizes[d];
+    bool merge = !sizes.empty();
+    for (size_t k = 0; k < nops && merge; ++k) {
+      int64_t s = op(k).strides[d] * static_cast<int64_t>(element_size(op(k).dtype));
+      merge = s == strides[k].back() * sizes.back();
+    }
+    if (merge) {
+      sizes.back() *= size;
+      continue;
+    }
+    sizes.push_back(size);
+    for (size_t k = 0; k < nops; ++k)
+      strides[k].push_back(op(k).strides[d] * static_cast<int64_t>(element_size(op(k).dtype)));
+  }
+  if (sizes.empty()) {  // one element
+    sizes.push_back(1);
+    for (auto& s : strides) s.push_back(0);
+  }
+  ndim = static_cast<int>(sizes.size());
+  std::vector<int64_t> words;
+  words.reserve(fused_params_words(static_cast<int>(nops), ndim));
+  words.push_back(out.numel);
+  words.insert(words.end(), sizes.begin(), sizes.end());
+  for (auto& s : strides) words.insert(words.end(), s.begin(), s.end());
+  for (size_t k = 0; k < nops; ++k) words.push_back(reinterpret_cast<intptr_t>(op(k).data()));
+  return words;
+}
+
 size_t nbytes_of(const TensorImpl& t) {
   return static_cast<size_t>(t.numel) * element_size(t.dtype);
 }
@@ -193,6 +238,7 @@ class CudaBackend final : public Backend {
         void* p = it->second.back();
         it->second.pop_back();
         note_alloc(size);
+        if (recording_here()) capture_live_.insert(p);
         return p;
       }
     }
@@ -218,6 +264,7 @@ class CudaBackend final : public Backend {
     std::lock_guard<std::mutex> lock(mu_);
     reserved_ += static_cast<int64_t>(size);
     note_alloc(size);
+    if (recording_here()) capture_live_.insert(p);
     return p;
   }
 
@@ -226,11 +273,19 @@ class CudaBackend final : public Backend {
     // use of it, so the block may be handed out again at once.
     size_t size = round_size(nbytes);
     std::lock_guard<std::mutex> lock(mu_);
-    cache_[size].push_back(ptr);
     allocated_ -= static_cast<int64_t>(size);
+    if (recording_here()) {
+      // A block freed while a replay is recorded is the graph's until the graph is destroyed:
+      // each launch writes it again (Note [Captured replays]).
+      capture_live_.erase(ptr);
+      capture_freed_.push_back({ptr, size});
+      return;
+    }
+    cache_[size].push_back(ptr);
   }
 
   void empty_cache() {
+    refuse_while_capturing("empty_cache");
     if (stream_ != nullptr) (void)cudaStreamSynchronize(stream_);
     std::lock_guard<std::mutex> lock(mu_);
     for (auto& [size, blocks] : cache_) {
@@ -253,6 +308,7 @@ class CudaBackend final : public Backend {
   }
 
   void synchronize() override {
+    refuse_while_capturing("synchronize");
     enter("synchronize");
     TG_CUDA("synchronize", cudaStreamSynchronize(stream_));
   }
@@ -261,13 +317,14 @@ class CudaBackend final : public Backend {
 
   void copy(const TensorImpl& dst, const TensorImpl& src) override {
     enter("copy");
-    launch_copy(strided({&dst, &src}), dst.numel, stream_);
+    launch_copy(strided({&dst, &src}), dst.numel, stream());
     TG_LAUNCHED("copy");
   }
 
   // Large copies go through a pinned buffer, so the transfer runs at the bus's speed; small ones
   // straight from pageable memory.
   void copy_from_host(const TensorImpl& dst, const void* src) override {
+    refuse_while_capturing("copy to cuda");
     enter("copy to cuda");
     size_t n = nbytes_of(dst);
     auto* d = static_cast<char*>(dst.data());
@@ -288,6 +345,7 @@ class CudaBackend final : public Backend {
   }
 
   void copy_to_host(void* dst, const TensorImpl& src) override {
+    refuse_while_capturing("copy to cpu");
     enter("copy to cpu");
     size_t n = nbytes_of(src);
     const char* s = src.data();
@@ -309,13 +367,13 @@ class CudaBackend final : public Backend {
 
   void fill(const TensorImpl& dst, Scalar value) override {
     enter("fill");
-    launch_fill(strided({&dst}), dst.numel, value.to_double(), value.to_int(), stream_);
+    launch_fill(strided({&dst}), dst.numel, value.to_double(), value.to_int(), stream());
     TG_LAUNCHED("fill");
   }
 
   void iota(const TensorImpl& dst, double start, double step) override {
     enter("arange");
-    launch_iota(dst.data(), dst.dtype, dst.numel, start, step, stream_);
+    launch_iota(dst.data(), dst.dtype, dst.numel, start, step, stream());
     TG_LAUNCHED("arange");
   }
 
@@ -323,7 +381,7 @@ class CudaBackend final : public Backend {
               double b) override {
     enter("random");
     int k = kind == RandomKind::Uniform ? 0 : kind == RandomKind::Normal ? 1 : 2;
-    launch_random(k, dst.data(), dst.dtype, dst.numel, seed, offset, a, b, stream_);
+    launch_random(k, dst.data(), dst.dtype, dst.numel, seed, offset, a, b, stream());
     TG_LAUNCHED("random");
   }
 
@@ -332,21 +390,21 @@ class CudaBackend final : public Backend {
   void unary(OpKind kind, const TensorImpl& out, const TensorImpl& x,
              const OpAttrs& attrs) override {
     enter(op_name(kind));
-    launch_unary(kind, attrs, strided({&out, &x}), out.numel, stream_);
+    launch_unary(kind, attrs, strided({&out, &x}), out.numel, stream());
     TG_LAUNCHED(op_name(kind));
   }
 
   void binary(OpKind kind, const TensorImpl& out, const TensorImpl& a,
               const TensorImpl& b) override {
     enter(op_name(kind));
-    launch_binary(kind, strided({&out, &a, &b}), out.numel, stream_);
+    launch_binary(kind, strided({&out, &a, &b}), out.numel, stream());
     TG_LAUNCHED(op_name(kind));
   }
 
   void where(const TensorImpl& out, const TensorImpl& cond, const TensorImpl& a,
              const TensorImpl& b) override {
     enter("where");
-    launch_where(strided({&out, &cond, &a, &b}), out.numel, stream_);
+    launch_where(strided({&out, &cond, &a, &b}), out.numel, stream());
     TG_LAUNCHED("where");
   }
 
@@ -370,7 +428,7 @@ class CudaBackend final : public Backend {
     g.nout = out.numel;
     size_t ws = reduce_workspace_bytes(g);
     void* workspace = ws > 0 ? allocate(ws) : nullptr;
-    launch_reduce(kind, x.dtype, x.data(), out.data(), g, workspace, stream_);
+    launch_reduce(kind, x.dtype, x.data(), out.data(), g, workspace, stream());
     if (workspace != nullptr) deallocate(workspace, ws);  // stream-ordered: safe at once
     TG_LAUNCHED(op_name(kind));
   }
@@ -441,7 +499,7 @@ class CudaBackend final : public Backend {
               : index.strides[d];
     }
     launch_index(kind, out.dtype, out.data(), x.data(),
-                 reinterpret_cast<const int64_t*>(index.data()), g, space.numel, stream_);
+                 reinterpret_cast<const int64_t*>(index.data()), g, space.numel, stream());
     TG_LAUNCHED(op);
   }
 
@@ -462,11 +520,138 @@ class CudaBackend final : public Backend {
     }
     launch_window(kind, out.dtype, out.data(), x.data(),
                   indices != nullptr ? reinterpret_cast<int64_t*>(indices->data()) : nullptr, g,
-                  stream_);
+                  stream());
     TG_LAUNCHED(op);
   }
 
+  // --- fused groups (Note [Generated fused kernels], fused_source.cpp) --------------------------
+
+  void fused(const std::vector<FusedStep>& steps, const TensorImpl& out,
+             const TensorImpl* const* inputs, size_t ninputs) override {
+    enter("fused");
+    if (out.numel == 0) return;
+    int ndim = 0;
+    std::vector<int64_t> words = fused_params(out, inputs, ninputs, ndim);
+    // Kernel parameters are limited to 4 KB; the generator may decline a step; NVRTC may be
+    // missing (a machine with the driver and runtime only). Then the reference runs the steps.
+    cudaKernel_t kernel = nullptr;
+    if (generated_fusion() && words.size() * sizeof(int64_t) <= 4000) {
+      std::vector<DType> dtypes;
+      for (size_t k = 0; k < ninputs; ++k) dtypes.push_back(inputs[k]->dtype);
+      if (auto src = fused_source(steps, dtypes, out.dtype, ndim)) kernel = fused_kernel(*src);
+    }
+    if (kernel == nullptr) {
+      Backend::fused(steps, out, inputs, ninputs);
+      return;
+    }
+    constexpr int kThreads = 256;
+    int64_t blocks = std::min<int64_t>((out.numel + kThreads - 1) / kThreads,
+                                       int64_t{32} * std::max(sm_count_, 1));
+    void* args[] = {words.data()};
+    TG_CUDA("fused", cudaLaunchKernel(reinterpret_cast<const void*>(kernel),
+                                      dim3(static_cast<unsigned>(blocks)), dim3(kThreads), args, 0,
+                                      stream()));
+    TG_LAUNCHED("fused");
+  }
+
+  // --- captured replays (Note [Captured replays], lib/trace/executor.cpp) ----------------------
+
+  std::unique_ptr<CapturedWork> capture(const std::function<void()>& work) override {
+    enter("capture");
+    std::lock_guard<std::mutex> one(capture_mu_);  // one recording at a time
+    if (capture_stream_ == nullptr)
+      TG_CUDA("capture", cudaStreamCreateWithFlags(&capture_stream_, cudaStreamNonBlocking));
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      capture_thread_ = std::this_thread::get_id();
+      capture_live_.clear();
+      capture_freed_.clear();
+      capturing_ = true;
+    }
+    // The recording thread's calls go to a stream of their own (stream()), so that another
+    // thread's work on this device is never recorded with them; cuBLAS follows. Relaxed:
+    // allocations (cudaMalloc) are allowed while recording; what would wait for the device is
+    // refused by refuse_while_capturing() before it is tried.
+    cublasHandle_t h = blas_;
+    if (h != nullptr) TG_CUBLAS("capture", blas().set_stream(h, capture_stream_));
+    bool ok = cudaStreamBeginCapture(capture_stream_, cudaStreamCaptureModeRelaxed) == cudaSuccess;
+    if (ok) {
+      try {
+        work();
+      } catch (const std::exception&) {
+        ok = false;  // the caller runs the work as it is instead
+      }
+    }
+    cudaGraph_t graph = nullptr;
+    // Ended whatever happened, so that the stream is usable again.
+    bool ended = cudaStreamEndCapture(capture_stream_, &graph) == cudaSuccess && graph != nullptr;
+    ok = ok && ended;
+    if (h != nullptr) (void)blas().set_stream(h, stream_);
+    // A product recorded first made the handle inside the recording, on the capture stream.
+    if (blas_ != nullptr && h == nullptr) {
+      (void)blas().set_stream(blas_, stream_);
+      ok = false;
+    }
+    std::vector<std::pair<void*, size_t>> freed;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      capturing_ = false;
+      freed.swap(capture_freed_);
+      // Memory made while recording and still held would be written by every launch while its
+      // holder uses it.
+      ok = ok && capture_live_.empty();
+      capture_live_.clear();
+    }
+    cudaGraphExec_t exec = nullptr;
+    if (ok && cudaGraphInstantiate(&exec, graph, 0) != cudaSuccess) exec = nullptr;
+    if (graph != nullptr) (void)cudaGraphDestroy(graph);
+    (void)cudaGetLastError();
+    if (exec == nullptr) {
+      // Nothing ran: the blocks freed while recording are free.
+      std::lock_guard<std::mutex> lock(mu_);
+      for (auto& [p, size] : freed) cache_[size].push_back(p);
+      return nullptr;
+    }
+    return std::make_unique<Graph>(*this, exec, std::move(freed));
+  }
+
  private:
+  // An instantiated CUDA graph, with the blocks its kernels use that no tensor holds.
+  class Graph final : public CapturedWork {
+   public:
+    Graph(CudaBackend& be, cudaGraphExec_t exec, std::vector<std::pair<void*, size_t>> held)
+        : be_(be), exec_(exec), held_(std::move(held)) {}
+    ~Graph() override {
+      (void)cudaStreamSynchronize(be_.stream_);  // a launch may still be running
+      (void)cudaGraphExecDestroy(exec_);
+      (void)cudaGetLastError();
+      std::lock_guard<std::mutex> lock(be_.mu_);
+      for (auto& [p, size] : held_) be_.cache_[size].push_back(p);
+    }
+    void launch() override {
+      be_.enter("replay");
+      TG_CUDA("replay", cudaGraphLaunch(exec_, be_.stream_));
+    }
+
+   private:
+    CudaBackend& be_;
+    cudaGraphExec_t exec_;
+    std::vector<std::pair<void*, size_t>> held_;
+  };
+
+  // What waits for the device, or reads its memory on the host, cannot be recorded: refused
+  // while recording, so that the recording is dropped and the work runs as it is.
+  void refuse_while_capturing(std::string_view op) {
+    TG_CHECK(!recording_here(), "{}: not allowed while a replay is being captured", op);
+  }
+
+  // Whether this thread is recording on this device (capture()).
+  bool recording_here() const {
+    return capturing_ && std::this_thread::get_id() == capture_thread_;
+  }
+  // The stream this thread's work goes to: the capture stream while it records.
+  cudaStream_t stream() const { return recording_here() ? capture_stream_ : stream_.load(); }
+
   static constexpr size_t kPinnedFrom = size_t{1} << 20;   // bytes
   static constexpr size_t kPinnedBytes = size_t{8} << 20;  // the staging buffer
 
@@ -486,12 +671,45 @@ class CudaBackend final : public Backend {
         TG_CUDA(op, cudaSetDevice(index_));
         cudaStream_t s = nullptr;
         TG_CUDA(op, cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+        int major = 0, minor = 0, sms = 0;
+        TG_CUDA(op, cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, index_));
+        TG_CUDA(op, cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, index_));
+        TG_CUDA(op, cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, index_));
+        arch_ = major * 10 + minor;
+        sm_count_ = sms;
         stream_ = s;
       }
     }
     int current = -1;
     TG_CUDA(op, cudaGetDevice(&current));
     if (current != index_) TG_CUDA(op, cudaSetDevice(index_));
+  }
+
+  // Generated kernels for fused groups unless NVRTC is missing or TAPEGRAD_CUDA_FUSED=reference
+  // asks for the reference (to tell a generated kernel's fault from the rest).
+  static bool generated_fusion() {
+    static const bool on = [] {
+      const char* v = std::getenv("TAPEGRAD_CUDA_FUSED");
+      return !(v != nullptr && std::string_view(v) == "reference") && nvrtc_available();
+    }();
+    return on;
+  }
+
+  // The kernel of one generated source for this device's architecture: compiled by NVRTC at its
+  // first use and loaded once (a loaded library serves every device).
+  cudaKernel_t fused_kernel(const std::string& source) {
+    static std::mutex mu;
+    static std::map<std::pair<std::string, int>, cudaKernel_t> loaded;
+    std::lock_guard<std::mutex> lock(mu);
+    auto key = std::pair{source, arch_};
+    if (auto it = loaded.find(key); it != loaded.end()) return it->second;
+    const std::string& cubin = nvrtc_compile(source, arch_);
+    cudaLibrary_t lib = nullptr;
+    TG_CUDA("fused", cudaLibraryLoadData(&lib, cubin.data(), nullptr, nullptr, 0, nullptr, nullptr, 0));
+    cudaKernel_t k = nullptr;
+    TG_CUDA("fused", cudaLibraryGetKernel(&k, lib, kFusedKernelName));
+    loaded.emplace(std::move(key), k);
+    return k;
   }
 
   // This device's cuBLAS handle on its stream, made at the first product.
@@ -501,6 +719,16 @@ class CudaBackend final : public Backend {
       cublasHandle_t h = nullptr;
       TG_CUBLAS("matmul", blas().create(&h));
       TG_CUBLAS("matmul", blas().set_stream(h, stream_));
+      // A workspace of its own, so that cuBLAS never allocates inside a captured replay (32 MiB:
+      // what NVIDIA suggests for Hopper).
+      constexpr size_t kBlasWorkspace = size_t{32} << 20;
+      void* ws = nullptr;
+      TG_CUDA("matmul", cudaMalloc(&ws, kBlasWorkspace));
+      TG_CUBLAS("matmul", blas().set_workspace(h, ws, kBlasWorkspace));
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        reserved_ += static_cast<int64_t>(kBlasWorkspace);
+      }
       blas_ = h;
     }
     return blas_;
@@ -519,6 +747,7 @@ class CudaBackend final : public Backend {
   // Every index checked before anything is written (as on the CPU): one flag read back.
   void check_indices(const TensorImpl& index, int64_t size, std::string_view op, int dim) {
     if (index.numel == 0) return;
+    refuse_while_capturing(op);
     void* flag = allocate(2 * sizeof(int64_t));
     struct Free {
       CudaBackend* be;
@@ -555,12 +784,21 @@ class CudaBackend final : public Backend {
   }
 
   int index_;
+  int arch_ = 0;      // compute capability as major * 10 + minor
+  int sm_count_ = 0;  // multiprocessors
   std::mutex init_mu_;
   std::atomic<cudaStream_t> stream_{nullptr};
   cublasHandle_t blas_ = nullptr;
   std::mutex mu_;
   std::unordered_map<size_t, std::vector<void*>> cache_;
   int64_t allocated_ = 0, reserved_ = 0, peak_ = 0;
+  // While capture() records (under mu_): blocks allocated and not yet freed, and blocks freed.
+  std::atomic<bool> capturing_{false};
+  std::thread::id capture_thread_;
+  std::mutex capture_mu_;
+  cudaStream_t capture_stream_ = nullptr;
+  std::unordered_set<void*> capture_live_;
+  std::vector<std::pair<void*, size_t>> capture_freed_;
   std::mutex pinned_mu_;
   void* pinned_ = nullptr;
 };

@@ -1,0 +1,40 @@
+// Generated CUDA kernels for fused elementwise groups (Note [Generated fused kernels]): the
+// source text of one group's kernel, and NVRTC, which compiles it at run time. Plain C++: no CUDA
+// headers, so the generator is tested on machines without a GPU.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "backend/backend.h"
+
+namespace tg::cuda_detail {
+
+inline constexpr const char* kFusedKernelName = "tg_fused";
+
+// The CUDA C++ source of a kernel running `steps` once per element over operands merged into
+// `ndim` dims (operand 0 the output, of `out`'s dtype; then the inputs), named kFusedKernelName,
+// taking one parameter block laid out as FusedParams describes. Nothing when a step has no
+// generated form; the backend then runs the reference.
+std::optional<std::string> fused_source(const std::vector<FusedStep>& steps,
+                                        std::span<const DType> inputs, DType out, int ndim);
+
+// The generated kernel's parameter block: 8-byte words, in this order:
+//   n (elements), sizes[ndim] (innermost first), strides[nops][ndim] (bytes), base[nops].
+inline size_t fused_params_words(int nops, int ndim) {
+  return 1 + static_cast<size_t>(ndim) + static_cast<size_t>(nops) * (static_cast<size_t>(ndim) + 1);
+}
+
+// NVRTC, opened on first use (Note [cuBLAS on demand] applies to it as well).
+bool nvrtc_available();
+// The library's version as major * 1000 + minor * 10 (13000 for 13.0); 0 when not available.
+int nvrtc_version();
+// Compiles `source` for sm_<arch> (90 for an H100) into a cubin; a compile error is a tg::Error
+// with NVRTC's log. Cached by (source, arch) for the life of the process.
+const std::string& nvrtc_compile(const std::string& source, int arch);
+
+}  // namespace tg::cuda_detail

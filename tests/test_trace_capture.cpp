@@ -1,0 +1,181 @@
+// Captured replays (Note [Captured replays], lib/trace/executor.cpp), tested on the CPU through
+// the executor's stand-in for a CUDA graph: the same segments, the same kept argument and output
+// buffers, a check at each launch that every address a segment touches is the one it was
+// recorded with. What only a GPU can show (the graph itself) is in test_cuda.cpp.
+#include <doctest/doctest.h>
+#include <tapegrad/tapegrad.h>
+
+#include <cmath>
+
+#include "trace/executor.h"
+
+using namespace tg;
+namespace F = tg::nn::functional;
+
+namespace {
+
+// Captured segments for the CPU programs traced in its scope.
+struct CaptureOnCpu {
+  CaptureOnCpu() { trace_detail::set_capture_on_cpu_for_tests(true); }
+  ~CaptureOnCpu() { trace_detail::set_capture_on_cpu_for_tests(false); }
+};
+
+bool same(const Tensor& a, const Tensor& b) {
+  if (a.shape() != b.shape() || a.dtype() != b.dtype()) return false;
+  auto x = a.to_vector<double>(), y = b.to_vector<double>();
+  for (size_t i = 0; i < x.size(); ++i)
+    if (!(x[i] == y[i] || (std::isnan(x[i]) && std::isnan(y[i])))) return false;
+  return true;
+}
+
+// Row tiles are a CPU lowering that segments leave out; without them a CPU program is cut into
+// segments as a CUDA one is.
+const TraceOptions kNoTiles{.disable = {"tile"}};
+
+bool captured(const std::string& summary) {
+  return summary.find("replay: from the second call") != std::string::npos;
+}
+
+struct Mlp {
+  std::vector<Tensor> params;
+  Mlp() {
+    manual_seed(4);
+    params = {(randn({12, 16}) * 0.3).requires_grad_(), zeros({16}).requires_grad_(),
+              (randn({16, 5}) * 0.3).requires_grad_(), zeros({5}).requires_grad_()};
+  }
+  Tensor step(const Tensor& x, const Tensor& y) {
+    Tensor h = tanh(x.matmul(params[0]) + params[1]).matmul(params[2]) + params[3];
+    Tensor loss = F::cross_entropy(h, y);
+    auto grads = grad({loss}, params);
+    NoGradGuard no_grad;
+    for (size_t i = 0; i < params.size(); ++i) params[i].sub_(grads[i] * 0.1);
+    return loss;
+  }
+};
+
+}  // namespace
+
+TEST_CASE("capture: a training step replays through recorded segments with the same bits") {
+  Mlp plain_model, captured_model;
+  // Uncaptured first (a trace compiles at its first call), then the same calls captured.
+  auto plain =
+      trace([&](const Tensor& x, const Tensor& y) { return plain_model.step(x, y); }, kNoTiles);
+  std::vector<Tensor> want;
+  std::vector<std::vector<Tensor>> want_params;
+  for (int it = 0; it < 5; ++it) {
+    manual_seed(100 + it);
+    Tensor x = randn({7, 12}), y = randint(0, 5, {7});
+    want.push_back(plain(x, y));
+    want_params.push_back({});
+    for (const Tensor& p : plain_model.params) want_params.back().push_back(p.detach().clone());
+  }
+  CaptureOnCpu on;
+  auto cap = trace(
+      [&](const Tensor& x, const Tensor& y) { return captured_model.step(x, y); }, kNoTiles);
+  std::vector<Tensor> losses;
+  for (int it = 0; it < 5; ++it) {
+    CAPTURE(it);
+    manual_seed(100 + it);
+    Tensor x = randn({7, 12}), y = randint(0, 5, {7});
+    Tensor b = cap(x, y);
+    CHECK(same(want[it], b));
+    for (size_t i = 0; i < 4; ++i) CHECK(same(want_params[it][i], captured_model.params[i]));
+    losses.push_back(b);
+  }
+  // Index ops (the loss's gather, its gradient's scatter) run between segments.
+  std::string summary = cap.pass_summary();
+  CHECK(captured(summary));
+  CHECK(summary.find("recorded segments") != std::string::npos);
+  // Recorded once each at the second call, never again: every address a segment touches
+  // (kept argument copies and output buffers, state, the arena) stayed where it was.
+  size_t nsegments = 0;
+  for (size_t at = summary.find("-", summary.find("(nodes ")); at < summary.find(");");
+       at = summary.find("-", at + 1))
+    ++nsegments;
+  CHECK(nsegments >= 2);
+  CHECK(summary.find(fmt::format("; {} recordings so far, 0 segments refused", nsegments)) !=
+        std::string::npos);
+  CHECK_FALSE(captured(plain.pass_summary()));
+  CHECK(cap.graph().count("gather") == 1);
+  // Each call's output is its own: later calls, which write the kept buffer, leave it alone.
+  for (size_t i = 0; i + 1 < losses.size(); ++i) CHECK_FALSE(same(losses[i], losses[i + 1]));
+  Tensor first = losses[0].clone();
+  manual_seed(100);
+  cap(randn({7, 12}), randint(0, 5, {7}));
+  CHECK(same(losses[0], first));
+}
+
+TEST_CASE("capture: arguments written, aliased or strided keep a program node by node") {
+  CaptureOnCpu on;
+  auto writes = trace([](Tensor x) {
+    x.add_(1);
+    return tanh(x * 2 + 1) * 3;
+  });
+  Tensor x = randn({4, 6}), x0 = x.clone();
+  writes(x);
+  CHECK_FALSE(captured(writes.pass_summary()));
+  CHECK(same(x, x0 + 1));
+  auto two = trace([](const Tensor& a, const Tensor& b) { return exp(a * 2).sum() + (b - 1).sum(); });
+  Tensor base = randn({10});
+  Tensor r1 = two(base.slice(0, 0, 5), base.slice(0, 5, 10));  // one storage
+  CHECK_FALSE(captured(two.pass_summary()));
+  CHECK(std::abs(r1.item<float>() - (exp(base.slice(0, 0, 5) * 2).sum() +
+                                     (base.slice(0, 5, 10) - 1).sum()).item<float>()) < 1e-5);
+  auto strided = trace([](const Tensor& a) { return exp(a * 2).sum({0}) + 1; });
+  Tensor t = randn({6, 3}).t();
+  Tensor s1 = strided(t);
+  CHECK_FALSE(captured(strided.pass_summary()));
+  CHECK(same(s1, exp(t * 2).sum({0}) + 1));
+  // A contiguous argument of its own is captured.
+  auto fine = trace([](const Tensor& a) { return exp(a * 2).sum({0}) + 1; }, kNoTiles);
+  Tensor c = randn({3, 6});
+  fine(c);
+  CHECK(captured(fine.pass_summary()));
+  for (int i = 0; i < 3; ++i) {
+    Tensor c2 = randn({3, 6});
+    CHECK(same(fine(c2), exp(c2 * 2).sum({0}) + 1));
+  }
+}
+
+TEST_CASE("capture: an output that views an argument is still the argument's") {
+  CaptureOnCpu on;
+  auto f = trace([](const Tensor& x) {
+    return std::vector<Tensor>{x.slice(0, 1, 3), tanh(x * 2 + 1).sum({1}), x * 3};
+  }, kNoTiles);
+  for (int it = 0; it < 3; ++it) {
+    Tensor x = randn({4, 5});
+    auto out = f(x);
+    CHECK(out[0].is_alias_of(x));
+    CHECK(same(out[0], x.slice(0, 1, 3)));
+    CHECK(same(out[1], tanh(x * 2 + 1).sum({1})));
+    CHECK(same(out[2], x * 3));
+    CHECK_FALSE(out[2].is_alias_of(x));
+  }
+  CHECK(captured(f.pass_summary()));
+}
+
+TEST_CASE("capture: random draws run between segments and are fresh at each replay") {
+  auto fn = [](const Tensor& x) {
+    Tensor d = F::dropout(tanh(x * 2 + 1), 0.5);
+    return (d * 3 + 1).sum({1}) / (x.abs().sum({1}) + 1);
+  };
+  auto plain = trace(fn, kNoTiles);
+  Tensor x = randn({8, 32});
+  std::vector<Tensor> want;
+  for (int it = 0; it < 4; ++it) {
+    manual_seed(50 + it);
+    want.push_back(plain(x));
+  }
+  CaptureOnCpu on;
+  auto cap = trace(fn, kNoTiles);
+  std::vector<Tensor> outs;
+  for (int it = 0; it < 4; ++it) {
+    manual_seed(50 + it);
+    Tensor b = cap(x);
+    CHECK(same(want[it], b));
+    outs.push_back(b);
+  }
+  CHECK(captured(cap.pass_summary()));
+  CHECK(cap.graph().count("rand") == 1);
+  CHECK_FALSE(same(outs[1], outs[2]));
+}
