@@ -5,6 +5,7 @@
 #include <memory>
 
 #include "backend/cpu/cpu_kernels.h"
+#include "backend/cpu/jit.h"
 #include "backend/cpu/loops.h"
 #include "backend/cpu/scalar_math.h"
 #include "backend/cpu/vec_kernels.h"
@@ -120,10 +121,13 @@ void zip_block(O* o, const T* a, bool av, const T* b, bool bv, int64_t n, F f) {
   }
 }
 
-// Each step's vectorized f32 kernel (null: none), looked up once per call, not once per block.
+// Each step's vectorized f32 kernel (null: none), looked up once per call, not once per block;
+// and the group as machine code, when it has some (Note [Compiled fused groups], jit.cpp).
 struct StepKernels {
   std::array<UnaryF32, kMaxFusedSteps> unary;
   std::array<BinaryF32, kMaxFusedSteps> binary;
+  JitFn jit = nullptr;
+  size_t nin = 0;
 
   explicit StepKernels(const std::vector<FusedStep>& steps) {
     const VecKernels& vk = vec_kernels();
@@ -283,6 +287,14 @@ struct Scratch {
 void run_block(const std::vector<FusedStep>& steps, const StepKernels& kernels, Reg* regs,
                const Reg* inputs, Scratch& scratch, char* dst, DType out_dtype, int64_t n) {
   size_t last = steps.size() - 1;
+  if (kernels.jit != nullptr) {
+    // Made for this call's broadcast inputs; every step f32, so the inputs are too.
+    std::array<const float*, kMaxFusedOperands> in;
+    for (size_t k = 0; k < kernels.nin; ++k) in[k] = at<float>(inputs[k]);
+    kernels.jit(reinterpret_cast<float*>(dst), in.data(), n);
+    regs[last] = {dst, true, kF32};
+    return;
+  }
   for (size_t i = 0; i < steps.size(); ++i)
     regs[i] = run_step(steps[i], i, kernels, regs, inputs, i == last ? dst : scratch.reg(i), n);
   const Reg& r = regs[last];
@@ -314,7 +326,17 @@ void fused_kernel(const std::vector<FusedStep>& steps, const TensorImpl& out,
   int64_t block_elems = by_row ? block_len : rows_per_block * inner;
   int64_t grain = std::max<int64_t>(1, kParallelGrain / block_elems);
   auto inner_stride = [&](int k) { return L.ndim ? L.strides[k][0] : L.esize[k]; };
-  const StepKernels kernels(steps);
+  StepKernels kernels(steps);
+  {
+    uint64_t vec = 0;  // which inputs a block reads as a run (the others: one element)
+    for (size_t k = 0; k < nin; ++k) {
+      int op = static_cast<int>(k + 1);
+      bool run = by_row ? inner_stride(op) != 0 : !L.zero[op];
+      vec |= static_cast<uint64_t>(run) << k;
+    }
+    kernels.jit = jit_fused(steps, vec, nin);
+    kernels.nin = nin;
+  }
 
   parallel_for(items, grain, [&](int64_t begin, int64_t end) {
     Scratch scratch(steps.size(), nin);
@@ -431,10 +453,20 @@ bool fused_sum_kernel(const std::vector<FusedStep>& steps, const TensorImpl& out
     *reinterpret_cast<float*>(o) = static_cast<float>(v);
   };
   auto inner_stride = [&](int k) { return L.strides[k][0]; };
-  const StepKernels kernels(steps);
   // Rows of 256 or more: a block per row, a broadcast along it stays one element (as in
   // fused_kernel). Shorter rows: blocks of whole rows, operands not flat gathered row by row.
   const bool by_row = inner >= 256;
+  StepKernels kernels(steps);
+  {
+    uint64_t vec = 0;
+    for (size_t k = 0; k < nin; ++k) {
+      int op = static_cast<int>(k + 1);
+      bool run = by_row ? inner_stride(op) != 0 : !L.zero[op];
+      vec |= static_cast<uint64_t>(run) << k;
+    }
+    kernels.jit = jit_fused(steps, vec, nin);
+    kernels.nin = nin;
+  }
   const int64_t rows_per_block = by_row ? 1 : std::max<int64_t>(1, kBlock / inner);
   const int64_t items = (rows + rows_per_block - 1) / rows_per_block;
   const int64_t grain = std::max<int64_t>(1, kParallelGrain / (rows_per_block * inner));

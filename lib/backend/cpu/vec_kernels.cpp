@@ -683,6 +683,11 @@ void max_pool_2x2(float* __restrict out, int64_t* __restrict idx, const float* _
 }  // namespace
 
 extern const VecKernels kTable;
-const VecKernels kTable{TG_VEC_NAME, unary, binary, sum, gemm_skinny, where, max_pool_2x2};
+#if defined(__AVX512F__)
+const VecKernels kTable{TG_VEC_NAME, unary, binary, sum, gemm_skinny, where, max_pool_2x2,
+                        reinterpret_cast<const void*>(&gelu16)};
+#else
+const VecKernels kTable{TG_VEC_NAME, unary, binary, sum, gemm_skinny, where, max_pool_2x2, nullptr};
+#endif
 
 }  // namespace tg::cpu::TG_VEC_NS

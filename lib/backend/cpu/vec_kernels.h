@@ -37,6 +37,9 @@ struct VecKernels {
   // maxima and their flat indices in the plane (NaN wins, the first maximum on ties).
   void (*max_pool_2x2_f32)(float* out, int64_t* idx, const float* plane, int64_t OH, int64_t OW,
                            int64_t W);
+  // The AVX-512 table's 16-lane GELU, __m512 (*)(__m512) (zmm0 in and out), which compiled
+  // fused groups call (jit.cpp); null in the other tables.
+  const void* gelu16;
 };
 
 // The best table this CPU supports (TAPEGRAD_ISA=baseline|avx2|avx512 forces one, for tests and

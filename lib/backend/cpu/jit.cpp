@@ -1,0 +1,340 @@
+// Note [Compiled fused groups]
+// The blocked kernel (fused.cpp) runs a group step by step over a block, each step a vector loop
+// that loads its operands from L1 and stores its value there. A cheap step is then bound by
+// its stores (one 64-byte store takes two cycles on this machine's Zen 4 core), so LayerNorm's
+// (x - mean)·rstd·γ + β costs four such passes where one would do. Here a group of f32 steps
+// becomes machine code (Xbyak, AVX-512) that walks the block 16 lanes at a time with every value
+// in a register: inputs broadcast over the block are loaded once, the others where they are
+// read, and only the group's value is stored. The tail is the same code under a lane mask.
+// The same bits as the interpreter: each step is the instruction its vector kernel uses
+// (vec_kernels.cpp): vaddps, vsubps, vmulps, vdivps, vsqrtps; sqrt then a division for rsqrt;
+// a sign flip or clear for neg and abs; max and min as vmaxps / vminps with NaN lanes replaced
+// by x + y; relu keeping x where x > 0 or x is NaN; and gelu by calling the vector kernel's
+// own 16-lane function, every live register saved around the call. No product and sum are
+// joined into one fused multiply-add.
+// Code is made once per (steps, which inputs are broadcast) and kept for the process; W^X: the
+// buffer is made executable only when the code is complete.
+#include "backend/cpu/jit.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+
+#include "backend/cpu/vec_kernels.h"
+
+#if defined(__x86_64__) && defined(TG_HAVE_XBYAK)
+#define XBYAK_NO_OP_NAMES
+#include <xbyak/xbyak.h>
+#endif
+
+namespace tg::cpu {
+namespace {
+
+std::atomic<bool> g_enabled{[] {
+  const char* v = std::getenv("TAPEGRAD_JIT");
+  return !(v != nullptr && std::string_view(v) == "0");
+}()};
+
+bool covered(const FusedStep& s) {
+  if (s.dtype != kF32) return false;
+  if (s.kind == FusedStep::Kind::Binary) {
+    switch (s.op) {
+      case OpKind::Add:
+      case OpKind::Sub:
+      case OpKind::Mul:
+      case OpKind::Div:
+      case OpKind::Maximum:
+      case OpKind::Minimum:
+        return true;
+      default:
+        return false;
+    }
+  }
+  if (s.kind == FusedStep::Kind::Unary) {
+    switch (s.op) {
+      case OpKind::Neg:
+      case OpKind::Abs:
+      case OpKind::Relu:
+      case OpKind::Sqrt:
+      case OpKind::Rsqrt:
+      case OpKind::Gelu:
+        return true;
+      default:
+        return false;
+    }
+  }
+  return false;
+}
+
+#if defined(__x86_64__) && defined(TG_HAVE_XBYAK)
+
+using namespace Xbyak;
+using namespace Xbyak::util;
+
+class Compiler : public CodeGenerator {
+ public:
+  Compiler(const std::vector<FusedStep>& steps, uint64_t vec, size_t nin, const void* gelu)
+      : CodeGenerator(64 * 1024, DontSetProtectRWE), steps_(steps), vec_(vec), nin_(nin),
+        gelu_(gelu) {
+    last_use_.assign(steps.size(), -1);
+    for (size_t i = 0; i < steps.size(); ++i) {
+      const FusedStep& s = steps[i];
+      for (int32_t r : {s.a, s.kind == FusedStep::Kind::Binary ? s.b : s.a})
+        if (r >= 0) last_use_[static_cast<size_t>(r)] = static_cast<int>(i);
+    }
+    emit();
+  }
+  bool ok() const { return ok_; }
+  JitFn fn() const { return reinterpret_cast<JitFn>(const_cast<uint8_t*>(getCode())); }
+
+ private:
+  static constexpr int kTempA = 30, kTempB = 0, kResult = 31;  // zmm0 also carries calls
+  static constexpr int kSpill = 64 * 32;                        // a slot per register
+
+  bool vec_input(size_t k) const { return (vec_ >> k) & 1; }
+
+  // Registers 1..29 for broadcast inputs and step values.
+  int take() {
+    for (int r = 1; r < 30; ++r)
+      if (!used_[r]) {
+        used_[r] = true;
+        return r;
+      }
+    ok_ = false;
+    return 1;
+  }
+
+  void emit() {
+    push(rbx);
+    push(rbp);
+    push(r12);
+    push(r13);
+    push(r14);
+    push(r15);
+    mov(rbp, rsp);
+    sub(rsp, kSpill + 64);
+    and_(rsp, -64);
+    mov(r12, rdi);  // out
+    mov(r13, rsi);  // in
+    mov(r14, rdx);  // n
+    xor_(r15, r15); // i
+    bcast_.assign(nin_, -1);
+    for (size_t k = 0; k < nin_; ++k) {
+      if (vec_input(k)) continue;
+      bcast_[k] = take();
+      mov(rax, ptr[r13 + 8 * k]);
+      vbroadcastss(Zmm(bcast_[k]), dword[rax]);
+    }
+    Label loop, tail, done;
+    L(loop);
+    mov(rax, r14);
+    sub(rax, r15);
+    cmp(rax, 16);
+    jl(tail, T_NEAR);
+    body(false);
+    add(r15, 16);
+    jmp(loop, T_NEAR);
+    L(tail);
+    cmp(r15, r14);
+    jge(done, T_NEAR);
+    mov(rcx, r14);
+    sub(rcx, r15);
+    mov(eax, 1);
+    shl(eax, cl);
+    sub(eax, 1);
+    mov(ebx, eax);  // kept across calls, which may change k1
+    kmovw(k1, eax);
+    body(true);
+    L(done);
+    mov(rsp, rbp);
+    pop(r15);
+    pop(r14);
+    pop(r13);
+    pop(r12);
+    pop(rbp);
+    pop(rbx);
+    vzeroupper();
+    ret();
+  }
+
+  // The register holding operand r for this step: a value, a broadcast input, or a vector
+  // input loaded into `temp`.
+  Zmm operand(int32_t r, int temp, bool masked) {
+    if (r >= 0) return Zmm(reg_[static_cast<size_t>(r)]);
+    auto k = static_cast<size_t>(-r - 1);
+    if (!vec_input(k)) return Zmm(bcast_[k]);
+    mov(rax, ptr[r13 + 8 * k]);
+    if (masked)
+      vmovups(Zmm(temp) | k1 | T_z, ptr[rax + r15 * 4]);
+    else
+      vmovups(Zmm(temp), ptr[rax + r15 * 4]);
+    return Zmm(temp);
+  }
+
+  void body(bool masked) {
+    std::fill(std::begin(used_), std::end(used_), false);
+    for (int r : bcast_)
+      if (r >= 0) used_[r] = true;
+    reg_.assign(steps_.size(), -1);
+    const Zmm out(kResult);
+    for (size_t i = 0; i < steps_.size() && ok_; ++i) {
+      const FusedStep& s = steps_[i];
+      const bool binary = s.kind == FusedStep::Kind::Binary;
+      const Zmm a = operand(s.a, kTempA, masked);
+      const Zmm b = binary ? (s.b == s.a ? a : operand(s.b, kTempB, masked)) : a;
+      if (binary) {
+        switch (s.op) {
+          case OpKind::Add: vaddps(out, a, b); break;
+          case OpKind::Sub: vsubps(out, a, b); break;
+          case OpKind::Mul: vmulps(out, a, b); break;
+          case OpKind::Div: vdivps(out, a, b); break;
+          case OpKind::Maximum:
+          case OpKind::Minimum:
+            if (s.op == OpKind::Maximum)
+              vmaxps(out, a, b);  // a > b ? a : b
+            else
+              vminps(out, a, b);  // a < b ? a : b
+            vcmpps(k2, a, b, 3);  // unordered: either is NaN
+            vaddps(out | k2, a, b);
+            break;
+          default: ok_ = false; break;
+        }
+      } else {
+        switch (s.op) {
+          case OpKind::Neg:
+            mov(eax, 0x80000000u);
+            vpbroadcastd(out, eax);
+            vpxord(out, out, a);
+            break;
+          case OpKind::Abs:
+            mov(eax, 0x7fffffffu);
+            vpbroadcastd(out, eax);
+            vpandd(out, out, a);
+            break;
+          case OpKind::Relu:
+            vpxord(out, out, out);
+            vcmpps(k2, a, out, 30);  // a > 0, ordered
+            vcmpps(k3, a, a, 3);     // a is NaN
+            korw(k2, k2, k3);
+            vmovaps(out | k2, a);
+            break;
+          case OpKind::Sqrt: vsqrtps(out, a); break;
+          case OpKind::Rsqrt:
+            vsqrtps(out, a);
+            mov(eax, 0x3f800000u);  // 1.0f
+            vpbroadcastd(Zmm(kTempB), eax);
+            vdivps(out, Zmm(kTempB), out);
+            break;
+          case OpKind::Gelu: call_gelu(i, a, masked); break;
+          default: ok_ = false; break;
+        }
+      }
+      // Operands read for the last time give their registers back; the value takes one.
+      for (int32_t r : {s.a, binary ? s.b : s.a}) {
+        if (r < 0) continue;
+        auto v = static_cast<size_t>(r);
+        if (last_use_[v] == static_cast<int>(i) && reg_[v] >= 0) {
+          used_[reg_[v]] = false;
+          reg_[v] = -1;
+        }
+      }
+      if (i + 1 < steps_.size()) {
+        if (last_use_[i] < 0) continue;  // never read (dead code the passes left): dropped
+        reg_[i] = take();
+        vmovaps(Zmm(reg_[i]), out);
+      }
+    }
+    if (masked)
+      vmovups(ptr[r12 + r15 * 4] | k1, out);
+    else
+      vmovups(ptr[r12 + r15 * 4], out);
+  }
+
+  // gelu16 (vec_kernels.cpp) takes and returns zmm0 and may change every vector and mask
+  // register: what is alive is saved around it.
+  void call_gelu(size_t step, const Zmm& a, bool masked) {
+    if (gelu_ == nullptr) {
+      ok_ = false;
+      return;
+    }
+    std::vector<int> live;
+    for (int r = 1; r < 30; ++r)
+      if (used_[r]) live.push_back(r);
+    for (int r : live) vmovaps(ptr[rsp + 64 * r], Zmm(r));
+    vmovaps(zmm0, a);
+    mov(rax, reinterpret_cast<uint64_t>(gelu_));
+    call(rax);
+    vmovaps(Zmm(kResult), zmm0);
+    for (int r : live) vmovaps(Zmm(r), ptr[rsp + 64 * r]);
+    if (masked) kmovw(k1, ebx);
+    (void)step;
+  }
+
+  const std::vector<FusedStep>& steps_;
+  uint64_t vec_;
+  size_t nin_;
+  const void* gelu_;
+  bool ok_ = true;
+  bool used_[32] = {};
+  std::vector<int> last_use_, reg_, bcast_;
+};
+
+std::string key_of(const std::vector<FusedStep>& steps, uint64_t vec, size_t nin) {
+  std::string key;
+  key.reserve(steps.size() * 12 + 16);
+  auto put = [&](const void* p, size_t n) { key.append(static_cast<const char*>(p), n); };
+  put(&vec, sizeof vec);
+  put(&nin, sizeof nin);
+  for (const FusedStep& s : steps) {
+    put(&s.kind, sizeof s.kind);
+    put(&s.op, sizeof s.op);
+    put(&s.a, sizeof s.a);
+    put(&s.b, sizeof s.b);
+  }
+  return key;
+}
+
+#endif
+
+}  // namespace
+
+void set_jit_enabled(bool on) { g_enabled = on; }
+bool jit_enabled() { return g_enabled; }
+
+JitFn jit_fused(const std::vector<FusedStep>& steps, uint64_t vec_inputs, size_t ninputs) {
+#if defined(__x86_64__) && defined(TG_HAVE_XBYAK)
+  if (!g_enabled || steps.empty() || ninputs > 63) return nullptr;
+  const VecKernels& vk = vec_kernels();
+  if (vk.gelu16 == nullptr) return nullptr;  // not the AVX-512 table
+  for (const FusedStep& s : steps)
+    if (!covered(s)) return nullptr;
+  static std::mutex mu;
+  static std::unordered_map<std::string, std::unique_ptr<Compiler>> cache;
+  std::string key = key_of(steps, vec_inputs, ninputs);
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = cache.find(key);
+  if (it == cache.end()) {
+    std::unique_ptr<Compiler> c;
+    try {
+      c = std::make_unique<Compiler>(steps, vec_inputs, ninputs, vk.gelu16);
+      if (!c->ok() || !c->setProtectModeRE(false)) c.reset();
+    } catch (const std::exception&) {
+      c.reset();  // Xbyak could not make it: the interpreter runs the group
+    }
+    it = cache.emplace(std::move(key), std::move(c)).first;
+  }
+  return it->second ? it->second->fn() : nullptr;
+#else
+  (void)steps;
+  (void)vec_inputs;
+  (void)ninputs;
+  return nullptr;
+#endif
+}
+
+}  // namespace tg::cpu

@@ -1,0 +1,25 @@
+// Machine code for fused f32 groups (Note [Compiled fused groups], jit.cpp).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "backend/backend.h"
+
+namespace tg::cpu {
+
+// out[i] for i < n from the group's inputs: in[k] points at n floats when bit k of the mask the
+// code was made for is set, else at one float that stands for all of them.
+using JitFn = void (*)(float* out, const float* const* in, int64_t n);
+
+// The group as AVX-512 code for this machine, made at its first use and kept for the process;
+// null when there is none: a step the compiler does not cover (it covers f32 add, sub, mul, div,
+// maximum, minimum, neg, abs, relu, sqrt, rsqrt and gelu), more values alive at once than
+// registers, no AVX-512 (or TAPEGRAD_ISA asking for another table), or TAPEGRAD_JIT=0.
+JitFn jit_fused(const std::vector<FusedStep>& steps, uint64_t vec_inputs, size_t ninputs);
+
+// Tests: turn the compiled code off and on (the interpreter's bits must not change).
+void set_jit_enabled(bool on);
+bool jit_enabled();
+
+}  // namespace tg::cpu
