@@ -291,7 +291,7 @@ void run_block(const std::vector<FusedStep>& steps, const StepKernels& kernels, 
     // Made for this call's broadcast inputs; every step f32, so the inputs are too.
     std::array<const float*, kMaxFusedOperands> in;
     for (size_t k = 0; k < kernels.nin; ++k) in[k] = at<float>(inputs[k]);
-    kernels.jit(reinterpret_cast<float*>(dst), in.data(), n);
+    kernels.jit(reinterpret_cast<float*>(dst), in.data(), n, 1, nullptr);
     regs[last] = {dst, true, kF32};
     return;
   }
@@ -338,7 +338,25 @@ void fused_kernel(const std::vector<FusedStep>& steps, const TensorImpl& out,
     kernels.nin = nin;
   }
 
+  // Compiled code over whole rows of at most two dims, each operand read and written in place:
+  // one call for all of a thread's rows.
+  bool rows_at_once = kernels.jit != nullptr && by_row && per_row == 1 && L.ndim <= 2;
+  for (int op = 0; op < L.nops && rows_at_once; ++op) {
+    int64_t s = inner_stride(op);
+    rows_at_once = s == L.esize[op] || (op > 0 && s == 0);
+  }
   parallel_for(items, grain, [&](int64_t begin, int64_t end) {
+    if (rows_at_once) {
+      RowCursor cur(L, begin);
+      std::array<const float*, kMaxFusedOperands> in;
+      std::array<int64_t, kMaxFusedOperands> strides;
+      for (int op = 0; op < L.nops; ++op) strides[op] = L.ndim == 2 ? L.strides[op][1] : 0;
+      for (size_t k = 0; k < nin; ++k)
+        in[k] = reinterpret_cast<const float*>(L.base[k + 1] + cur.off[k + 1]);
+      kernels.jit(reinterpret_cast<float*>(L.base[0] + cur.off[0]), in.data(), inner, end - begin,
+                  strides.data());
+      return;
+    }
     Scratch scratch(steps.size(), nin);
     std::array<Reg, kMaxFusedSteps> regs;
     std::array<Reg, kMaxFusedOperands> inputs;

@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <bit>
 #include <cstdlib>
 #include <memory>
 #include <mutex>
@@ -76,6 +77,23 @@ bool covered(const FusedStep& s) {
 using namespace Xbyak;
 using namespace Xbyak::util;
 
+// gelu16's constants (vec_kernels.cpp, Note [Vectorized erf]), in the order inline_gelu reads them.
+enum GeluConstant {
+  kAbs, k30, kOne, k03, kMinusHalf, kK, kLog2e = kK + 11, kLn2Hi, kLn2Lo, kP, kHalf = kP + 6,
+  kGeluConstants
+};
+const float kGelu[kGeluConstants] = {
+    std::bit_cast<float>(0x7fffffffu), 30.0f, 1.0f, 0.3f, -0.5f,
+    // K, highest degree first
+    -9.328864515e-03f, 3.188470751e-02f, -1.604540832e-02f, -4.890748486e-02f, 3.437221795e-02f,
+    1.101758610e-02f, 6.186449900e-02f, 8.683051914e-02f, 1.089477837e-01f, 1.196817458e-01f,
+    1.196826920e-01f,
+    1.44269504088896341f, 0.693359375f, -2.12194440e-4f,
+    // the exponential's polynomial, highest degree first
+    1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f, 4.1665795894e-2f, 1.6666665459e-1f,
+    5.0000001201e-1f,
+    0.5f};
+
 class Compiler : public CodeGenerator {
  public:
   Compiler(const std::vector<FusedStep>& steps, uint64_t vec, size_t nin, const void* gelu)
@@ -109,6 +127,10 @@ class Compiler : public CodeGenerator {
     return 1;
   }
 
+  // The frame: spill slots, then the inputs' pointers (advanced row by row), the rows left and
+  // the row strides' address.
+  static constexpr int kPtrs = kSpill, kRows = kSpill + 8 * 64, kStrides = kRows + 8;
+
   void emit() {
     push(rbx);
     push(rbp);
@@ -117,20 +139,27 @@ class Compiler : public CodeGenerator {
     push(r14);
     push(r15);
     mov(rbp, rsp);
-    sub(rsp, kSpill + 64);
+    sub(rsp, kStrides + 8 + 64);
     and_(rsp, -64);
     mov(r12, rdi);  // out
-    mov(r13, rsi);  // in
     mov(r14, rdx);  // n
-    xor_(r15, r15); // i
+    mov(ptr[rsp + kRows], rcx);
+    mov(ptr[rsp + kStrides], r8);
+    for (size_t k = 0; k < nin_; ++k) {
+      mov(rax, ptr[rsi + 8 * k]);
+      mov(ptr[rsp + kPtrs + 8 * k], rax);
+    }
     bcast_.assign(nin_, -1);
+    for (size_t k = 0; k < nin_; ++k)
+      if (!vec_input(k)) bcast_[k] = take();
+    Label row, loop, tail, row_end, done;
+    L(row);
     for (size_t k = 0; k < nin_; ++k) {
       if (vec_input(k)) continue;
-      bcast_[k] = take();
-      mov(rax, ptr[r13 + 8 * k]);
+      mov(rax, ptr[rsp + kPtrs + 8 * k]);
       vbroadcastss(Zmm(bcast_[k]), dword[rax]);
     }
-    Label loop, tail, done;
+    xor_(r15, r15);  // i
     L(loop);
     mov(rax, r14);
     sub(rax, r15);
@@ -141,7 +170,7 @@ class Compiler : public CodeGenerator {
     jmp(loop, T_NEAR);
     L(tail);
     cmp(r15, r14);
-    jge(done, T_NEAR);
+    jge(row_end, T_NEAR);
     mov(rcx, r14);
     sub(rcx, r15);
     mov(eax, 1);
@@ -150,6 +179,16 @@ class Compiler : public CodeGenerator {
     mov(ebx, eax);  // kept across calls, which may change k1
     kmovw(k1, eax);
     body(true);
+    L(row_end);
+    dec(qword[rsp + kRows]);
+    jz(done, T_NEAR);
+    mov(rax, ptr[rsp + kStrides]);
+    add(r12, ptr[rax]);
+    for (size_t k = 0; k < nin_; ++k) {
+      mov(rcx, ptr[rax + 8 * (k + 1)]);
+      add(ptr[rsp + kPtrs + 8 * k], rcx);
+    }
+    jmp(row, T_NEAR);
     L(done);
     mov(rsp, rbp);
     pop(r15);
@@ -168,7 +207,7 @@ class Compiler : public CodeGenerator {
     if (r >= 0) return Zmm(reg_[static_cast<size_t>(r)]);
     auto k = static_cast<size_t>(-r - 1);
     if (!vec_input(k)) return Zmm(bcast_[k]);
-    mov(rax, ptr[r13 + 8 * k]);
+    mov(rax, ptr[rsp + kPtrs + 8 * k]);
     if (masked)
       vmovups(Zmm(temp) | k1 | T_z, ptr[rax + r15 * 4]);
     else
@@ -230,7 +269,9 @@ class Compiler : public CodeGenerator {
             vpbroadcastd(Zmm(kTempB), eax);
             vdivps(out, Zmm(kTempB), out);
             break;
-          case OpKind::Gelu: call_gelu(i, a, masked); break;
+          case OpKind::Gelu:
+            if (!inline_gelu(a)) call_gelu(i, a, masked);
+            break;
           default: ok_ = false; break;
         }
       }
@@ -253,6 +294,53 @@ class Compiler : public CodeGenerator {
       vmovups(ptr[r12 + r15 * 4] | k1, out);
     else
       vmovups(ptr[r12 + r15 * 4], out);
+  }
+
+  // gelu16's instructions (vec_kernels.cpp, as the compiler emits them: checked bit for bit by
+  // tests/test_jit.cpp) on nine free registers, its constants read as {1to16} broadcasts; false
+  // when nine are not free (then it is called).
+  bool inline_gelu(const Zmm& x) {
+    int free = 0;
+    for (int r = 1; r < 30; ++r) free += !used_[r];
+    if (free < 9) return false;
+    int t_ = take(), hi_ = take(), lo_ = take(), u_ = take(), one_ = take(), k_ = take(),
+        n_ = take(), p_ = take(), r2_ = take();
+    const Zmm t(t_), hi(hi_), lo(lo_), u(u_), one(one_), k(k_), nn(n_), p(p_), r2(r2_);
+    auto c = [&](int i) { return zword_b[rax + 4 * i]; };
+    mov(rax, reinterpret_cast<uint64_t>(kGelu));
+    vpandd(t, x, c(kAbs));
+    vminps(t, t, c(k30));
+    vmulps(hi, t, t);
+    vmovaps(lo, t);
+    vfmsub132ps(lo, hi, t);  // lo = t·t - hi, exactly
+    vbroadcastss(one, dword[rax + 4 * kOne]);
+    vmovaps(u, t);
+    vfmadd132ps(u, one, c(k03));
+    vdivps(u, one, u);  // u = 1 / (1 + 0.3t)
+    vmulps(hi, hi, c(kMinusHalf));  // a = -hi/2
+    vbroadcastss(k, dword[rax + 4 * kK]);
+    for (int i = 1; i <= 10; ++i) vfmadd213ps(k, u, c(kK + i));
+    vmulps(nn, hi, c(kLog2e));
+    vrndscaleps(nn, nn, 8);
+    vfnmadd231ps(hi, nn, c(kLn2Hi));
+    vfnmadd231ps(hi, nn, c(kLn2Lo));  // r
+    vbroadcastss(p, dword[rax + 4 * kP]);
+    for (int i = 1; i <= 5; ++i) vfmadd213ps(p, hi, c(kP + i));
+    vmulps(r2, hi, hi);
+    vfmadd132ps(p, hi, r2);
+    vaddps(p, p, one);
+    vscalefps(p, p, nn);  // e^(-hi/2)
+    vmulps(lo, lo, c(kHalf));
+    vfnmadd132ps(p, p, lo);  // e·(1 - lo/2)
+    vmulps(k, k, u);
+    vmulps(k, k, p);  // q
+    vsubps(one, one, k);
+    vpxord(t, t, t);
+    vcmpps(k2, x, t, 17);  // x < 0, ordered
+    vmovaps(one | k2, k);
+    vmulps(Zmm(kResult), x, one);
+    for (int r : {t_, hi_, lo_, u_, one_, k_, n_, p_, r2_}) used_[r] = false;
+    return true;
   }
 
   // gelu16 (vec_kernels.cpp) takes and returns zmm0 and may change every vector and mask

@@ -8,9 +8,12 @@
 
 namespace tg::cpu {
 
-// out[i] for i < n from the group's inputs: in[k] points at n floats when bit k of the mask the
-// code was made for is set, else at one float that stands for all of them.
-using JitFn = void (*)(float* out, const float* const* in, int64_t n);
+// `rows` rows of n values: out[i] for i < n from the group's inputs, where in[k] points at n
+// floats when bit k of the mask the code was made for is set, else at one float that stands for
+// all of them; then out and each in[k] move on by row_strides[0] and row_strides[1 + k] bytes
+// (read only when rows > 1).
+using JitFn = void (*)(float* out, const float* const* in, int64_t n, int64_t rows,
+                       const int64_t* row_strides);
 
 // The group as AVX-512 code for this machine, made at its first use and kept for the process;
 // null when there is none: a step the compiler does not cover (it covers f32 add, sub, mul, div,
