@@ -385,25 +385,6 @@ BinaryF32 binary(OpKind kind) {
   }
 }
 
-// 32 running f64 sums (four 512-bit registers), so the adds do not wait on each other. Each
-// takes four elements at a time, added in f32 as a pairwise tree (error at most 1.5 ulp of their
-// magnitudes): the conversions to f64 and the f64 adds, which cost the most, are a quarter.
-double sum(const float* x, int64_t n) {
-  constexpr int kLanes = 32;
-  double acc[kLanes] = {};
-  int64_t i = 0;
-  for (; i + 4 * kLanes <= n; i += 4 * kLanes)
-    for (int k = 0; k < kLanes; ++k)
-      acc[k] += static_cast<double>((x[i + k] + x[i + k + kLanes]) +
-                                    (x[i + k + 2 * kLanes] + x[i + k + 3 * kLanes]));
-  for (; i + kLanes <= n; i += kLanes)
-    for (int k = 0; k < kLanes; ++k) acc[k] += static_cast<double>(x[i + k]);
-  for (int k = 0; i < n; ++i, ++k) acc[k] += static_cast<double>(x[i]);
-  for (int w = kLanes / 2; w >= 1; w /= 2)
-    for (int k = 0; k < w; ++k) acc[k] += acc[k + w];
-  return acc[0];
-}
-
 // Note [Skinny products]
 // A product with few rows (a batch of 1 to 16 going forward or back) or a short inner dimension
 // (the weight gradient of a small batch, k = batch) is mostly memory traffic, and BLAS's general
@@ -448,6 +429,47 @@ inline void store_part(float* p, V16 v, int64_t count) {
   for (int64_t i = 0; i < count; ++i) p[i] = v[i];
 #endif
 }
+// 32 running f64 sums (four 512-bit registers), so the adds do not wait on each other. Each
+// takes four elements at a time, added in f32 as a pairwise tree (error at most 1.5 ulp of their
+// magnitudes): the conversions to f64 and the f64 adds, which cost the most, are a quarter.
+// In full, the order every table keeps (tests/test_kernels.cpp checks it bit for bit):
+//   acc[k] += f64((x[i+k] + x[i+k+32]) + (x[i+k+64] + x[i+k+96])) per 128 elements, k < 32;
+//   acc[k] += f64(x[i+k]) per 32 after that, then for the k < 32 that are left;
+//   acc[k] += acc[k+w] for w = 16, 8, 4, 2, 1 and k < w; acc[0] is the sum.
+// The sums stay in registers throughout; lanes past the end add +0, which changes nothing (a
+// sum that starts at +0 is never -0).
+using V8d = double __attribute__((vector_size(64), aligned(8)));
+using V4d = double __attribute__((vector_size(32), aligned(8)));
+using V2d = double __attribute__((vector_size(16), aligned(8)));
+double sum(const float* x, int64_t n) {
+  V8d a0 = {}, a1 = {}, a2 = {}, a3 = {};  // acc[0..7], [8..15], [16..23], [24..31]
+  auto add = [](V16 v, V8d& lo, V8d& hi) {
+    lo += __builtin_convertvector(__builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7), V8d);
+    hi += __builtin_convertvector(__builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15), V8d);
+  };
+  int64_t i = 0;
+  for (; i + 128 <= n; i += 128) {
+    const float* p = x + i;
+    add((load16(p) + load16(p + 32)) + (load16(p + 64) + load16(p + 96)), a0, a1);
+    add((load16(p + 16) + load16(p + 48)) + (load16(p + 80) + load16(p + 112)), a2, a3);
+  }
+  for (; i + 32 <= n; i += 32) {
+    add(load16(x + i), a0, a1);
+    add(load16(x + i + 16), a2, a3);
+  }
+  if (i < n) {
+    const int64_t rest = n - i;
+    add(rest >= 16 ? load16(x + i) : load_part(x + i, rest), a0, a1);
+    if (rest > 16) add(load_part(x + i + 16, rest - 16), a2, a3);
+  }
+  a0 += a2;
+  a1 += a3;
+  a0 += a1;
+  V4d q = __builtin_shufflevector(a0, a0, 0, 1, 2, 3) + __builtin_shufflevector(a0, a0, 4, 5, 6, 7);
+  V2d h = __builtin_shufflevector(q, q, 0, 1) + __builtin_shufflevector(q, q, 2, 3);
+  return h[0] + h[1];
+}
+
 inline float hsum(V16 v) {
   float s = 0;
   for (int i = 0; i < 16; ++i) s += v[i];
