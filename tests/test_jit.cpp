@@ -144,6 +144,9 @@ TEST_CASE("jit: random groups give the interpreter's bits, broadcasts, tails, st
     cpu::JitFn made = cpu::jit_fused(covered, 0b101, 3);
     CHECK((made != nullptr));
     CHECK((made == cpu::jit_fused(covered, 0b101, 3)));  // kept, not made again
+    cpu::JitFn summed = cpu::jit_fused(covered, 0b101, 3, true);  // a fused sum's
+    CHECK((summed != nullptr));
+    CHECK((summed != made));
     std::vector<FusedStep> with_exp = covered;
     with_exp[0].kind = FusedStep::Kind::Unary;
     with_exp[0].op = OpKind::Exp;

@@ -431,6 +431,16 @@ void fused_kernel(const std::vector<FusedStep>& steps, const TensorImpl& out,
   });
 }
 
+namespace {
+// Which inputs are runs along the rows (bit k: input k), the others one element per row.
+uint64_t vec_along_rows(const Layout& L, size_t nin) {
+  uint64_t vec = 0;
+  for (size_t k = 0; k < nin; ++k)
+    vec |= static_cast<uint64_t>(L.strides[k + 1][0] != 0) << k;
+  return vec;
+}
+}  // namespace
+
 // Note [Fused sums] (pass_fuse.cpp) on the CPU: each row of the value (the reduced dims, at most
 // one block long) is computed into a register by the blocked kernel's steps and summed there by
 // the same vectorized sum, in the same order, as reduce() sums a stored row: the same bits, and
@@ -484,6 +494,28 @@ bool fused_sum_kernel(const std::vector<FusedStep>& steps, const TensorImpl& out
     }
     kernels.jit = jit_fused(steps, vec, nin);
     kernels.nin = nin;
+    // Compiled code that sums each row too, when every operand is read in place along the rows
+    // (runs or single elements) and the rows are one dim: one call per thread, no row stored.
+    bool in_place = L.ndim <= 2;
+    for (size_t k = 0; k < nin && in_place; ++k) {
+      int op = static_cast<int>(k + 1);
+      in_place = inner_stride(op) == L.esize[op] || inner_stride(op) == 0;
+    }
+    JitFn summed = in_place ? jit_fused(steps, vec_along_rows(L, nin), nin, true) : nullptr;
+    if (summed != nullptr) {
+      parallel_for(rows, std::max<int64_t>(1, kParallelGrain / inner), [&](int64_t begin,
+                                                                            int64_t end) {
+        RowCursor cur(L, begin);
+        std::array<const float*, kMaxFusedOperands> in;
+        std::array<int64_t, kMaxFusedOperands> strides;
+        for (int op = 0; op < L.nops; ++op) strides[op] = L.ndim == 2 ? L.strides[op][1] : 0;
+        for (size_t k = 0; k < nin; ++k)
+          in[k] = reinterpret_cast<const float*>(L.base[k + 1] + cur.off[k + 1]);
+        summed(reinterpret_cast<float*>(L.base[0] + cur.off[0]), in.data(), inner, end - begin,
+               strides.data());
+      });
+      return true;
+    }
   }
   const int64_t rows_per_block = by_row ? 1 : std::max<int64_t>(1, kBlock / inner);
   const int64_t items = (rows + rows_per_block - 1) / rows_per_block;

@@ -96,9 +96,10 @@ const float kGelu[kGeluConstants] = {
 
 class Compiler : public CodeGenerator {
  public:
-  Compiler(const std::vector<FusedStep>& steps, uint64_t vec, size_t nin, const void* gelu)
+  Compiler(const std::vector<FusedStep>& steps, uint64_t vec, size_t nin, bool sum,
+           const void* gelu)
       : CodeGenerator(64 * 1024, DontSetProtectRWE), steps_(steps), vec_(vec), nin_(nin),
-        gelu_(gelu) {
+        sum_(sum), gelu_(gelu) {
     last_use_.assign(steps.size(), -1);
     for (size_t i = 0; i < steps.size(); ++i) {
       const FusedStep& s = steps[i];
@@ -152,6 +153,9 @@ class Compiler : public CodeGenerator {
     bcast_.assign(nin_, -1);
     for (size_t k = 0; k < nin_; ++k)
       if (!vec_input(k)) bcast_[k] = take();
+    if (sum_)
+      for (int r : {kAcc0, kAcc0 + 1, kAcc0 + 2, kAcc0 + 3, kPair0, kPair1}) used_[r] = true;
+    std::copy(std::begin(used_), std::end(used_), std::begin(reserved_));
     Label row, loop, tail, row_end, done;
     L(row);
     for (size_t k = 0; k < nin_; ++k) {
@@ -160,25 +164,23 @@ class Compiler : public CodeGenerator {
       vbroadcastss(Zmm(bcast_[k]), dword[rax]);
     }
     xor_(r15, r15);  // i
-    L(loop);
-    mov(rax, r14);
-    sub(rax, r15);
-    cmp(rax, 16);
-    jl(tail, T_NEAR);
-    body(false);
-    add(r15, 16);
-    jmp(loop, T_NEAR);
-    L(tail);
-    cmp(r15, r14);
-    jge(row_end, T_NEAR);
-    mov(rcx, r14);
-    sub(rcx, r15);
-    mov(eax, 1);
-    shl(eax, cl);
-    sub(eax, 1);
-    mov(ebx, eax);  // kept across calls, which may change k1
-    kmovw(k1, eax);
-    body(true);
+    if (sum_) {
+      row_sum();
+    } else {
+      L(loop);
+      mov(rax, r14);
+      sub(rax, r15);
+      cmp(rax, 16);
+      jl(tail, T_NEAR);
+      store(value(false, 0), false);
+      add(r15, 16);
+      jmp(loop, T_NEAR);
+      L(tail);
+      cmp(r15, r14);
+      jge(row_end, T_NEAR);
+      set_mask(r14);
+      store(value(true, 0), true);
+    }
     L(row_end);
     dec(qword[rsp + kRows]);
     jz(done, T_NEAR);
@@ -209,16 +211,124 @@ class Compiler : public CodeGenerator {
     if (!vec_input(k)) return Zmm(bcast_[k]);
     mov(rax, ptr[rsp + kPtrs + 8 * k]);
     if (masked)
-      vmovups(Zmm(temp) | k1 | T_z, ptr[rax + r15 * 4]);
+      vmovups(Zmm(temp) | k1 | T_z, ptr[rax + r15 * 4 + 4 * offset_]);
     else
-      vmovups(Zmm(temp), ptr[rax + r15 * 4]);
+      vmovups(Zmm(temp), ptr[rax + r15 * 4 + 4 * offset_]);
     return Zmm(temp);
   }
 
+  // k1 (and ebx, which outlives calls) = the lanes below `end` - r15 (less than 16).
+  void set_mask(const Reg64& end) {
+    mov(rcx, end);
+    sub(rcx, r15);
+    mov(eax, 1);
+    shl(eax, cl);
+    sub(eax, 1);
+    mov(ebx, eax);
+    kmovw(k1, eax);
+  }
+
+  void store(const Zmm& v, bool masked) {
+    if (masked)
+      vmovups(ptr[r12 + r15 * 4] | k1, v);
+    else
+      vmovups(ptr[r12 + r15 * 4], v);
+  }
+
+  // Note [Compiled fused groups]: a fused sum adds the row's values in sum_f32's order
+  // (vec_kernels.cpp): 32 f64 sums (four registers of 8), fed by f32 pairwise quads per 128
+  // values, then singles per 32, then the rest (lanes past the end zeroed, which adds +0); then
+  // the tree; then (float)(0.0 + sum) into the row's out element.
+  static constexpr int kAcc0 = 26, kPair0 = 24, kPair1 = 25;
+
+  // acc[lo..lo+15] += v: its low 8 lanes into register kAcc0 + lo / 8, the high 8 into the next.
+  void accumulate(const Zmm& v, int lo) {
+    const Zmm a(kAcc0 + lo / 8), b(kAcc0 + lo / 8 + 1);
+    vcvtps2pd(Zmm(kTempB), Ymm(v.getIdx()));
+    vaddpd(a, a, Zmm(kTempB));
+    vextractf64x4(Ymm(kTempA), v, 1);
+    vcvtps2pd(Zmm(kTempB), Ymm(kTempA));
+    vaddpd(b, b, Zmm(kTempB));
+  }
+
+  void row_sum() {
+    for (int r = 0; r < 4; ++r) vpxord(Zmm(kAcc0 + r), Zmm(kAcc0 + r), Zmm(kAcc0 + r));
+    Label by128, by32, rest, low_only, reduce;
+    const Zmm p0(kPair0), p1(kPair1);
+    L(by128);
+    mov(rax, r14);
+    sub(rax, r15);
+    cmp(rax, 128);
+    jl(by32, T_NEAR);
+    for (int half = 0; half < 2; ++half) {  // lanes 0-15, then 16-31
+      int o = 16 * half;
+      vmovaps(p0, value(false, o));
+      vaddps(p0, p0, value(false, o + 32));
+      vmovaps(p1, value(false, o + 64));
+      vaddps(p1, p1, value(false, o + 96));
+      vaddps(p0, p0, p1);
+      accumulate(p0, o);
+    }
+    add(r15, 128);
+    jmp(by128, T_NEAR);
+    L(by32);
+    mov(rax, r14);
+    sub(rax, r15);
+    cmp(rax, 32);
+    jl(rest, T_NEAR);
+    vmovaps(p0, value(false, 0));
+    accumulate(p0, 0);
+    vmovaps(p0, value(false, 16));
+    accumulate(p0, 16);
+    add(r15, 32);
+    jmp(by32, T_NEAR);
+    L(rest);
+    mov(rax, r14);
+    sub(rax, r15);
+    jz(reduce, T_NEAR);
+    cmp(rax, 16);
+    jl(low_only, T_NEAR);
+    vmovaps(p0, value(false, 0));
+    accumulate(p0, 0);
+    add(r15, 16);  // the lanes 16..31 of acc from here on
+    mov(rax, r14);
+    sub(rax, r15);
+    jz(reduce, T_NEAR);
+    set_mask(r14);
+    vmovaps(p0 | k1 | T_z, value(true, 0));
+    accumulate(p0, 16);
+    jmp(reduce, T_NEAR);
+    L(low_only);
+    set_mask(r14);
+    vmovaps(p0 | k1 | T_z, value(true, 0));
+    accumulate(p0, 0);
+    L(reduce);
+    const Zmm a0(kAcc0), a1(kAcc0 + 1), a2(kAcc0 + 2), a3(kAcc0 + 3);
+    vaddpd(a0, a0, a2);
+    vaddpd(a1, a1, a3);
+    vaddpd(a0, a0, a1);
+    vextractf64x4(Ymm(kTempA), a0, 1);
+    vaddpd(Ymm(kTempB), Ymm(kAcc0), Ymm(kTempA));  // acc[k] += acc[k + 4]
+    vextractf64x2(Xmm(kTempA), Ymm(kTempB), 1);
+    vaddpd(Xmm(kTempB), Xmm(kTempB), Xmm(kTempA));  // acc[k] += acc[k + 2]
+    vpermilpd(Xmm(kTempA), Xmm(kTempB), 1);
+    vaddsd(Xmm(kTempB), Xmm(kTempB), Xmm(kTempA));  // acc[0] += acc[1]
+    vpxord(Xmm(kTempA), Xmm(kTempA), Xmm(kTempA));
+    vaddsd(Xmm(kTempB), Xmm(kTempA), Xmm(kTempB));  // 0.0 + sum, as reduce() folds it
+    vcvtsd2ss(Xmm(kTempB), Xmm(kTempB), Xmm(kTempB));
+    vmovss(ptr[r12], Xmm(kTempB));
+  }
+
+  // The group's value for the 16 elements at r15 + offset, in kResult (lanes outside k1 hold
+  // anything when masked).
+  Zmm value(bool masked, int offset) {
+    offset_ = offset;
+    body(masked);
+    return Zmm(kResult);
+  }
+
   void body(bool masked) {
-    std::fill(std::begin(used_), std::end(used_), false);
-    for (int r : bcast_)
-      if (r >= 0) used_[r] = true;
+    std::copy(std::begin(reserved_), std::end(reserved_), std::begin(used_));
     reg_.assign(steps_.size(), -1);
     const Zmm out(kResult);
     for (size_t i = 0; i < steps_.size() && ok_; ++i) {
@@ -290,10 +400,6 @@ class Compiler : public CodeGenerator {
         vmovaps(Zmm(reg_[i]), out);
       }
     }
-    if (masked)
-      vmovups(ptr[r12 + r15 * 4] | k1, out);
-    else
-      vmovups(ptr[r12 + r15 * 4], out);
   }
 
   // gelu16's instructions (vec_kernels.cpp, as the compiler emits them: checked bit for bit by
@@ -366,16 +472,20 @@ class Compiler : public CodeGenerator {
   const std::vector<FusedStep>& steps_;
   uint64_t vec_;
   size_t nin_;
+  bool sum_;
   const void* gelu_;
+  bool reserved_[32] = {};
+  int offset_ = 0;  // elements past r15 that value() reads  // for the whole function: broadcast inputs, a sum's registers
   bool ok_ = true;
   bool used_[32] = {};
   std::vector<int> last_use_, reg_, bcast_;
 };
 
-std::string key_of(const std::vector<FusedStep>& steps, uint64_t vec, size_t nin) {
+std::string key_of(const std::vector<FusedStep>& steps, uint64_t vec, size_t nin, bool sum) {
   std::string key;
   key.reserve(steps.size() * 12 + 16);
   auto put = [&](const void* p, size_t n) { key.append(static_cast<const char*>(p), n); };
+  put(&sum, sizeof sum);
   put(&vec, sizeof vec);
   put(&nin, sizeof nin);
   for (const FusedStep& s : steps) {
@@ -394,7 +504,8 @@ std::string key_of(const std::vector<FusedStep>& steps, uint64_t vec, size_t nin
 void set_jit_enabled(bool on) { g_enabled = on; }
 bool jit_enabled() { return g_enabled; }
 
-JitFn jit_fused(const std::vector<FusedStep>& steps, uint64_t vec_inputs, size_t ninputs) {
+JitFn jit_fused(const std::vector<FusedStep>& steps, uint64_t vec_inputs, size_t ninputs,
+                bool sum) {
 #if defined(__x86_64__) && defined(TG_HAVE_XBYAK)
   if (!g_enabled || steps.empty() || ninputs > 63) return nullptr;
   const VecKernels& vk = vec_kernels();
@@ -403,13 +514,13 @@ JitFn jit_fused(const std::vector<FusedStep>& steps, uint64_t vec_inputs, size_t
     if (!covered(s)) return nullptr;
   static std::mutex mu;
   static std::unordered_map<std::string, std::unique_ptr<Compiler>> cache;
-  std::string key = key_of(steps, vec_inputs, ninputs);
+  std::string key = key_of(steps, vec_inputs, ninputs, sum);
   std::lock_guard<std::mutex> lock(mu);
   auto it = cache.find(key);
   if (it == cache.end()) {
     std::unique_ptr<Compiler> c;
     try {
-      c = std::make_unique<Compiler>(steps, vec_inputs, ninputs, vk.gelu16);
+      c = std::make_unique<Compiler>(steps, vec_inputs, ninputs, sum, vk.gelu16);
       if (!c->ok() || !c->setProtectModeRE(false)) c.reset();
     } catch (const std::exception&) {
       c.reset();  // Xbyak could not make it: the interpreter runs the group
@@ -421,6 +532,7 @@ JitFn jit_fused(const std::vector<FusedStep>& steps, uint64_t vec_inputs, size_t
   (void)steps;
   (void)vec_inputs;
   (void)ninputs;
+  (void)sum;
   return nullptr;
 #endif
 }
