@@ -96,7 +96,10 @@ TEST_CASE("unpacked f32 products match f64 sums in every layout, on every ISA") 
 
 TEST_CASE("matmul uses the unpacked kernels for skinny shapes and agrees with f64 matmul") {
   // Through the public op: the shapes of small batches, forward and backward.
-  for (auto [m, k, n] : {std::tuple{1, 784, 500}, {10, 1000, 1000}, {784, 10, 500}, {60, 64, 50}}) {
+  // {500, 10, 10} and {300, 16, 15}: a narrow layer's weight gradient xᵀ·δ (few columns of c,
+  // a short inner dimension, a's columns contiguous), which BLAS keeps.
+  for (auto [m, k, n] : {std::tuple{1, 784, 500}, {10, 1000, 1000}, {784, 10, 500}, {60, 64, 50},
+                         {500, 10, 10}, {300, 16, 15}, {16, 3, 1}}) {
     CAPTURE(m);
     CAPTURE(k);
     CAPTURE(n);
@@ -114,7 +117,8 @@ TEST_CASE("matmul uses the unpacked kernels for skinny shapes and agrees with f6
 TEST_CASE("backend matmul_update matches the reference default, with and without a scale") {
   Backend& cpu = cpu_backend();
   for (DType dt : {kF32, kF64}) {
-    for (auto [m, k, n] : {std::tuple{7, 1, 33}, {5, 12, 40}, {40, 50, 30}}) {
+    for (auto [m, k, n] : {std::tuple{7, 1, 33}, {5, 12, 40}, {40, 50, 30}, {500, 10, 10},
+                           {64, 16, 15}}) {
       CAPTURE(dtype_name(dt));
       CAPTURE(m);
       CAPTURE(k);
