@@ -59,8 +59,10 @@ Tensor awkward(const Shape& shape, std::mt19937& rng) {
   return tensor(v).reshape(shape);
 }
 
-const std::vector<OpKind> kUnary = {OpKind::Neg, OpKind::Abs, OpKind::Relu,
-                                    OpKind::Sqrt, OpKind::Rsqrt, OpKind::Gelu};
+const std::vector<OpKind> kUnary = {
+    OpKind::Neg,  OpKind::Abs,     OpKind::Relu,  OpKind::Sqrt,     OpKind::Rsqrt,
+    OpKind::Gelu, OpKind::Exp,     OpKind::Log,   OpKind::Tanh,     OpKind::Sigmoid,
+    OpKind::Log1p, OpKind::Erf,    OpKind::Softplus, OpKind::LogSigmoid};
 const std::vector<OpKind> kBinary = {OpKind::Add, OpKind::Sub, OpKind::Mul,
                                      OpKind::Div, OpKind::Maximum, OpKind::Minimum};
 
@@ -147,11 +149,11 @@ TEST_CASE("jit: random groups give the interpreter's bits, broadcasts, tails, st
     cpu::JitFn summed = cpu::jit_fused(covered, 0b101, 3, true);  // a fused sum's
     CHECK((summed != nullptr));
     CHECK((summed != made));
-    std::vector<FusedStep> with_exp = covered;
-    with_exp[0].kind = FusedStep::Kind::Unary;
-    with_exp[0].op = OpKind::Exp;
-    with_exp[0].a = -1;
-    CHECK((cpu::jit_fused(with_exp, 0b101, 3) == nullptr));  // exp: not covered
+    std::vector<FusedStep> with_sign = covered;
+    with_sign[0].kind = FusedStep::Kind::Unary;
+    with_sign[0].op = OpKind::Sign;
+    with_sign[0].a = -1;
+    CHECK((cpu::jit_fused(with_sign, 0b101, 3) == nullptr));  // sign: not covered
     std::vector<FusedStep> f64 = covered;
     for (auto& s : f64) s.dtype = kF64;
     CHECK((cpu::jit_fused(f64, 0b101, 3) == nullptr));

@@ -83,6 +83,9 @@ void set_capture_on_cpu_for_tests(bool on) { g_capture_on_cpu = on; }
 // fits). Times are half steps: node i writes at 2i+1 and reads at 2i+1, except that an
 // elementwise node reading a temp for the last time through exactly the view it writes reads at
 // 2i, so its output may take the input's bytes: the node runs in place, element by element.
+// Exactly its bytes, or none of them: an output placed part way into its input (a little
+// further along, say) would overwrite elements before they are read (Note [Compiled fused
+// groups] walks 16 at a time; the plain kernels too).
 MemoryPlan plan_memory(const Program& p, bool share) {
   size_t nb = p.buffers.size();
   MemoryPlan plan;
@@ -120,7 +123,9 @@ MemoryPlan plan_memory(const Program& p, bool share) {
       for (const Operand& o : n.in) touch(o.buf, first), touch(o.buf, last);
     }
   }
-  // Last reads that may run in place.
+  // Last reads that may run in place; each such input and output are mates, which share all
+  // of their bytes or none.
+  std::vector<std::vector<int32_t>> mates(nb);
   for (size_t i = 0; i < p.nodes.size(); ++i) {
     const Node& n = p.nodes[i];
     if (!share || tiled[i] || !elementwise(n) || !planned(n.out.buf) || !p.full_write(n)) continue;
@@ -130,7 +135,11 @@ MemoryPlan plan_memory(const Program& p, bool share) {
       if (!(o.view == n.out.view)) continue;
       bool other_use = false;  // read again by the same node through another view
       for (const Operand& q : n.in) other_use |= q.buf == o.buf && !(q.view == o.view);
-      if (!other_use) end[o.buf] = t - 1;
+      if (!other_use) {
+        end[o.buf] = t - 1;
+        mates[o.buf].push_back(n.out.buf);
+        mates[n.out.buf].push_back(o.buf);
+      }
     }
   }
   std::vector<int32_t> order;
@@ -170,13 +179,35 @@ MemoryPlan plan_memory(const Program& p, bool share) {
     size_t size = align_up(p.buffers[b].nbytes);
     int64_t off = 0;
     if (share) {
-      std::vector<Placed> clash;
-      for (const Placed& q : placed[slot])
+      std::vector<Placed> clash, mate;
+      for (const Placed& q : placed[slot]) {
         if (start[q.buf] <= end[b] && start[b] <= end[q.buf]) clash.push_back(q);
-      std::sort(clash.begin(), clash.end(), [](auto& x, auto& y) { return x.off < y.off; });
-      for (const Placed& q : clash) {
-        if (off + static_cast<int64_t>(size) <= q.off) break;
-        off = std::max(off, q.off + static_cast<int64_t>(q.size));
+        else if (std::find(mates[b].begin(), mates[b].end(), q.buf) != mates[b].end())
+          mate.push_back(q);
+      }
+      auto overlaps = [&](int64_t at, const Placed& q) {
+        return at < q.off + static_cast<int64_t>(q.size) && q.off < at + static_cast<int64_t>(size);
+      };
+      // In place where it fits: at a mate's offset, clear of the clashes and of other mates.
+      int64_t in_place = -1;
+      for (const Placed& q : mate) {
+        bool ok = true;
+        for (const Placed& c : clash) ok &= !overlaps(q.off, c);
+        for (const Placed& m : mate) ok &= m.off == q.off || !overlaps(q.off, m);
+        if (ok) {
+          in_place = q.off;
+          break;
+        }
+      }
+      if (in_place >= 0) {
+        off = in_place;
+      } else {
+        clash.insert(clash.end(), mate.begin(), mate.end());  // then clear of them altogether
+        std::sort(clash.begin(), clash.end(), [](auto& x, auto& y) { return x.off < y.off; });
+        for (const Placed& q : clash) {
+          if (off + static_cast<int64_t>(size) <= q.off) break;
+          off = std::max(off, q.off + static_cast<int64_t>(q.size));
+        }
       }
     } else {
       off = static_cast<int64_t>(plan.arena_bytes[slot]);

@@ -41,7 +41,7 @@ std::atomic<bool> g_enabled{[] {
   return !(v != nullptr && std::string_view(v) == "0");
 }()};
 
-bool covered(const FusedStep& s) {
+bool covered(const FusedStep& s, const VecKernels& vk) {
   if (s.dtype != kF32) return false;
   if (s.kind == FusedStep::Kind::Binary) {
     switch (s.op) {
@@ -66,7 +66,7 @@ bool covered(const FusedStep& s) {
       case OpKind::Gelu:
         return true;
       default:
-        return false;
+        return vk.lanes16(s.op) != nullptr;  // called
     }
   }
   return false;
@@ -97,9 +97,9 @@ const float kGelu[kGeluConstants] = {
 class Compiler : public CodeGenerator {
  public:
   Compiler(const std::vector<FusedStep>& steps, uint64_t vec, size_t nin, bool sum,
-           const void* gelu)
+           const VecKernels& vk)
       : CodeGenerator(64 * 1024, DontSetProtectRWE), steps_(steps), vec_(vec), nin_(nin),
-        sum_(sum), gelu_(gelu) {
+        sum_(sum), gelu_(vk.gelu16), vk_(vk) {
     last_use_.assign(steps.size(), -1);
     for (size_t i = 0; i < steps.size(); ++i) {
       const FusedStep& s = steps[i];
@@ -380,9 +380,14 @@ class Compiler : public CodeGenerator {
             vdivps(out, Zmm(kTempB), out);
             break;
           case OpKind::Gelu:
-            if (!inline_gelu(a)) call_gelu(i, a, masked);
+            if (!inline_gelu(a)) call_lanes16(gelu_, a, masked);
             break;
-          default: ok_ = false; break;
+          default:
+            if (const void* f = vk_.lanes16(s.op))
+              call_lanes16(f, a, masked);
+            else
+              ok_ = false;
+            break;
         }
       }
       // Operands read for the last time give their registers back; the value takes one.
@@ -449,10 +454,10 @@ class Compiler : public CodeGenerator {
     return true;
   }
 
-  // gelu16 (vec_kernels.cpp) takes and returns zmm0 and may change every vector and mask
-  // register: what is alive is saved around it.
-  void call_gelu(size_t step, const Zmm& a, bool masked) {
-    if (gelu_ == nullptr) {
+  // A 16-lane function of vec_kernels.cpp (gelu16, exp16...) takes and returns zmm0 and may
+  // change every vector and mask register: what is alive is saved around it.
+  void call_lanes16(const void* fn, const Zmm& a, bool masked) {
+    if (fn == nullptr) {
       ok_ = false;
       return;
     }
@@ -461,12 +466,11 @@ class Compiler : public CodeGenerator {
       if (used_[r]) live.push_back(r);
     for (int r : live) vmovaps(ptr[rsp + 64 * r], Zmm(r));
     vmovaps(zmm0, a);
-    mov(rax, reinterpret_cast<uint64_t>(gelu_));
+    mov(rax, reinterpret_cast<uint64_t>(fn));
     call(rax);
     vmovaps(Zmm(kResult), zmm0);
     for (int r : live) vmovaps(Zmm(r), ptr[rsp + 64 * r]);
     if (masked) kmovw(k1, ebx);
-    (void)step;
   }
 
   const std::vector<FusedStep>& steps_;
@@ -474,6 +478,7 @@ class Compiler : public CodeGenerator {
   size_t nin_;
   bool sum_;
   const void* gelu_;
+  const VecKernels& vk_;
   bool reserved_[32] = {};
   int offset_ = 0;  // elements past r15 that value() reads  // for the whole function: broadcast inputs, a sum's registers
   bool ok_ = true;
@@ -511,7 +516,7 @@ JitFn jit_fused(const std::vector<FusedStep>& steps, uint64_t vec_inputs, size_t
   const VecKernels& vk = vec_kernels();
   if (vk.gelu16 == nullptr) return nullptr;  // not the AVX-512 table
   for (const FusedStep& s : steps)
-    if (!covered(s)) return nullptr;
+    if (!covered(s, vk)) return nullptr;
   static std::mutex mu;
   static std::unordered_map<std::string, std::unique_ptr<Compiler>> cache;
   std::string key = key_of(steps, vec_inputs, ninputs, sum);
@@ -520,7 +525,7 @@ JitFn jit_fused(const std::vector<FusedStep>& steps, uint64_t vec_inputs, size_t
   if (it == cache.end()) {
     std::unique_ptr<Compiler> c;
     try {
-      c = std::make_unique<Compiler>(steps, vec_inputs, ninputs, sum, vk.gelu16);
+      c = std::make_unique<Compiler>(steps, vec_inputs, ninputs, sum, vk);
       if (!c->ok() || !c->setProtectModeRE(false)) c.reset();
     } catch (const std::exception&) {
       c.reset();  // Xbyak could not make it: the interpreter runs the group

@@ -297,6 +297,45 @@ void v_pow_scalar(float* out, const float* x, int64_t n, const OpAttrs& attrs) {
   }
 }
 
+#if defined(__AVX512F__)
+// 16 lanes of the same scalar definitions as the kernels above, for compiled fused groups to
+// call (jit.cpp): a loop of 16 the compiler turns into one pass of the vector code it makes for
+// the kernels' loops, lane for lane the same arithmetic.
+#define TG_LANES16(name, expr)     \
+  __m512 name(__m512 in) {         \
+    alignas(64) float lanes[16];   \
+    _mm512_store_ps(lanes, in);    \
+    for (float& v : lanes) v = expr; \
+    return _mm512_load_ps(lanes);  \
+  }
+TG_LANES16(exp16, exp_f32(v))
+TG_LANES16(log16, log_f32(v))
+TG_LANES16(tanh16, tanh_f32(v))
+TG_LANES16(sigmoid16, sigmoid_f32(v))
+TG_LANES16(log1p16, log1p_f32(v))
+TG_LANES16(erf16, erf_f32(v))
+TG_LANES16(softplus16, (v > 0.0f ? v : 0.0f) + log1p_f32(exp_f32(-std::fabs(v))))
+TG_LANES16(log_sigmoid16, (v < 0.0f ? v : 0.0f) - log1p_f32(exp_f32(-std::fabs(v))))
+#undef TG_LANES16
+
+const void* lanes16(OpKind kind) {
+  switch (kind) {
+    case OpKind::Exp: return reinterpret_cast<const void*>(&exp16);
+    case OpKind::Log: return reinterpret_cast<const void*>(&log16);
+    case OpKind::Tanh: return reinterpret_cast<const void*>(&tanh16);
+    case OpKind::Sigmoid: return reinterpret_cast<const void*>(&sigmoid16);
+    case OpKind::Log1p: return reinterpret_cast<const void*>(&log1p16);
+    case OpKind::Erf: return reinterpret_cast<const void*>(&erf16);
+    case OpKind::Softplus: return reinterpret_cast<const void*>(&softplus16);
+    case OpKind::LogSigmoid: return reinterpret_cast<const void*>(&log_sigmoid16);
+    case OpKind::Gelu: return reinterpret_cast<const void*>(&gelu16);
+    default: return nullptr;
+  }
+}
+#else
+const void* lanes16(OpKind) { return nullptr; }
+#endif
+
 UnaryF32 unary(OpKind kind) {
   switch (kind) {
     case OpKind::Exp:
@@ -707,9 +746,10 @@ void max_pool_2x2(float* __restrict out, int64_t* __restrict idx, const float* _
 extern const VecKernels kTable;
 #if defined(__AVX512F__)
 const VecKernels kTable{TG_VEC_NAME, unary, binary, sum, gemm_skinny, where, max_pool_2x2,
-                        reinterpret_cast<const void*>(&gelu16)};
+                        reinterpret_cast<const void*>(&gelu16), lanes16};
 #else
-const VecKernels kTable{TG_VEC_NAME, unary, binary, sum, gemm_skinny, where, max_pool_2x2, nullptr};
+const VecKernels kTable{TG_VEC_NAME, unary, binary, sum, gemm_skinny, where, max_pool_2x2, nullptr,
+                        lanes16};
 #endif
 
 }  // namespace tg::cpu::TG_VEC_NS

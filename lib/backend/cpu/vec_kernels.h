@@ -40,6 +40,10 @@ struct VecKernels {
   // The AVX-512 table's 16-lane GELU, __m512 (*)(__m512) (zmm0 in and out), which compiled
   // fused groups call (jit.cpp); null in the other tables.
   const void* gelu16;
+  // The AVX-512 table's 16-lane form of a unary op with the same bits as its kernel (same
+  // calling convention as gelu16), or null: exp, log, tanh, sigmoid, log1p, erf, softplus,
+  // log_sigmoid, gelu.
+  const void* (*lanes16)(OpKind kind);
 };
 
 // The best table this CPU supports (TAPEGRAD_ISA=baseline|avx2|avx512 forces one, for tests and
