@@ -9,6 +9,7 @@
 #include <random>
 
 #include "backend/backend.h"
+#include "fused_steps.h"
 #include "op_table.h"
 
 using namespace tg;
@@ -131,7 +132,7 @@ TEST_CASE("cuda: manual_seed then rand/randn/randint give the CPU's numbers") {
   CHECK(j.to(kCPU).to_vector<int64_t>() == i.to_vector<int64_t>());
 }
 
-TEST_CASE("cuda: a traced training step equals the eager one, and replays") {
+TEST_CASE("cuda: a traced training step equals the eager one, and replays as CUDA graphs") {
   if (!have_gpu()) return;
   manual_seed(3);
   auto make = [] {
@@ -154,13 +155,25 @@ TEST_CASE("cuda: a traced training step equals the eager one, and replays") {
   };
   auto eager = step_with(pe);
   auto traced = trace(step_with(pt));
-  for (int it = 0; it < 3; ++it) {
+  std::vector<Tensor> losses;
+  for (int it = 0; it < 5; ++it) {
+    CAPTURE(it);
     Tensor x = randn({8, 20}).to(cuda()), y = randint(0, 4, {8}).to(cuda());
     Tensor le = eager(x, y), lt = traced(x, y);
+    losses.push_back(lt);
     CHECK(close(lt, le.to(kCPU), 1e-5));
     for (size_t i = 0; i < pe.size(); ++i) CHECK(close(pt[i], pe[i].to(kCPU), 1e-5));
   }
   CHECK(traced.num_compiles() == 1);
+  // From the second call the runs of nodes between the index ops are CUDA graphs (Note
+  // [Captured replays]), recorded once each; each call's loss is its own tensor.
+  std::string summary = traced.pass_summary();
+  CAPTURE(summary);
+  CHECK(summary.find("captured CUDA graphs") != std::string::npos);
+  CHECK(summary.find(" 0 segments refused") != std::string::npos);
+  CHECK(summary.find(" 0 recordings so far") == std::string::npos);
+  for (size_t i = 0; i + 1 < losses.size(); ++i)
+    CHECK(losses[i].to(kCPU).item<float>() != losses[i + 1].to(kCPU).item<float>());
 }
 
 TEST_CASE("cuda: generated kernels for fused groups give the reference's values") {
@@ -190,27 +203,7 @@ TEST_CASE("cuda: generated kernels for fused groups give the reference's values"
         }
         views.push_back(t);
       }
-      std::vector<FusedStep> steps;
-      int nsteps = 1 + static_cast<int>(rng() % 8);
-      for (int i = 0; i < nsteps; ++i) {
-        auto pick = [&] {
-          int r = static_cast<int>(rng() % static_cast<unsigned>(i + 4));
-          return r < 4 ? -r - 1 : r - 4;
-        };
-        FusedStep s;
-        s.dtype = dt;
-        if (rng() % 2) {
-          s.kind = FusedStep::Kind::Unary;
-          s.op = un[rng() % un.size()];
-          s.a = pick();
-        } else {
-          s.kind = FusedStep::Kind::Binary;
-          s.op = bin[rng() % bin.size()];
-          s.a = pick();
-          s.b = pick();
-        }
-        steps.push_back(s);
-      }
+      std::vector<FusedStep> steps = tgtest::random_steps(rng, 4, 8, un, bin, dt);
       TensorOptions o{.dtype = dt, .device = cuda()};
       Tensor got = trial % 3 == 0 ? empty({shape[1], shape[0]}, o).t() : empty(shape, o);
       Tensor want = empty(shape, o);
@@ -223,50 +216,6 @@ TEST_CASE("cuda: generated kernels for fused groups give the reference's values"
       CHECK(close(got, want.to(kCPU), dt == kF32 ? 1e-6 : 1e-12));
     }
   }
-}
-
-TEST_CASE("cuda: replays from the second call launch captured CUDA graphs, same values") {
-  if (!have_gpu()) return;
-  // Note [Captured replays]: five steps of a training loop, eager and traced; from the second
-  // traced call the segments between the index ops are CUDA graphs.
-  manual_seed(9);
-  auto make = [] {
-    return std::vector<Tensor>{(randn({20, 16}) * 0.1).to(cuda()).requires_grad_(),
-                               zeros({16}, {.device = cuda()}).requires_grad_(),
-                               (randn({16, 4}) * 0.1).to(cuda()).requires_grad_(),
-                               zeros({4}, {.device = cuda()}).requires_grad_()};
-  };
-  std::vector<Tensor> pe = make(), pt;
-  for (const Tensor& p : pe) pt.push_back(p.detach().clone().requires_grad_());
-  auto step_with = [](std::vector<Tensor>& params) {
-    return [&params](const Tensor& x, const Tensor& y) {
-      Tensor h = gelu(x.matmul(params[0]) + params[1]).matmul(params[2]) + params[3];
-      Tensor loss = nn::functional::cross_entropy(h, y);
-      auto grads = grad({loss}, params);
-      NoGradGuard no_grad;
-      for (size_t i = 0; i < params.size(); ++i) params[i].sub_(grads[i] * 0.1);
-      return loss;
-    };
-  };
-  auto eager = step_with(pe);
-  auto traced = trace(step_with(pt));
-  std::vector<Tensor> losses;
-  for (int it = 0; it < 5; ++it) {
-    CAPTURE(it);
-    Tensor x = randn({8, 20}).to(cuda()), y = randint(0, 4, {8}).to(cuda());
-    Tensor le = eager(x, y), lt = traced(x, y);
-    CHECK(close(lt, le.to(kCPU), 1e-5));
-    for (size_t i = 0; i < pe.size(); ++i) CHECK(close(pt[i], pe[i].to(kCPU), 1e-5));
-    losses.push_back(lt);
-  }
-  std::string summary = traced.pass_summary();
-  CAPTURE(summary);
-  CHECK(summary.find("captured CUDA graphs") != std::string::npos);
-  CHECK(summary.find(" 0 segments refused") != std::string::npos);
-  CHECK(summary.find(" 0 recordings so far") == std::string::npos);
-  // Each call's loss is its own tensor: the graph's output buffer was copied out.
-  for (size_t i = 0; i + 1 < losses.size(); ++i)
-    CHECK(losses[i].to(kCPU).item<float>() != losses[i + 1].to(kCPU).item<float>());
 }
 
 TEST_CASE("cuda: the caching allocator reuses blocks and reports its bytes") {

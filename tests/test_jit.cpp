@@ -12,6 +12,7 @@
 #include "backend/backend.h"
 #include "backend/cpu/jit.h"
 #include "backend/cpu/vec_kernels.h"
+#include "fused_steps.h"
 
 using namespace tg;
 
@@ -66,30 +67,6 @@ const std::vector<OpKind> kUnary = {
 const std::vector<OpKind> kBinary = {OpKind::Add, OpKind::Sub, OpKind::Mul,
                                      OpKind::Div, OpKind::Maximum, OpKind::Minimum};
 
-std::vector<FusedStep> random_program(std::mt19937& rng, int ninputs, int max_steps) {
-  std::vector<FusedStep> steps;
-  int nsteps = 1 + static_cast<int>(rng() % static_cast<unsigned>(max_steps));
-  for (int i = 0; i < nsteps; ++i) {
-    auto pick = [&] {
-      int r = static_cast<int>(rng() % static_cast<unsigned>(i + ninputs));
-      return r < ninputs ? -r - 1 : r - ninputs;
-    };
-    FusedStep s;
-    if (rng() % 3 == 0) {
-      s.kind = FusedStep::Kind::Unary;
-      s.op = kUnary[rng() % kUnary.size()];
-      s.a = pick();
-    } else {
-      s.kind = FusedStep::Kind::Binary;
-      s.op = kBinary[rng() % kBinary.size()];
-      s.a = pick();
-      s.b = pick();
-    }
-    steps.push_back(s);
-  }
-  return steps;
-}
-
 struct JitOff {
   JitOff() { cpu::set_jit_enabled(false); }
   ~JitOff() { cpu::set_jit_enabled(true); }
@@ -118,7 +95,7 @@ TEST_CASE("jit: random groups give the interpreter's bits, broadcasts, tails, st
         default: views.push_back(awkward(shape, rng)); break;
       }
     }
-    std::vector<FusedStep> steps = random_program(rng, ninputs, 14);
+    std::vector<FusedStep> steps = tgtest::random_steps(rng, ninputs, 14, kUnary, kBinary);
     std::vector<const TensorImpl*> in;
     for (auto& v : views) in.push_back(v.impl());
     bool strided_out = trial % 4 == 0;
@@ -142,7 +119,7 @@ TEST_CASE("jit: random groups give the interpreter's bits, broadcasts, tails, st
   set_num_threads(threads);
   if (jit) {
     // Covered groups are compiled; an op it does not cover leaves the group to the interpreter.
-    std::vector<FusedStep> covered = random_program(rng, 3, 6);
+    std::vector<FusedStep> covered = tgtest::random_steps(rng, 3, 6, kUnary, kBinary);
     cpu::JitFn made = cpu::jit_fused(covered, 0b101, 3);
     CHECK((made != nullptr));
     CHECK((made == cpu::jit_fused(covered, 0b101, 3)));  // kept, not made again

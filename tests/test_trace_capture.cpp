@@ -7,9 +7,11 @@
 
 #include <cmath>
 
+#include "fused_steps.h"
 #include "trace/executor.h"
 
 using namespace tg;
+using tgtest::same;
 namespace F = tg::nn::functional;
 
 namespace {
@@ -20,13 +22,6 @@ struct CaptureOnCpu {
   ~CaptureOnCpu() { trace_detail::set_capture_on_cpu_for_tests(false); }
 };
 
-bool same(const Tensor& a, const Tensor& b) {
-  if (a.shape() != b.shape() || a.dtype() != b.dtype()) return false;
-  auto x = a.to_vector<double>(), y = b.to_vector<double>();
-  for (size_t i = 0; i < x.size(); ++i)
-    if (!(x[i] == y[i] || (std::isnan(x[i]) && std::isnan(y[i])))) return false;
-  return true;
-}
 
 // Row tiles are a CPU lowering that segments leave out; without them a CPU program is cut into
 // segments as a CUDA one is.

@@ -8,47 +8,14 @@
 #include <random>
 
 #include "backend/backend.h"
+#include "fused_steps.h"
 #include "ops/op_registry.h"
 
 using namespace tg;
+using tgtest::random_steps;
+using tgtest::same;
 
 namespace {
-
-// Equal values, NaN equal to NaN.
-bool same(const Tensor& a, const Tensor& b) {
-  if (a.shape() != b.shape() || a.dtype() != b.dtype()) return false;
-  auto x = a.to_vector<double>(), y = b.to_vector<double>();
-  for (size_t i = 0; i < x.size(); ++i)
-    if (!(x[i] == y[i] || (std::isnan(x[i]) && std::isnan(y[i])))) return false;
-  return true;
-}
-
-// A random step program of 1..max_steps steps over `ninputs` inputs and earlier values.
-std::vector<FusedStep> random_steps(std::mt19937& rng, int ninputs, int max_steps,
-                                    const std::vector<OpKind>& unary,
-                                    const std::vector<OpKind>& binary) {
-  std::vector<FusedStep> steps;
-  int nsteps = 1 + static_cast<int>(rng() % static_cast<unsigned>(max_steps));
-  for (int i = 0; i < nsteps; ++i) {
-    auto pick = [&] {
-      int r = static_cast<int>(rng() % static_cast<unsigned>(i + ninputs));
-      return r < ninputs ? -r - 1 : r - ninputs;
-    };
-    FusedStep s;
-    if (rng() % 2) {
-      s.kind = FusedStep::Kind::Unary;
-      s.op = unary[rng() % unary.size()];
-      s.a = pick();
-    } else {
-      s.kind = FusedStep::Kind::Binary;
-      s.op = binary[rng() % binary.size()];
-      s.a = pick();
-      s.b = pick();
-    }
-    steps.push_back(s);
-  }
-  return steps;
-}
 
 }  // namespace
 

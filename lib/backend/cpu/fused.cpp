@@ -129,6 +129,12 @@ struct StepKernels {
   JitFn jit = nullptr;
   size_t nin = 0;
 
+  // The group as code for blocks whose inputs are runs where bit k of `runs` is set.
+  void compile(const std::vector<FusedStep>& steps, uint64_t runs, size_t ninputs) {
+    jit = jit_fused(steps, runs, ninputs);
+    nin = ninputs;
+  }
+
   explicit StepKernels(const std::vector<FusedStep>& steps) {
     const VecKernels& vk = vec_kernels();
     for (size_t i = 0; i < steps.size(); ++i) {
@@ -308,6 +314,32 @@ void run_block(const std::vector<FusedStep>& steps, const StepKernels& kernels, 
   }
 }
 
+// Which inputs a block reads as a run (bit k: input k; the others are one element): a block is
+// a piece of a row (by_row), where an input is a run unless it is broadcast along the row, or
+// whole rows, where it is a run unless it is one element for all.
+uint64_t block_runs(const Layout& L, size_t nin, bool by_row) {
+  uint64_t runs = 0;
+  for (size_t k = 0; k < nin; ++k) {
+    int op = static_cast<int>(k + 1);
+    bool run = by_row ? (L.ndim ? L.strides[op][0] : L.esize[op]) != 0 : !L.zero[op];
+    runs |= static_cast<uint64_t>(run) << k;
+  }
+  return runs;
+}
+
+// Compiled code over rows [begin, end) of a layout of at most two dims (rows the outer one),
+// every operand read and written in place along the rows.
+void run_rows(JitFn fn, const Layout& L, size_t nin, int64_t begin, int64_t end) {
+  RowCursor cur(L, begin);
+  std::array<const float*, kMaxFusedOperands> in;
+  std::array<int64_t, kMaxFusedOperands> strides;
+  for (int op = 0; op < L.nops; ++op) strides[op] = L.ndim == 2 ? L.strides[op][1] : 0;
+  for (size_t k = 0; k < nin; ++k)
+    in[k] = reinterpret_cast<const float*>(L.base[k + 1] + cur.off[k + 1]);
+  fn(reinterpret_cast<float*>(L.base[0] + cur.off[0]), in.data(), L.inner(), end - begin,
+     strides.data());
+}
+
 }  // namespace
 
 void fused_kernel(const std::vector<FusedStep>& steps, const TensorImpl& out,
@@ -327,16 +359,7 @@ void fused_kernel(const std::vector<FusedStep>& steps, const TensorImpl& out,
   int64_t grain = std::max<int64_t>(1, kParallelGrain / block_elems);
   auto inner_stride = [&](int k) { return L.ndim ? L.strides[k][0] : L.esize[k]; };
   StepKernels kernels(steps);
-  {
-    uint64_t vec = 0;  // which inputs a block reads as a run (the others: one element)
-    for (size_t k = 0; k < nin; ++k) {
-      int op = static_cast<int>(k + 1);
-      bool run = by_row ? inner_stride(op) != 0 : !L.zero[op];
-      vec |= static_cast<uint64_t>(run) << k;
-    }
-    kernels.jit = jit_fused(steps, vec, nin);
-    kernels.nin = nin;
-  }
+  kernels.compile(steps, block_runs(L, nin, by_row), nin);
 
   // Compiled code over whole rows of at most two dims, each operand read and written in place:
   // one call for all of a thread's rows.
@@ -347,14 +370,7 @@ void fused_kernel(const std::vector<FusedStep>& steps, const TensorImpl& out,
   }
   parallel_for(items, grain, [&](int64_t begin, int64_t end) {
     if (rows_at_once) {
-      RowCursor cur(L, begin);
-      std::array<const float*, kMaxFusedOperands> in;
-      std::array<int64_t, kMaxFusedOperands> strides;
-      for (int op = 0; op < L.nops; ++op) strides[op] = L.ndim == 2 ? L.strides[op][1] : 0;
-      for (size_t k = 0; k < nin; ++k)
-        in[k] = reinterpret_cast<const float*>(L.base[k + 1] + cur.off[k + 1]);
-      kernels.jit(reinterpret_cast<float*>(L.base[0] + cur.off[0]), in.data(), inner, end - begin,
-                  strides.data());
+      run_rows(kernels.jit, L, nin, begin, end);
       return;
     }
     Scratch scratch(steps.size(), nin);
@@ -431,16 +447,6 @@ void fused_kernel(const std::vector<FusedStep>& steps, const TensorImpl& out,
   });
 }
 
-namespace {
-// Which inputs are runs along the rows (bit k: input k), the others one element per row.
-uint64_t vec_along_rows(const Layout& L, size_t nin) {
-  uint64_t vec = 0;
-  for (size_t k = 0; k < nin; ++k)
-    vec |= static_cast<uint64_t>(L.strides[k + 1][0] != 0) << k;
-  return vec;
-}
-}  // namespace
-
 // Note [Fused sums] (pass_fuse.cpp) on the CPU: each row of the value (the reduced dims, at most
 // one block long) is computed into a register by the blocked kernel's steps and summed there by
 // the same vectorized sum, in the same order, as reduce() sums a stored row: the same bits, and
@@ -485,15 +491,8 @@ bool fused_sum_kernel(const std::vector<FusedStep>& steps, const TensorImpl& out
   // fused_kernel). Shorter rows: blocks of whole rows, operands not flat gathered row by row.
   const bool by_row = inner >= 256;
   StepKernels kernels(steps);
+  kernels.compile(steps, block_runs(L, nin, by_row), nin);
   {
-    uint64_t vec = 0;
-    for (size_t k = 0; k < nin; ++k) {
-      int op = static_cast<int>(k + 1);
-      bool run = by_row ? inner_stride(op) != 0 : !L.zero[op];
-      vec |= static_cast<uint64_t>(run) << k;
-    }
-    kernels.jit = jit_fused(steps, vec, nin);
-    kernels.nin = nin;
     // Compiled code that sums each row too, when every operand is read in place along the rows
     // (runs or single elements) and the rows are one dim: one call per thread, no row stored.
     bool in_place = L.ndim <= 2;
@@ -501,19 +500,10 @@ bool fused_sum_kernel(const std::vector<FusedStep>& steps, const TensorImpl& out
       int op = static_cast<int>(k + 1);
       in_place = inner_stride(op) == L.esize[op] || inner_stride(op) == 0;
     }
-    JitFn summed = in_place ? jit_fused(steps, vec_along_rows(L, nin), nin, true) : nullptr;
+    JitFn summed = in_place ? jit_fused(steps, block_runs(L, nin, true), nin, true) : nullptr;
     if (summed != nullptr) {
-      parallel_for(rows, std::max<int64_t>(1, kParallelGrain / inner), [&](int64_t begin,
-                                                                            int64_t end) {
-        RowCursor cur(L, begin);
-        std::array<const float*, kMaxFusedOperands> in;
-        std::array<int64_t, kMaxFusedOperands> strides;
-        for (int op = 0; op < L.nops; ++op) strides[op] = L.ndim == 2 ? L.strides[op][1] : 0;
-        for (size_t k = 0; k < nin; ++k)
-          in[k] = reinterpret_cast<const float*>(L.base[k + 1] + cur.off[k + 1]);
-        summed(reinterpret_cast<float*>(L.base[0] + cur.off[0]), in.data(), inner, end - begin,
-               strides.data());
-      });
+      parallel_for(rows, std::max<int64_t>(1, kParallelGrain / inner),
+                   [&](int64_t begin, int64_t end) { run_rows(summed, L, nin, begin, end); });
       return true;
     }
   }
