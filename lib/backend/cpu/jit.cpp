@@ -473,7 +473,7 @@ class Compiler : public CodeGenerator {
     if (masked) kmovw(k1, ebx);
   }
 
-  const std::vector<FusedStep>& steps_;
+  std::vector<FusedStep> steps_;
   uint64_t vec_;
   size_t nin_;
   bool sum_;
