@@ -12,8 +12,9 @@
 // by x + y; relu keeping x where x > 0 or x is NaN; and gelu by calling the vector kernel's
 // own 16-lane function, every live register saved around the call. No product and sum are
 // joined into one fused multiply-add.
-// Code is made once per (steps, which inputs are broadcast) and kept for the process; W^X: the
-// buffer is made executable only when the code is complete.
+// Code is made once per (steps, which inputs are broadcast, summed or not) and kept for the
+// process, in a buffer sized for the group (a few KB); W^X: the buffer is made executable only
+// when the code is complete.
 #include "backend/cpu/jit.h"
 
 #include <algorithm>
@@ -97,8 +98,8 @@ const float kGelu[kGeluConstants] = {
 class Compiler : public CodeGenerator {
  public:
   Compiler(const std::vector<FusedStep>& steps, uint64_t vec, size_t nin, bool sum,
-           const VecKernels& vk)
-      : CodeGenerator(64 * 1024, DontSetProtectRWE), steps_(steps), vec_(vec), nin_(nin),
+           const VecKernels& vk, size_t bytes)
+      : CodeGenerator(bytes, DontSetProtectRWE), steps_(steps), vec_(vec), nin_(nin),
         sum_(sum), gelu_(vk.gelu16), vk_(vk) {
     last_use_.assign(steps.size(), -1);
     for (size_t i = 0; i < steps.size(); ++i) {
@@ -524,11 +525,21 @@ JitFn jit_fused(const std::vector<FusedStep>& steps, uint64_t vec_inputs, size_t
   auto it = cache.find(key);
   if (it == cache.end()) {
     std::unique_ptr<Compiler> c;
-    try {
-      c = std::make_unique<Compiler>(steps, vec_inputs, ninputs, sum, vk);
-      if (!c->ok() || !c->setProtectModeRE(false)) c.reset();
-    } catch (const std::exception&) {
-      c.reset();  // Xbyak could not make it: the interpreter runs the group
+    // The buffer is sized for the group (the body is emitted twice, or 13 times summing, at
+    // most about 1 KB per step each time; code a page or two), four times larger if that was
+    // short, up to 1 MB.
+    for (size_t bytes = 4096 + 1024 * steps.size() * (sum ? 13 : 2); bytes <= (size_t{1} << 20);
+         bytes *= 4) {
+      try {
+        auto made = std::make_unique<Compiler>(steps, vec_inputs, ninputs, sum, vk,
+                                               (bytes + 4095) / 4096 * 4096);
+        if (made->ok() && made->setProtectModeRE(false)) c = std::move(made);
+        break;
+      } catch (const Xbyak::Error& e) {
+        if (static_cast<int>(e) != Xbyak::ERR_CODE_IS_TOO_BIG) break;  // else a larger buffer
+      } catch (const std::exception&) {
+        break;  // Xbyak could not make it: the interpreter runs the group
+      }
     }
     it = cache.emplace(std::move(key), std::move(c)).first;
   }
