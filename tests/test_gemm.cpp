@@ -43,7 +43,10 @@ TEST_CASE("unpacked f32 products match f64 sums in every layout, on every ISA") 
   const Case cases[] = {{1, 1, 1},   {1, 784, 500}, {3, 5, 17},   {10, 1000, 33}, {17, 3, 129},
                         {8, 16, 16}, {9, 31, 300},  {60, 70, 15}, {784, 1, 500},  {130, 10, 257},
                         // 9 to 12 rows are one group; updates walk several panels last first
-                        {10, 40, 300}, {11, 5, 129}, {12, 7, 260}, {784, 10, 500}};
+                        {10, 40, 300}, {11, 5, 129}, {12, 7, 260}, {784, 10, 500},
+                        // short dot products (a·bᵀ with k <= 16) copy b row-major first; few
+                        // rows by few columns (c 10×10) stream b's rows under a lane mask
+                        {10, 10, 500}, {1, 16, 17}, {10, 500, 10}, {16, 33, 2}};
   for (const auto* table : cpu::available_vec_kernels()) {
     for (const Case& s : cases) {
       CAPTURE(table->isa);
@@ -98,8 +101,10 @@ TEST_CASE("matmul uses the unpacked kernels for skinny shapes and agrees with f6
   // Through the public op: the shapes of small batches, forward and backward.
   // {500, 10, 10} and {300, 16, 15}: a narrow layer's weight gradient xᵀ·δ (few columns of c,
   // a short inner dimension, a's columns contiguous), which BLAS keeps.
+  // {10, 500, 10} and {10, 10, 500}: a batch of 10 through a 10-wide layer, forward (ours, c
+  // narrower than a vector) and back (δ·Wᵀ, short dot products, b copied row-major).
   for (auto [m, k, n] : {std::tuple{1, 784, 500}, {10, 1000, 1000}, {784, 10, 500}, {60, 64, 50},
-                         {500, 10, 10}, {300, 16, 15}, {16, 3, 1}}) {
+                         {500, 10, 10}, {300, 16, 15}, {16, 3, 1}, {10, 500, 10}, {10, 10, 500}}) {
     CAPTURE(m);
     CAPTURE(k);
     CAPTURE(n);
