@@ -4,9 +4,11 @@
 #include <tapegrad/tapegrad.h>
 #include <zlib.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <set>
+#include <string>
 
 using namespace tg;
 
@@ -33,7 +35,12 @@ std::string error_of(const std::function<void()>& f) {
   }
   return "(no error)";
 }
-const char* kDigits = TAPEGRAD_TEST_DATA "/digits.csv.gz";
+// The vendored digits set; TAPEGRAD_TEST_DATA in the environment points a binary built elsewhere
+// (scripts/tg gpu-pack) at its copy of tests/data.
+std::string digits_path() {
+  const char* dir = std::getenv("TAPEGRAD_TEST_DATA");
+  return std::string(dir != nullptr && *dir ? dir : TAPEGRAD_TEST_DATA) + "/digits.csv.gz";
+}
 }  // namespace
 
 TEST_CASE("DataLoader: batches, drop_last, seeded shuffling that covers every example once") {
@@ -108,7 +115,7 @@ TEST_CASE("read_csv: header, gzip, errors with line numbers, the vendored digits
   CHECK(error_of([&] { data::read_csv(p); }).find("line 2 has 1 fields, earlier lines have 2") != std::string::npos);
   write(p, "1,2\n3,abc\n");
   CHECK(error_of([&] { data::read_csv(p); }).find("line 2: 'abc' is not a number") != std::string::npos);
-  auto digits = data::read_csv(kDigits);
+  auto digits = data::read_csv(digits_path());
   CHECK(digits.values.shape() == Shape{1797, 65});
   Tensor labels = digits.values.select(1, 64);
   CHECK(labels.amin().item<float>() == 0);
