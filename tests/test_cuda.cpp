@@ -135,6 +135,32 @@ TEST_CASE("cuda: manual_seed then rand/randn/randint give the CPU's numbers") {
   CHECK(j.to(kCPU).to_vector<int64_t>() == i.to_vector<int64_t>());
 }
 
+TEST_CASE("cuda: scatter_add with repeated indices gives the same bits on every run") {
+  if (!have_gpu()) return;
+  // An embedding's gradient: 4096 tokens of a 50-word vocabulary, rows of 256, and one column
+  // scatter where every element goes to the same place (Note [Scatter without atomics]).
+  manual_seed(11);
+  for (DType dt : {kF32, kF64}) {
+    Tensor tokens = randint(0, 50, {4096});
+    Tensor index = tokens.unsqueeze(1).expand({4096, 256});
+    Tensor grad = randn({4096, 256}, {.dtype = dt});
+    Tensor base = zeros({50, 256}, {.dtype = dt});
+    Tensor want = base.scatter_add(0, index, grad);
+    Tensor gi = index.to(cuda()), gg = grad.to(cuda()), gb = base.to(cuda());
+    Tensor first = gb.scatter_add(0, gi, gg).to(kCPU);
+    CHECK(close(first, want, dt == kF32 ? 1e-3 : 1e-6));
+    for (int run = 0; run < 5; ++run)
+      CHECK(gb.scatter_add(0, gi, gg).to(kCPU).to_vector<double>() == first.to_vector<double>());
+    Tensor all = zeros({100000}, {.dtype = kI64}), ones_ = randn({100000}, {.dtype = dt});
+    Tensor one = zeros({3}, {.dtype = dt});
+    Tensor want1 = one.scatter_add(0, all, ones_);
+    Tensor got1 = one.to(cuda()).scatter_add(0, all.to(cuda()), ones_.to(cuda())).to(kCPU);
+    CHECK(close(got1, want1, dt == kF32 ? 1e-3 : 1e-6));
+    CHECK(one.to(cuda()).scatter_add(0, all.to(cuda()), ones_.to(cuda())).to(kCPU)
+              .to_vector<double>() == got1.to_vector<double>());
+  }
+}
+
 TEST_CASE("cuda: a traced training step equals the eager one, and replays as CUDA graphs") {
   if (!have_gpu()) return;
   manual_seed(3);

@@ -482,24 +482,15 @@ class CudaBackend final : public Backend {
     enter(op);
     const TensorImpl& target = kind == OpKind::ScatterAdd ? out : x;
     const TensorImpl& space = kind == OpKind::ScatterAdd ? x : out;
-    int64_t dim_size = target.sizes.empty() ? 1 : target.sizes[dim];
-    check_indices(index, dim_size, op, dim);
-    IndexGeom g;
-    g.ndim = static_cast<int>(space.sizes.size());
-    g.dim = dim;
-    g.dim_size = dim_size;
-    g.index_step = index.strides.empty() ? 0 : index.strides[0];
-    for (int d = 0; d < g.ndim; ++d) {
-      g.sizes[d] = space.sizes[d];
-      g.out_strides[d] = out.strides[d];
-      g.x_strides[d] = x.strides[d];
-      g.index_strides[d] =
-          kind == OpKind::IndexSelect || index.strides.size() <= static_cast<size_t>(d)
-              ? 0
-              : index.strides[d];
-    }
-    launch_index(kind, out.dtype, out.data(), x.data(),
-                 reinterpret_cast<const int64_t*>(index.data()), g, space.numel, stream());
+    check_indices(index, target.sizes.empty() ? 1 : target.sizes[dim], op, dim);
+    IndexGeom g = make_index_geom(kind, out, x, dim, index);
+    size_t ws = index_workspace_bytes(kind, out.dtype, g, space.numel);
+    void* workspace = ws > 0 ? allocate(ws) : nullptr;
+    cudaError_t e = launch_index(kind, out.dtype, out.data(), x.data(),
+                                 reinterpret_cast<const int64_t*>(index.data()), g, space.numel,
+                                 workspace, ws, stream());
+    if (workspace != nullptr) deallocate(workspace, ws);  // stream-ordered: safe at once
+    TG_CUDA(op, e);
     TG_LAUNCHED(op);
   }
 

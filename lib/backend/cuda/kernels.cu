@@ -3,6 +3,8 @@
 // same functions; only the order of floating sums and the device's libm differ.
 #include <cuda_runtime.h>
 
+#include <cub/device/device_radix_sort.cuh>
+
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -359,13 +361,24 @@ __global__ void reduce_join(OpKind kind, const RState<T>* pieces, char* out, int
 
 // --- indexing ----------------------------------------------------------------------------------
 
-__device__ inline int64_t wrap_index(int64_t v, int64_t size) { return v < 0 ? v + size : v; }
-
 template <class T>
 __global__ void index_kernel(OpKind kind, T* out, const T* x, const int64_t* index, IndexGeom g,
                              int64_t n) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+    if (kind == OpKind::ScatterAdd) {  // integers and bools: exact, so any order gives the same
+      int64_t dst = 0, src = 0;
+      scatter_offsets(g, index, i, dst, src);
+      if constexpr (std::is_same_v<T, int64_t>) {
+        atomicAdd(reinterpret_cast<unsigned long long*>(out + dst),
+                  static_cast<unsigned long long>(x[src]));
+      } else if constexpr (std::is_same_v<T, int32_t>) {
+        atomicAdd(reinterpret_cast<unsigned*>(out + dst), static_cast<unsigned>(x[src]));
+      } else if constexpr (std::is_same_v<T, bool>) {
+        if (x[src]) out[dst] = true;  // a sum of bools, stored as bool, is an or
+      }
+      continue;
+    }
     int64_t idx[kDims];
     int64_t r = i;
     for (int d = g.ndim - 1; d >= 0; --d) {
@@ -382,23 +395,87 @@ __global__ void index_kernel(OpKind kind, T* out, const T* x, const int64_t* ind
       int64_t pos = g.ndim ? idx[g.dim] : 0;
       int64_t sel = wrap_index(index[pos * g.index_step], g.dim_size);
       out[o_off] = x[x_off + (sel - pos) * g.x_strides[g.dim]];
-    } else if (kind == OpKind::Gather) {
+    } else {  // Gather
       int64_t sel = wrap_index(index[i_off], g.dim_size);
       int64_t pos = g.ndim ? idx[g.dim] : 0;
       out[o_off] = g.ndim ? x[x_off + (sel - pos) * g.x_strides[g.dim]] : x[0];
-    } else {  // ScatterAdd: out[... index ...] += x
-      int64_t sel = wrap_index(index[i_off], g.dim_size);
-      int64_t pos = g.ndim ? idx[g.dim] : 0;
-      T* d = out + (g.ndim ? o_off + (sel - pos) * g.out_strides[g.dim] : 0);
-      if constexpr (std::is_same_v<T, int64_t>) {
-        atomicAdd(reinterpret_cast<unsigned long long*>(d), static_cast<unsigned long long>(x[x_off]));
-      } else if constexpr (std::is_same_v<T, bool>) {
-        if (x[x_off]) *d = true;  // a sum of bools, stored as bool, is an or
-      } else {
-        atomicAdd(d, x[x_off]);
-      }
     }
   }
+}
+
+// scatter_add of floats (Note [Scatter without atomics], index_runs.h): the three kernels around
+// the sort, each a grid-stride loop over the steps of index_runs.h.
+__global__ void scatter_keys(IndexGeom g, const int64_t* index, int64_t n, uint64_t* keys,
+                             uint64_t* srcs) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+    int64_t dst = 0, src = 0;
+    scatter_offsets(g, index, i, dst, src);
+    keys[i] = static_cast<uint64_t>(dst);
+    srcs[i] = static_cast<uint64_t>(src);
+  }
+}
+
+template <class T>
+__global__ void scatter_pieces(int64_t n, int64_t nchunks, const uint64_t* keys,
+                               const uint64_t* srcs, const T* x, uint64_t* piece_keys,
+                               double* piece_sums, int32_t* counts) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; c < nchunks;
+       c += stride)
+    chunk_pieces(c, n, keys, srcs, x, piece_keys, piece_sums, counts);
+}
+
+template <class T>
+__global__ void scatter_join(int64_t nchunks, const uint64_t* keys, const uint64_t* piece_keys,
+                             const double* piece_sums, const int32_t* counts, T* out) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; c < nchunks;
+       c += stride)
+    join_runs(c, nchunks, keys, piece_keys, piece_sums, counts, out);
+}
+
+// The workspace of a sorted scatter_add, in 256-byte aligned parts: the keys and sources before
+// and after the sort (the first two hold the pieces afterwards), the chunks' piece counts, and
+// CUB's own temporary storage.
+struct ScatterSpace {
+  uint64_t *keys_in, *keys, *srcs_in, *srcs;
+  int32_t* counts;
+  void* cub_temp;
+  size_t cub_bytes;
+};
+
+size_t align256(size_t b) { return (b + 255) / 256 * 256; }
+
+int sort_bits(const IndexGeom& g) {
+  int bits = 1;
+  while (bits < 63 && (uint64_t{1} << bits) < static_cast<uint64_t>(g.out_extent)) ++bits;
+  return bits;
+}
+
+// With base null, only the sizes: returns the total bytes.
+size_t scatter_space(const IndexGeom& g, int64_t n, char* base, ScatterSpace& sp,
+                     cudaError_t& error) {
+  const size_t keys = align256(static_cast<size_t>(n) * sizeof(uint64_t));
+  const size_t counts = align256(static_cast<size_t>((n + kRunChunk - 1) / kRunChunk) * 4);
+  sp.cub_bytes = 0;
+  error = cub::DeviceRadixSort::SortPairs(nullptr, sp.cub_bytes, static_cast<uint64_t*>(nullptr),
+                                          static_cast<uint64_t*>(nullptr),
+                                          static_cast<uint64_t*>(nullptr),
+                                          static_cast<uint64_t*>(nullptr), n, 0, sort_bits(g));
+  if (base != nullptr) {
+    sp.keys_in = reinterpret_cast<uint64_t*>(base);
+    sp.keys = reinterpret_cast<uint64_t*>(base + keys);
+    sp.srcs_in = reinterpret_cast<uint64_t*>(base + 2 * keys);
+    sp.srcs = reinterpret_cast<uint64_t*>(base + 3 * keys);
+    sp.counts = reinterpret_cast<int32_t*>(base + 4 * keys);
+    sp.cub_temp = base + 4 * keys + counts;
+  }
+  return 4 * keys + counts + align256(sp.cub_bytes);
+}
+
+bool sorted_scatter(OpKind kind, DType dtype) {
+  return kind == OpKind::ScatterAdd && (dtype == DType::F32 || dtype == DType::F64);
 }
 
 // --- sliding windows ---------------------------------------------------------------------------
@@ -569,14 +646,49 @@ void launch_reduce(OpKind kind, DType dtype, const char* x, char* out, const Red
   });
 }
 
-void launch_index(OpKind kind, DType dtype, char* out, const char* x, const int64_t* index,
-                  const IndexGeom& g, int64_t n, cudaStream_t stream) {
-  if (n <= 0) return;
+size_t index_workspace_bytes(OpKind kind, DType dtype, const IndexGeom& g, int64_t n) {
+  if (!sorted_scatter(kind, dtype) || n <= 0) return 0;
+  ScatterSpace sp{};
+  cudaError_t error = cudaSuccess;
+  return scatter_space(g, n, nullptr, sp, error);
+}
+
+cudaError_t launch_index(OpKind kind, DType dtype, char* out, const char* x, const int64_t* index,
+                         const IndexGeom& g, int64_t n, void* workspace, size_t workspace_bytes,
+                         cudaStream_t stream) {
+  if (n <= 0) return cudaSuccess;
+  if (sorted_scatter(kind, dtype)) {
+    ScatterSpace sp{};
+    cudaError_t error = cudaSuccess;
+    size_t need = scatter_space(g, n, static_cast<char*>(workspace), sp, error);
+    if (error != cudaSuccess) return error;
+    if (workspace == nullptr || workspace_bytes < need) return cudaErrorInvalidValue;
+    const int64_t nchunks = (n + kRunChunk - 1) / kRunChunk;
+    scatter_keys<<<blocks_for(n), kThreads, 0, stream>>>(g, index, n, sp.keys_in, sp.srcs_in);
+    error = cub::DeviceRadixSort::SortPairs(sp.cub_temp, sp.cub_bytes, sp.keys_in, sp.keys,
+                                            sp.srcs_in, sp.srcs, n, 0, sort_bits(g), stream);
+    if (error != cudaSuccess) return error;
+    // The pieces go where the unsorted keys and sources were.
+    auto* piece_keys = sp.keys_in;
+    auto* piece_sums = reinterpret_cast<double*>(sp.srcs_in);
+    dispatch(dtype, [&](auto tag) {
+      using T = typename decltype(tag)::type;
+      if constexpr (std::is_floating_point_v<T>) {
+        scatter_pieces<T><<<blocks_for(nchunks), kThreads, 0, stream>>>(
+            n, nchunks, sp.keys, sp.srcs, reinterpret_cast<const T*>(x), piece_keys, piece_sums,
+            sp.counts);
+        scatter_join<T><<<blocks_for(nchunks), kThreads, 0, stream>>>(
+            nchunks, sp.keys, piece_keys, piece_sums, sp.counts, reinterpret_cast<T*>(out));
+      }
+    });
+    return cudaSuccess;
+  }
   dispatch(dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     index_kernel<T><<<blocks_for(n), kThreads, 0, stream>>>(
         kind, reinterpret_cast<T*>(out), reinterpret_cast<const T*>(x), index, g, n);
   });
+  return cudaSuccess;
 }
 
 void launch_window(OpKind kind, DType dtype, char* out, const char* x, int64_t* indices,

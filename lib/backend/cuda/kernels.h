@@ -9,13 +9,13 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "backend/cuda/index_runs.h"
 #include "backend/op_attrs.h"
 #include "ops/op_registry.h"
 #include "tapegrad/dtype.h"
 
 namespace tg::cuda_detail {
 
-constexpr int kDims = 16;     // tensors have at most 16 dims
 constexpr int kOperands = 4;  // an elementwise call's output and up to three inputs
 
 // Operands of an elementwise call, all viewed at the output's shape: dims innermost first,
@@ -36,17 +36,6 @@ struct ReduceGeom {
   int64_t kept_sizes[kDims], kept_strides[kDims];
   int64_t red_sizes[kDims], red_strides[kDims];
   int64_t nout = 0, count = 0;
-};
-
-// index_select / gather / scatter_add: the iteration space (out's shape for the first two,
-// x's for scatter_add), outermost first, with each operand's element strides over it.
-struct IndexGeom {
-  int ndim = 0;
-  int dim = 0;
-  int64_t dim_size = 0;     // the size of the indexed dim of the operand indexed into
-  int64_t index_step = 0;   // index_select: the index vector's stride
-  int64_t sizes[kDims];
-  int64_t out_strides[kDims], x_strides[kDims], index_strides[kDims];
 };
 
 // Sliding windows over contiguous (N, C, H, W) images; columns (N, C*kh*kw, L) with their
@@ -79,8 +68,13 @@ void launch_reduce(OpKind kind, DType dtype, const char* x, char* out, const Red
 // i64 operand 0 of s lies outside [-size, size), and flag[1] one such index.
 void launch_check_indices(const Strided& s, int64_t n, int64_t size, int64_t* flag,
                           cudaStream_t stream);
-void launch_index(OpKind kind, DType dtype, char* out, const char* x, const int64_t* index,
-                  const IndexGeom& g, int64_t n, cudaStream_t stream);
+// scatter_add of floats sorts (Note [Scatter without atomics]) in a workspace of this many
+// bytes (0: none needed); it is a device query, so it needs the GPU.
+size_t index_workspace_bytes(OpKind kind, DType dtype, const IndexGeom& g, int64_t n);
+// The error of the sort (CUB), if any; launch errors are left to cudaGetLastError().
+cudaError_t launch_index(OpKind kind, DType dtype, char* out, const char* x, const int64_t* index,
+                         const IndexGeom& g, int64_t n, void* workspace, size_t workspace_bytes,
+                         cudaStream_t stream);
 void launch_window(OpKind kind, DType dtype, char* out, const char* x, int64_t* indices,
                    const WindowGeom& g, cudaStream_t stream);
 

@@ -1,0 +1,141 @@
+// The steps of CUDA's scatter_add without atomics (lib/backend/cuda/index_runs.h, Note [Scatter
+// without atomics]), run here one thread after another: keys, a stable sort standing in for
+// CUB's, pieces, joins. Every destination must get exactly the CPU backend's sum, on shapes whose
+// runs of equal destinations start, end and cross the chunks' borders in every way. The values
+// are small integers, so any grouping of the sums is exact and a lost or doubled element shows.
+// Plain C++: it runs on every machine, GPU or not.
+#include <doctest/doctest.h>
+#include <tapegrad/tapegrad.h>
+
+#include <algorithm>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "backend/backend.h"
+#include "backend/cuda/index_runs.h"
+#include "core/tensor_impl.h"
+
+using namespace tg;
+using namespace tg::cuda_detail;
+
+namespace {
+
+// out (a copy) after the GPU's steps, each "thread" run in turn.
+template <class T>
+Tensor emulate_scatter(const Tensor& out0, int dim, const Tensor& index, const Tensor& src) {
+  Tensor out = out0.clone();
+  // Keep out0's strides: the keys are element offsets into out's storage.
+  if (!out0.is_contiguous()) out = out0.contiguous().t().contiguous().t();
+  REQUIRE(out.strides() == out0.strides());
+  IndexGeom g = make_index_geom(OpKind::ScatterAdd, *out.impl(), *src.impl(), dim, *index.impl());
+  const int64_t n = src.numel();
+  std::vector<uint64_t> keys(n), srcs(n);
+  for (int64_t i = 0; i < n; ++i) {
+    int64_t dst = 0, s = 0;
+    scatter_offsets(g, index.data_ptr<int64_t>() , i, dst, s);
+    CHECK(dst >= 0);
+    CHECK(dst < g.out_extent);
+    keys[i] = static_cast<uint64_t>(dst);
+    srcs[i] = static_cast<uint64_t>(s);
+  }
+  // CUB's radix sort is stable: equal keys keep the order of i.
+  std::vector<int64_t> order(n);
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return keys[a] < keys[b]; });
+  std::vector<uint64_t> sorted_keys(n), sorted_srcs(n);
+  for (int64_t k = 0; k < n; ++k) {
+    sorted_keys[k] = keys[order[k]];
+    sorted_srcs[k] = srcs[order[k]];
+  }
+  const int64_t nchunks = (n + kRunChunk - 1) / kRunChunk;
+  // As on the GPU, the pieces overwrite the unsorted keys and sources.
+  std::vector<uint64_t>& piece_keys = keys;
+  std::vector<double> piece_sums(n, -1e300);
+  std::vector<int32_t> counts(nchunks, -1);
+  for (int64_t c = 0; c < nchunks; ++c)
+    chunk_pieces(c, n, sorted_keys.data(), sorted_srcs.data(), src.data_ptr<T>(),
+                 piece_keys.data(), piece_sums.data(), counts.data());
+  T* o = out.data_ptr<T>();
+  for (int64_t c = 0; c < nchunks; ++c)
+    join_runs(c, nchunks, sorted_keys.data(), piece_keys.data(), piece_sums.data(), counts.data(), o);
+  return out;
+}
+
+template <class T>
+void check_case(const Shape& space, int dim, int64_t dim_size, int64_t distinct, bool transposed,
+                bool broadcast_index, std::mt19937& rng) {
+  CAPTURE(space);
+  CAPTURE(dim);
+  CAPTURE(dim_size);
+  CAPTURE(distinct);
+  CAPTURE(transposed);
+  CAPTURE(broadcast_index);
+  Shape out_shape = space;
+  out_shape[dim] = dim_size;
+  std::uniform_int_distribution<int> val(-8, 8);
+  auto ints = [&](const Shape& s) {
+    int64_t count = 1;
+    for (int64_t d : s) count *= d;
+    std::vector<T> v(static_cast<size_t>(count));
+    for (auto& e : v) e = static_cast<T>(val(rng));
+    return tensor(v, s);
+  };
+  Tensor src = ints(space);
+  Tensor out0 = ints(out_shape);
+  if (transposed && out_shape.size() == 2) out0 = ints({out_shape[1], out_shape[0]}).t();
+  // Indices in [-dim_size, dim_size) drawn from `distinct` values: few values, long runs.
+  std::uniform_int_distribution<int64_t> pick(0, distinct - 1);
+  std::vector<int64_t> choices(distinct);
+  std::uniform_int_distribution<int64_t> any(-dim_size, dim_size - 1);
+  for (auto& c : choices) c = any(rng);
+  Tensor index;
+  if (broadcast_index) {  // one index per position along dim, the same for the other dims
+    std::vector<int64_t> v(space[dim]);
+    for (auto& e : v) e = choices[pick(rng)];
+    Shape line(space.size(), 1);
+    line[dim] = space[dim];
+    index = tensor(v, Shape{space[dim]}).reshape(line).expand(space);
+  } else {
+    std::vector<int64_t> v(static_cast<size_t>(src.numel()));
+    for (auto& e : v) e = choices[pick(rng)];
+    index = tensor(v, space);
+  }
+  Tensor want = out0.clone();
+  cpu_backend().index(OpKind::ScatterAdd, *want.impl(), *src.impl(), dim, *index.impl());
+  Tensor got = emulate_scatter<T>(out0, dim, index, src);
+  CHECK(got.to_vector<double>() == want.to_vector<double>());
+}
+
+}  // namespace
+
+TEST_CASE("cuda scatter_add steps: sorted runs summed once each, into the CPU's values") {
+  std::mt19937 rng(7);
+  for (int rep = 0; rep < 3; ++rep) {
+    // One destination for everything: a run across every chunk.
+    check_case<float>({1000}, 0, 5, 1, false, false, rng);
+    // Runs of every length around the chunk (64): 64·k elements, few and many destinations.
+    for (int64_t n : {1, 63, 64, 65, 128, 129, 640})
+      for (int64_t distinct : {1, 2, 3, 50, 1000}) check_case<double>({n}, 0, 97, distinct, false, false, rng);
+    // 2-D along each dim, out transposed (strided keys), the index broadcast (an embedding's
+    // gradient: rows of one token go to one row of out).
+    for (int dim : {0, 1})
+      for (bool transposed : {false, true})
+        for (bool broadcast : {false, true}) {
+          check_case<float>({37, 23}, dim, 11, 4, transposed, broadcast, rng);
+          check_case<double>({300, 5}, dim, 300, 1000, transposed, broadcast, rng);
+        }
+    check_case<float>({4, 5, 6}, 1, 3, 2, false, false, rng);
+    check_case<double>({4, 5, 6}, 2, 9, 9, false, true, rng);
+  }
+}
+
+TEST_CASE("cuda scatter_add steps: a 0-d scatter and the largest offset bound the keys") {
+  Tensor out = tensor(2.5f), src = tensor(1.25f), index = tensor(int64_t{0});
+  Tensor got = emulate_scatter<float>(out, 0, index, src);
+  CHECK(got.item<double>() == 3.75);
+  // out: a (6, 4) view of a contiguous (4, 6) tensor; its last element is at 23.
+  Tensor out2 = zeros({4, 6}).t(), src2 = zeros({2, 4}), index2 = zeros({2, 4}, {.dtype = kI64});
+  IndexGeom g = make_index_geom(OpKind::ScatterAdd, *out2.impl(), *src2.impl(), 0, *index2.impl());
+  CHECK(g.out_extent == 24);
+}
