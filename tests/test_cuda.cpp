@@ -6,6 +6,7 @@
 #include <tapegrad/tapegrad.h>
 
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <string>
 
@@ -43,6 +44,18 @@ bool close(const Tensor& got, const Tensor& want, double tol) {
     if (!(std::abs(a[i] - b[i]) <= tol * (1 + std::abs(b[i])))) return false;
   }
   return true;
+}
+
+// The same bits (NaN included), element by element.
+bool same_bits(const Tensor& a, const Tensor& b) {
+  auto x = a.to(kCPU).to_vector<double>(), y = b.to(kCPU).to_vector<double>();
+  return x.size() == y.size() && std::memcmp(x.data(), y.data(), x.size() * sizeof(double)) == 0;
+}
+
+std::string str(const Shape& s) {
+  std::string r = "(";
+  for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
+  return r + ")";
 }
 
 }  // namespace
@@ -135,6 +148,56 @@ TEST_CASE("cuda: manual_seed then rand/randn/randint give the CPU's numbers") {
   CHECK(j.to(kCPU).to_vector<int64_t>() == i.to_vector<int64_t>());
 }
 
+TEST_CASE("cuda: reductions on every kernel's shapes give the CPU's values, the same on every run") {
+  if (!have_gpu()) return;
+  // Short rows (a warp each), long rows (a block each), few very long rows (in pieces), columns
+  // (in one part or several), and reduced dims that do not merge.
+  struct Case {
+    Shape shape;
+    Shape dims;
+    bool transpose;
+  };
+  const std::vector<Case> cases = {
+      {{64, 10}, {1}, false},    {{3, 5000}, {1}, false},  {{2, 70000}, {1}, false},
+      {{70000}, {}, false},      {{5000, 37}, {0}, false}, {{100, 40}, {0}, false},
+      {{30, 40, 50}, {0, 2}, false}, {{20, 300, 40}, {1}, false}, {{300, 50}, {1}, true},
+      {{7, 1, 9}, {1, 2}, false},
+  };
+  manual_seed(5);
+  for (const Case& c : cases) {
+    for (DType dt : {kF32, kF64, kI64}) {
+      CAPTURE(str(c.shape));
+      CAPTURE(str(c.dims));
+      CAPTURE(dtype_name(dt));
+      // Small integers: ties for the arg reductions, exact integer sums.
+      Tensor x = randint(-4, 5, c.shape).to(dt);
+      if (dt == kF32) {  // values with rounding, and a NaN
+        std::vector<float> v = (x + randn(c.shape) * 0.25).to_vector<float>();
+        if (v.size() > 100) v[77] = NAN;
+        x = tensor(v, c.shape);
+      }
+      Tensor near1 = dt == kI64 ? x : 1 + x * 0.001;
+      if (c.transpose) {  // the same values, stored column-major
+        x = x.t().contiguous().t();
+        near1 = near1.t().contiguous().t();
+      }
+      Tensor gx = x.to(cuda()), gn = near1.to(cuda());
+      const double tol = dt == kF32 ? 1e-3 : 1e-6;
+      CHECK(close(sum(gx, c.dims), sum(x, c.dims), tol));
+      CHECK(close(prod(gn, c.dims), prod(near1, c.dims), tol));
+      CHECK(close(amax(gx, c.dims), amax(x, c.dims), 0));
+      CHECK(close(amin(gx, c.dims), amin(x, c.dims), 0));
+      if (c.dims.size() == 1) {
+        CHECK(argmax(gx, c.dims[0]).to(kCPU).to_vector<int64_t>() ==
+              argmax(x, c.dims[0]).to_vector<int64_t>());
+        CHECK(argmin(gx, c.dims[0]).to(kCPU).to_vector<int64_t>() ==
+              argmin(x, c.dims[0]).to_vector<int64_t>());
+      }
+      CHECK(same_bits(sum(gx, c.dims), sum(gx, c.dims)));
+    }
+  }
+}
+
 TEST_CASE("cuda: scatter_add with repeated indices gives the same bits on every run") {
   if (!have_gpu()) return;
   // An embedding's gradient: 4096 tokens of a 50-word vocabulary, rows of 256, and one column
@@ -149,15 +212,13 @@ TEST_CASE("cuda: scatter_add with repeated indices gives the same bits on every 
     Tensor gi = index.to(cuda()), gg = grad.to(cuda()), gb = base.to(cuda());
     Tensor first = gb.scatter_add(0, gi, gg).to(kCPU);
     CHECK(close(first, want, dt == kF32 ? 1e-3 : 1e-6));
-    for (int run = 0; run < 5; ++run)
-      CHECK(gb.scatter_add(0, gi, gg).to(kCPU).to_vector<double>() == first.to_vector<double>());
+    for (int run = 0; run < 5; ++run) CHECK(same_bits(gb.scatter_add(0, gi, gg), first));
     Tensor all = zeros({100000}, {.dtype = kI64}), ones_ = randn({100000}, {.dtype = dt});
     Tensor one = zeros({3}, {.dtype = dt});
     Tensor want1 = one.scatter_add(0, all, ones_);
     Tensor got1 = one.to(cuda()).scatter_add(0, all.to(cuda()), ones_.to(cuda())).to(kCPU);
     CHECK(close(got1, want1, dt == kF32 ? 1e-3 : 1e-6));
-    CHECK(one.to(cuda()).scatter_add(0, all.to(cuda()), ones_.to(cuda())).to(kCPU)
-              .to_vector<double>() == got1.to_vector<double>());
+    CHECK(same_bits(one.to(cuda()).scatter_add(0, all.to(cuda()), ones_.to(cuda())), got1));
   }
 }
 

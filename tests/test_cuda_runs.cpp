@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <numeric>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "backend/backend.h"
@@ -65,7 +66,9 @@ Tensor emulate_scatter(const Tensor& out0, int dim, const Tensor& index, const T
 template <class T>
 void check_case(const Shape& space, int dim, int64_t dim_size, int64_t distinct, bool transposed,
                 bool broadcast_index, std::mt19937& rng) {
-  CAPTURE(space);
+  std::string space_s;
+  for (int64_t d : space) space_s += std::to_string(d) + " ";
+  CAPTURE(space_s);
   CAPTURE(dim);
   CAPTURE(dim_size);
   CAPTURE(distinct);

@@ -229,9 +229,10 @@ __global__ void random_kernel(int kind, T* out, int64_t n, uint64_t seed, uint64
 }
 
 // --- reductions --------------------------------------------------------------------------------
-// One block per output; thread t folds positions t, t + B, ...; the block's states combine in a
-// fixed tree, so a result depends only on the shapes. Arg reductions keep the smallest index on
-// ties, and NaN wins (its first index), as the CPU's fold does.
+// Each thread folds a fixed set of an output's positions into a state (f64 for floats); the
+// states combine in a fixed tree (warp shuffles, then across warps), so a result depends only on
+// the shapes: no atomics. Which kernel runs is chosen in launch_reduce. Arg reductions keep the
+// smallest index on ties, and NaN wins (its first index), as the CPU's fold does.
 
 template <class T>
 using Acc = std::conditional_t<std::is_floating_point_v<T>, double,
@@ -271,18 +272,44 @@ __device__ void fold(OpKind kind, RState<T>& s, T x, int64_t i) {
   s = combine(kind, s, e);
 }
 
-// The block's states combined in a fixed tree; thread 0 gets the result.
+// Lane 0 gets the warp's states combined, halves first (the same tree on every run). The lanes
+// that shuffle from past lane 31 read their own state, but lane 0 never depends on them.
 template <class T>
-__device__ RState<T> block_combine(OpKind kind, RState<T>* states, RState<T> s) {
-  states[threadIdx.x] = s;
-  __syncthreads();
-  for (int w = blockDim.x / 2; w > 0; w /= 2) {
-    if (threadIdx.x < w)
-      states[threadIdx.x] = combine(kind, states[threadIdx.x], states[threadIdx.x + w]);
-    __syncthreads();
+__device__ RState<T> warp_combine(OpKind kind, RState<T> s) {
+  constexpr unsigned kAll = 0xffffffffu;
+  for (int off = 16; off > 0; off /= 2) {
+    RState<T> o;
+    o.v = __shfl_down_sync(kAll, s.v, off);
+    o.idx = __shfl_down_sync(kAll, s.idx, off);
+    o.nan = __shfl_down_sync(kAll, static_cast<int>(s.nan), off) != 0;
+    o.valid = __shfl_down_sync(kAll, static_cast<int>(s.valid), off) != 0;
+    s = combine(kind, s, o);
   }
-  RState<T> r = states[0];
+  return s;
+}
+
+template <class T>
+__device__ RState<T> invalid_state() {
+  RState<T> s{};
+  s.valid = false;
+  return s;
+}
+
+// The block's states combined: each warp by shuffles, then the warps' results by warp 0. Every
+// thread gets the result. blockDim.x is a multiple of 32, at most 1024.
+template <class T>
+__device__ RState<T> block_combine(OpKind kind, RState<T>* warps, RState<T> s) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
+  s = warp_combine(kind, s);
+  if (lane == 0) warps[warp] = s;
   __syncthreads();
+  if (warp == 0) {
+    RState<T> t = warp_combine(kind, lane < nwarps ? warps[lane] : invalid_state<T>());
+    if (lane == 0) warps[0] = t;
+  }
+  __syncthreads();
+  RState<T> r = warps[0];
+  __syncthreads();  // before warps is written again
   return r;
 }
 
@@ -297,34 +324,91 @@ __device__ void store_result(OpKind kind, char* out, int64_t o, const RState<T>&
   }
 }
 
-// Positions [begin, end) of output o's reduced elements folded by one block.
+// The element offsets of output o (over the kept dims) and of reduced position j.
+__device__ inline int64_t kept_offset(const ReduceGeom& g, int64_t o) {
+  int64_t base = 0;
+  for (int d = g.nkept - 1; d >= 0; --d) {
+    base += (o % g.kept_sizes[d]) * g.kept_strides[d];
+    o /= g.kept_sizes[d];
+  }
+  return base;
+}
+__device__ inline int64_t red_offset(const ReduceGeom& g, int64_t j) {
+  if (g.nred == 1) return j * g.red_strides[0];
+  int64_t off = 0;
+  for (int d = g.nred - 1; d >= 0; --d) {
+    off += (j % g.red_sizes[d]) * g.red_strides[d];
+    j /= g.red_sizes[d];
+  }
+  return off;
+}
+
+// Positions [begin, end) of output o's reduced elements, every `step`-th from `first`.
 template <class T>
 __device__ RState<T> fold_range(OpKind kind, const T* x, const ReduceGeom& g, int64_t o,
-                                int64_t begin, int64_t end) {
-  int64_t base = 0, r = o;
-  for (int d = g.nkept - 1; d >= 0; --d) {
-    base += (r % g.kept_sizes[d]) * g.kept_strides[d];
-    r /= g.kept_sizes[d];
-  }
-  RState<T> s{};
-  s.valid = false;
-  for (int64_t j = begin + threadIdx.x; j < end; j += blockDim.x) {
-    int64_t off = base, q = j;
-    for (int d = g.nred - 1; d >= 0; --d) {
-      off += (q % g.red_sizes[d]) * g.red_strides[d];
-      q /= g.red_sizes[d];
-    }
-    fold(kind, s, x[off], j);
-  }
+                                int64_t begin, int64_t end, int64_t first, int64_t step) {
+  const int64_t base = kept_offset(g, o);
+  RState<T> s = invalid_state<T>();
+  for (int64_t j = begin + first; j < end; j += step) fold(kind, s, x[base + red_offset(g, j)], j);
   return s;
 }
 
+// Long rows: one block per output.
 template <class T>
 __global__ void reduce_kernel(OpKind kind, const T* x, char* out, ReduceGeom g) {
-  __shared__ RState<T> states[kThreads];
+  __shared__ RState<T> warps[32];
   for (int64_t o = blockIdx.x; o < g.nout; o += gridDim.x) {
-    RState<T> t = block_combine(kind, states, fold_range(kind, x, g, o, 0, g.count));
+    RState<T> t = block_combine(kind, warps, fold_range(kind, x, g, o, 0, g.count, threadIdx.x,
+                                                        blockDim.x));
     if (threadIdx.x == 0) store_result(kind, out, o, t);
+  }
+}
+
+// Short rows (softmax's, a layer norm's): one warp per output.
+template <class T>
+__global__ void reduce_warps(OpKind kind, const T* x, char* out, ReduceGeom g) {
+  const int lane = threadIdx.x % 32;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / 32);
+  for (int64_t o = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
+       o < g.nout; o += warps) {
+    RState<T> t = warp_combine(kind, fold_range(kind, x, g, o, 0, g.count, lane, 32));
+    if (lane == 0) store_result(kind, out, o, t);
+  }
+}
+
+// Columns: the kept dims' innermost is contiguous and the reduced elements are not (a sum over
+// the batch, a bias's gradient). Blocks of 32 outputs × kColumnSlices: each thread folds every
+// kColumnSlices-th position of its output's part of the range, so a warp reads 32 neighbours at
+// a time; the slices combine in order. With several parts (blockIdx.y), each part's states go to
+// `pieces` and reduce_columns_join combines them in order.
+constexpr int kColumnSlices = 8;
+
+template <class T>
+__global__ void reduce_columns(OpKind kind, const T* x, char* out, ReduceGeom g,
+                               RState<T>* pieces, int64_t parts) {
+  __shared__ RState<T> slices[kColumnSlices][32];
+  const int64_t o = static_cast<int64_t>(blockIdx.x) * 32 + threadIdx.x;
+  const int64_t len = (g.count + parts - 1) / parts;
+  const int64_t begin = blockIdx.y * len, end = begin + len < g.count ? begin + len : g.count;
+  RState<T> s = invalid_state<T>();
+  if (o < g.nout) s = fold_range(kind, x, g, o, begin, end, threadIdx.y, kColumnSlices);
+  slices[threadIdx.y][threadIdx.x] = s;
+  __syncthreads();
+  if (threadIdx.y != 0 || o >= g.nout) return;
+  for (int y = 1; y < kColumnSlices; ++y) s = combine(kind, s, slices[y][threadIdx.x]);
+  if (parts == 1) store_result(kind, out, o, s);
+  else pieces[blockIdx.y * g.nout + o] = s;
+}
+
+template <class T>
+__global__ void reduce_columns_join(OpKind kind, const RState<T>* pieces, char* out,
+                                    int64_t nout, int64_t parts) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t o = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; o < nout;
+       o += stride) {
+    RState<T> s = invalid_state<T>();
+    for (int64_t p = 0; p < parts; ++p) s = combine(kind, s, pieces[p * nout + o]);
+    store_result(kind, out, o, s);
   }
 }
 
@@ -337,25 +421,41 @@ int64_t reduce_chunks(const ReduceGeom& g) {
   return chunks < cap ? chunks : (cap < 1 ? 1 : cap);
 }
 
+bool column_layout(const ReduceGeom& g) {
+  return g.nkept >= 1 && g.nred >= 1 && g.kept_strides[g.nkept - 1] == 1 &&
+         g.red_strides[g.nred - 1] != 1 && g.count > 1 && g.nout >= 8;
+}
+
+// The parts a column reduction's range is cut into: each thread still folds 32 elements or
+// more, and the grid stays near a thousand blocks.
+int64_t column_parts(const ReduceGeom& g) {
+  const int64_t xblocks = (g.nout + 31) / 32;
+  int64_t parts = g.count / (32 * kColumnSlices);
+  int64_t cap = 1024 / xblocks;
+  if (parts > cap) parts = cap;
+  if (parts > 65535) parts = 65535;
+  return parts < 1 ? 1 : parts;
+}
+
 template <class T>
 __global__ void reduce_pieces(OpKind kind, const T* x, RState<T>* pieces, ReduceGeom g,
                               int64_t chunks) {
-  __shared__ RState<T> states[kThreads];
+  __shared__ RState<T> warps[32];
   const int64_t o = blockIdx.x / chunks, c = blockIdx.x % chunks;
   const int64_t len = (g.count + chunks - 1) / chunks;
   const int64_t begin = c * len, end = begin + len < g.count ? begin + len : g.count;
-  RState<T> t = block_combine(kind, states, fold_range(kind, x, g, o, begin, end));
+  RState<T> t = block_combine(kind, warps, fold_range(kind, x, g, o, begin, end, threadIdx.x,
+                                                      blockDim.x));
   if (threadIdx.x == 0) pieces[blockIdx.x] = t;
 }
 
 template <class T>
 __global__ void reduce_join(OpKind kind, const RState<T>* pieces, char* out, int64_t chunks) {
-  __shared__ RState<T> states[kThreads];
+  __shared__ RState<T> warps[32];
   const int64_t o = blockIdx.x;
-  RState<T> s{};
-  s.valid = false;
+  RState<T> s = invalid_state<T>();
   for (int64_t c = threadIdx.x; c < chunks; c += blockDim.x) s = combine(kind, s, pieces[o * chunks + c]);
-  RState<T> t = block_combine(kind, states, s);
+  RState<T> t = block_combine(kind, warps, s);
   if (threadIdx.x == 0) store_result(kind, out, o, t);
 }
 
@@ -622,23 +722,41 @@ void launch_random(int kind, void* dst, DType dtype, int64_t n, uint64_t seed, u
 }
 
 size_t reduce_workspace_bytes(const ReduceGeom& g) {
-  int64_t chunks = reduce_chunks(g);
-  return chunks > 1 ? static_cast<size_t>(g.nout * chunks) * sizeof(RState<double>) : 0;
+  int64_t parts = column_layout(g) ? column_parts(g) : reduce_chunks(g);
+  return parts > 1 ? static_cast<size_t>(g.nout * parts) * sizeof(RState<double>) : 0;
 }
 
+// Which kernel reduces: columns (reduce_columns), few long rows (reduce_pieces), short rows
+// (reduce_warps), long rows (reduce_kernel). The choice and every split depend only on the
+// shapes, so a result's bits depend only on its inputs.
 void launch_reduce(OpKind kind, DType dtype, const char* x, char* out, const ReduceGeom& g,
                    void* workspace, cudaStream_t stream) {
   if (g.nout <= 0) return;
-  const int64_t chunks = reduce_chunks(g);
   dispatch(dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     const T* xt = reinterpret_cast<const T*>(x);
+    auto* pieces = static_cast<RState<T>*>(workspace);
+    if (column_layout(g)) {
+      const int64_t parts = column_parts(g);
+      if (parts > 1 && workspace == nullptr) return;  // the caller sized it: cannot happen
+      dim3 grid(static_cast<unsigned>((g.nout + 31) / 32), static_cast<unsigned>(parts));
+      reduce_columns<T><<<grid, dim3(32, kColumnSlices), 0, stream>>>(kind, xt, out, g, pieces,
+                                                                      parts);
+      if (parts > 1)
+        reduce_columns_join<T><<<blocks_for(g.nout), kThreads, 0, stream>>>(kind, pieces, out,
+                                                                            g.nout, parts);
+      return;
+    }
+    const int64_t chunks = reduce_chunks(g);
     if (chunks > 1 && workspace != nullptr) {
-      auto* pieces = static_cast<RState<T>*>(workspace);
       reduce_pieces<T><<<static_cast<unsigned>(g.nout * chunks), kThreads, 0, stream>>>(
           kind, xt, pieces, g, chunks);
       reduce_join<T><<<static_cast<unsigned>(g.nout), kThreads, 0, stream>>>(kind, pieces, out,
                                                                             chunks);
+      return;
+    }
+    if (g.count <= 1024) {
+      reduce_warps<T><<<blocks_for(g.nout * 32), kThreads, 0, stream>>>(kind, xt, out, g);
       return;
     }
     unsigned grid = static_cast<unsigned>(g.nout < (1 << 20) ? g.nout : (1 << 20));
