@@ -7,7 +7,9 @@
 #include <cuda_runtime_api.h>
 #include <tapegrad/tapegrad.h>
 
+#include <algorithm>
 #include <chrono>
+#include <functional>
 #include <cmath>
 #include <cstdio>
 #include <vector>
@@ -18,14 +20,30 @@ namespace F = tg::nn::functional;
 
 namespace {
 
-// Seconds per call, the device drained before and after each trial.
+// Median seconds per call over 7 trials, the device drained at the end of each trial (not after
+// each call: calls queue as they would in a program), exactly as bench/torch_cuda.py times.
 double gpu_time(const std::function<void()>& f, double seconds = 0.3) {
-  return bench::measure(
-      [&] {
-        f();
-        tg::cuda::synchronize();
-      },
-      seconds);
+  using Clock = std::chrono::steady_clock;
+  auto timed = [&](int64_t reps) {
+    auto t0 = Clock::now();
+    for (int64_t i = 0; i < reps; ++i) f();
+    tg::cuda::synchronize();
+    return std::chrono::duration<double>(Clock::now() - t0).count();
+  };
+  timed(1);  // warm up
+  int64_t reps = 1;
+  for (;;) {
+    double dt = timed(reps);
+    if (dt >= seconds / 4) {
+      reps = std::max<int64_t>(1, static_cast<int64_t>(reps * seconds / dt));
+      break;
+    }
+    reps *= 4;
+  }
+  std::vector<double> trials;
+  for (int t = 0; t < 7; ++t) trials.push_back(timed(reps) / reps);
+  std::sort(trials.begin(), trials.end());
+  return trials[3];
 }
 
 double peak_bandwidth_gbs() {
