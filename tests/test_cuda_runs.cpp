@@ -142,3 +142,44 @@ TEST_CASE("cuda scatter_add steps: a 0-d scatter and the largest offset bound th
   IndexGeom g = make_index_geom(OpKind::ScatterAdd, *out2.impl(), *src2.impl(), 0, *index2.impl());
   CHECK(g.out_extent == 24);
 }
+
+TEST_CASE("cuda index steps: gather and index_select read what the CPU backend reads") {
+  std::mt19937 rng(5);
+  std::uniform_int_distribution<int> val(-100, 100);
+  auto values = [&](const Shape& s) {
+    int64_t count = 1;
+    for (int64_t d : s) count *= d;
+    std::vector<double> v(static_cast<size_t>(count));
+    for (auto& e : v) e = val(rng);
+    return tensor(v, s);
+  };
+  for (int dim : {0, 1, 2}) {
+    CAPTURE(dim);
+    Tensor x = values({5, 6, 7}).transpose(0, 2);  // (7, 6, 5), strided
+    const int64_t size = x.shape()[dim];
+    for (OpKind kind : {OpKind::Gather, OpKind::IndexSelect}) {
+      Shape out_shape = x.shape();
+      out_shape[dim] = 9;
+      std::uniform_int_distribution<int64_t> any(-size, size - 1);
+      Tensor index;
+      if (kind == OpKind::Gather) {
+        int64_t count = 1;
+        for (int64_t d : out_shape) count *= d;
+        std::vector<int64_t> v(static_cast<size_t>(count));
+        for (auto& e : v) e = any(rng);
+        index = tensor(v, out_shape);
+      } else {
+        std::vector<int64_t> v(9);
+        for (auto& e : v) e = any(rng);
+        index = tensor(v, Shape{9});
+      }
+      Tensor want = zeros(out_shape, {.dtype = kF64}), got = zeros(out_shape, {.dtype = kF64});
+      cpu_backend().index(kind, *want.impl(), *x.impl(), dim, *index.impl());
+      IndexGeom g = make_index_geom(kind, *got.impl(), *x.impl(), dim, *index.impl());
+      for (int64_t i = 0; i < got.numel(); ++i)
+        gather_one(kind == OpKind::IndexSelect, g, index.data_ptr<int64_t>(), i,
+                   got.data_ptr<double>(), x.data_ptr<double>());
+      CHECK(got.to_vector<double>() == want.to_vector<double>());
+    }
+  }
+}

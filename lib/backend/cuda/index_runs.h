@@ -30,29 +30,48 @@ struct IndexGeom {
 
 TG_HD_RUNS inline int64_t wrap_index(int64_t v, int64_t size) { return v < 0 ? v + size : v; }
 
+// Element i of the iteration space: its offsets into out, x and index, and its position along
+// the indexed dim.
+struct IndexPoint {
+  int64_t out = 0, x = 0, index = 0, pos = 0;
+};
+TG_HD_RUNS inline IndexPoint index_point(const IndexGeom& g, int64_t i) {
+  int64_t idx[kDims];
+  for (int d = g.ndim - 1; d >= 0; --d) {
+    idx[d] = i % g.sizes[d];
+    i /= g.sizes[d];
+  }
+  IndexPoint p;
+  for (int d = 0; d < g.ndim; ++d) {
+    p.out += idx[d] * g.out_strides[d];
+    p.x += idx[d] * g.x_strides[d];
+    p.index += idx[d] * g.index_strides[d];
+  }
+  p.pos = g.ndim ? idx[g.dim] : 0;
+  return p;
+}
+
+// index_select (by_vector) or gather: element i of out, read from x.
+template <class T>
+TG_HD_RUNS void gather_one(bool by_vector, const IndexGeom& g, const int64_t* index, int64_t i,
+                           T* out, const T* x) {
+  const IndexPoint p = index_point(g, i);
+  if (g.ndim == 0) {
+    out[0] = x[0];
+    return;
+  }
+  int64_t sel = wrap_index(index[by_vector ? p.pos * g.index_step : p.index], g.dim_size);
+  out[p.out] = x[p.x + (sel - p.pos) * g.x_strides[g.dim]];
+}
+
 // scatter_add's element i of the iteration space (x's shape): the element offsets of its
 // destination in out and of its value in x.
 TG_HD_RUNS inline void scatter_offsets(const IndexGeom& g, const int64_t* index, int64_t i,
                                        int64_t& dst, int64_t& src) {
-  int64_t idx[kDims];
-  int64_t r = i;
-  for (int d = g.ndim - 1; d >= 0; --d) {
-    idx[d] = r % g.sizes[d];
-    r /= g.sizes[d];
-  }
-  int64_t o_off = 0, x_off = 0, i_off = 0;
-  for (int d = 0; d < g.ndim; ++d) {
-    o_off += idx[d] * g.out_strides[d];
-    x_off += idx[d] * g.x_strides[d];
-    i_off += idx[d] * g.index_strides[d];
-  }
-  src = x_off;
-  if (g.ndim == 0) {
-    dst = 0;
-    return;
-  }
-  int64_t sel = wrap_index(index[i_off], g.dim_size);
-  dst = o_off + (sel - idx[g.dim]) * g.out_strides[g.dim];
+  const IndexPoint p = index_point(g, i);
+  src = p.x;
+  dst = g.ndim == 0 ? 0
+                    : p.out + (wrap_index(index[p.index], g.dim_size) - p.pos) * g.out_strides[g.dim];
 }
 
 // Note [Scatter without atomics]

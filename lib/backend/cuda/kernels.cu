@@ -479,27 +479,7 @@ __global__ void index_kernel(OpKind kind, T* out, const T* x, const int64_t* ind
       }
       continue;
     }
-    int64_t idx[kDims];
-    int64_t r = i;
-    for (int d = g.ndim - 1; d >= 0; --d) {
-      idx[d] = r % g.sizes[d];
-      r /= g.sizes[d];
-    }
-    int64_t o_off = 0, x_off = 0, i_off = 0;
-    for (int d = 0; d < g.ndim; ++d) {
-      o_off += idx[d] * g.out_strides[d];
-      x_off += idx[d] * g.x_strides[d];
-      i_off += idx[d] * g.index_strides[d];
-    }
-    if (kind == OpKind::IndexSelect) {
-      int64_t pos = g.ndim ? idx[g.dim] : 0;
-      int64_t sel = wrap_index(index[pos * g.index_step], g.dim_size);
-      out[o_off] = x[x_off + (sel - pos) * g.x_strides[g.dim]];
-    } else {  // Gather
-      int64_t sel = wrap_index(index[i_off], g.dim_size);
-      int64_t pos = g.ndim ? idx[g.dim] : 0;
-      out[o_off] = g.ndim ? x[x_off + (sel - pos) * g.x_strides[g.dim]] : x[0];
-    }
+    gather_one(kind == OpKind::IndexSelect, g, index, i, out, x);
   }
 }
 
