@@ -1,3 +1,6 @@
+// The host-side halves of CUDA kernels. Reductions (lib/backend/cuda/reduce_plan.h): merged dims
+// reach the same elements in the same order, every plan's parts cover each row once, and shapes
+// take the kernel Note [Reduction kernels] says.
 // The steps of CUDA's scatter_add without atomics (lib/backend/cuda/index_runs.h, Note [Scatter
 // without atomics]), run here one thread after another: keys, a stable sort standing in for
 // CUB's, pieces, joins. Every destination must get exactly the CPU backend's sum, on shapes whose
@@ -15,6 +18,7 @@
 
 #include "backend/backend.h"
 #include "backend/cuda/index_runs.h"
+#include "backend/cuda/reduce_plan.h"
 #include "core/tensor_impl.h"
 
 using namespace tg;
@@ -182,4 +186,122 @@ TEST_CASE("cuda index steps: gather and index_select read what the CPU backend r
       CHECK(got.to_vector<double>() == want.to_vector<double>());
     }
   }
+}
+
+namespace {
+
+// The reduction reduce_op asks of the backend: x's dims in `mask` permuted last.
+ReduceGeom reduction_geom(const Tensor& x, const std::vector<bool>& mask, bool merged) {
+  Shape perm, out_shape;
+  for (int64_t d = 0; d < x.dim(); ++d)
+    if (!mask[d]) perm.push_back(d), out_shape.push_back(x.shape()[d]);
+  int nreduced = 0;
+  for (int64_t d = 0; d < x.dim(); ++d)
+    if (mask[d]) perm.push_back(d), ++nreduced;
+  Tensor xp = x.permute(perm), out = zeros(out_shape);
+  if (merged) return make_reduce_geom(*out.impl(), *xp.impl(), nreduced);
+  ReduceGeom g;  // the dims as they are
+  g.nkept = static_cast<int>(out_shape.size());
+  g.nred = nreduced;
+  g.count = 1;
+  for (int d = 0; d < xp.dim(); ++d) {
+    if (d < g.nkept) {
+      g.kept_sizes[d] = xp.shape()[d];
+      g.kept_strides[d] = xp.strides()[d];
+    } else {
+      g.red_sizes[d - g.nkept] = xp.shape()[d];
+      g.red_strides[d - g.nkept] = xp.strides()[d];
+      g.count *= xp.shape()[d];
+    }
+  }
+  g.nout = out.numel();
+  return g;
+}
+
+ReduceGeom geom_of(const Shape& shape, const Shape& dims) {
+  std::vector<bool> mask(shape.size(), dims.empty());
+  for (int64_t d : dims) mask[d] = true;
+  return reduction_geom(zeros(shape), mask, true);
+}
+
+}  // namespace
+
+TEST_CASE("cuda reduction steps: merged dims reach the same elements in the same order") {
+  std::mt19937 rng(9);
+  std::uniform_int_distribution<int> size(1, 4), ndim(1, 5), coin(0, 1);
+  int checked = 0;
+  for (int rep = 0; rep < 300; ++rep) {
+    Shape shape;
+    const int nd = ndim(rng);
+    for (int d = 0; d < nd; ++d) shape.push_back(size(rng));
+    // Views: dims swapped, a narrowed last dim (a gap between rows), an expanded dim (stride 0).
+    Shape alloc = shape;
+    const bool swap = coin(rng) && nd >= 2, narrow = coin(rng), expand = coin(rng);
+    if (swap) std::swap(alloc[0], alloc[nd - 1]);
+    if (narrow) alloc[nd - 1] += 2;
+    int64_t count = 1;
+    for (int64_t v : alloc) count *= v;
+    Tensor x = arange(count, {.dtype = kF64}).reshape(alloc);
+    if (narrow) x = x.narrow(nd - 1, 1, alloc[nd - 1] - 2);
+    if (swap) x = x.transpose(0, nd - 1);
+    if (expand) {
+      Shape wide = x.shape();
+      wide.insert(wide.begin() + 1, 3);
+      x = x.unsqueeze(1).expand(wide);
+    }
+    std::vector<bool> mask(x.dim());
+    for (auto&& m : mask) m = coin(rng) != 0;
+    ReduceGeom raw = reduction_geom(x, mask, false), g = reduction_geom(x, mask, true);
+    CHECK(g.nout == raw.nout);
+    CHECK(g.count == raw.count);
+    CHECK(g.nkept <= raw.nkept);
+    CHECK(g.nred <= raw.nred);
+    for (int64_t o = 0; o < raw.nout; ++o)
+      for (int64_t j = 0; j < raw.count; ++j) {
+        REQUIRE(kept_offset(g, o) + red_offset(g, j) == kept_offset(raw, o) + red_offset(raw, j));
+        ++checked;
+      }
+    // And the unmerged geometry is the reduction: out's row-major order, the CPU's sums.
+    Shape dims;
+    for (int64_t d = 0; d < x.dim(); ++d)
+      if (mask[d]) dims.push_back(d);
+    if (dims.empty() || raw.nout == 0) continue;
+    std::vector<double> got(static_cast<size_t>(raw.nout), 0.0);
+    const double* p = x.data_ptr<double>();
+    for (int64_t o = 0; o < raw.nout; ++o)
+      for (int64_t j = 0; j < raw.count; ++j) got[o] += p[kept_offset(g, o) + red_offset(g, j)];
+    CHECK(got == sum(x, dims).to_vector<double>());
+  }
+  CHECK(checked > 1000);
+}
+
+TEST_CASE("cuda reduction steps: each shape's kernel, and parts that cover a row once") {
+  CHECK(plan_reduce(geom_of({1024, 500}, {0})).path == ReducePath::Columns);  // a bias's gradient
+  CHECK(plan_reduce(geom_of({1024, 500}, {0})).parts == 4);
+  CHECK(plan_reduce(geom_of({20, 300, 40}, {1})).path == ReducePath::Columns);
+  CHECK(plan_reduce(geom_of({100, 4}, {0})).path != ReducePath::Columns);  // too few outputs
+  CHECK(plan_reduce(geom_of({60, 10}, {1})).path == ReducePath::Warps);    // softmax's rows
+  CHECK(plan_reduce(geom_of({3, 5000}, {1})).path == ReducePath::Block);
+  CHECK(plan_reduce(geom_of({2, 70000}, {1})).path == ReducePath::Pieces);
+  CHECK(plan_reduce(geom_of({70000}, {})).path == ReducePath::Pieces);
+  CHECK(plan_reduce(geom_of({7, 1, 9}, {1, 2})).path == ReducePath::Warps);
+  // Size-1 and contiguous dims merge: a contiguous (4, 5, 6) over its last two is one row of 30.
+  ReduceGeom g = geom_of({4, 5, 6}, {1, 2});
+  CHECK(g.nkept == 1);
+  CHECK(g.nred == 1);
+  CHECK(g.red_sizes[0] == 30);
+  for (int64_t count : {1, 2, 7, 255, 256, 257, 100000})
+    for (int64_t parts : {1, 2, 3, 8, 64, 1000}) {
+      int64_t covered = 0, last_end = 0;
+      for (int64_t part = 0; part < parts; ++part) {
+        int64_t b = 0, e = 0;
+        part_range(count, parts, part, b, e);
+        CHECK(b <= e);
+        if (b < e) CHECK(b == last_end);
+        if (b < e) last_end = e;
+        covered += e - b;
+      }
+      CHECK(covered == count);
+      CHECK(last_end == count);
+    }
 }

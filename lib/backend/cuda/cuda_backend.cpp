@@ -100,24 +100,6 @@ const Blas& blas() {
 
 std::atomic<bool> g_allow_tf32{false};
 
-// Dims of size 1 dropped and neighbours that step as one merged, outermost first: the same
-// positions in the same order (so the same arg indices), with fewer divisions per element.
-int merge_dims(int n, int64_t* sizes, int64_t* strides) {
-  int m = 0;
-  for (int d = 0; d < n; ++d) {
-    if (sizes[d] == 1) continue;
-    if (m > 0 && sizes[m - 1] != 0 && sizes[d] != 0 && strides[m - 1] == strides[d] * sizes[d]) {
-      sizes[m - 1] *= sizes[d];
-      strides[m - 1] = strides[d];
-    } else {
-      sizes[m] = sizes[d];
-      strides[m] = strides[d];
-      ++m;
-    }
-  }
-  return m;
-}
-
 int device_count_or_zero() {
   int n = 0;
   if (cudaGetDeviceCount(&n) != cudaSuccess) {
@@ -428,24 +410,7 @@ class CudaBackend final : public Backend {
 
   void reduce(OpKind kind, const TensorImpl& out, const TensorImpl& x, int nreduced) override {
     enter(op_name(kind));
-    ReduceGeom g;
-    int nd = static_cast<int>(x.sizes.size());
-    g.nkept = nd - nreduced;
-    g.nred = nreduced;
-    g.count = 1;
-    for (int d = 0; d < nd; ++d) {
-      if (d < g.nkept) {
-        g.kept_sizes[d] = x.sizes[d];
-        g.kept_strides[d] = x.strides[d];
-      } else {
-        g.red_sizes[d - g.nkept] = x.sizes[d];
-        g.red_strides[d - g.nkept] = x.strides[d];
-        g.count *= x.sizes[d];
-      }
-    }
-    g.nout = out.numel;
-    g.nkept = merge_dims(g.nkept, g.kept_sizes, g.kept_strides);
-    g.nred = merge_dims(g.nred, g.red_sizes, g.red_strides);
+    ReduceGeom g = make_reduce_geom(out, x, nreduced);
     size_t ws = reduce_workspace_bytes(g);
     void* workspace = ws > 0 ? allocate(ws) : nullptr;
     launch_reduce(kind, x.dtype, x.data(), out.data(), g, workspace, stream());

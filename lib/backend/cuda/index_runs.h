@@ -7,9 +7,9 @@
 #include <cstdint>
 
 #ifdef __CUDACC__
-#define TG_HD_RUNS __host__ __device__
+#define TG_HD_STEP __host__ __device__
 #else
-#define TG_HD_RUNS
+#define TG_HD_STEP
 #endif
 
 namespace tg::cuda_detail {
@@ -28,14 +28,14 @@ struct IndexGeom {
   int64_t out_strides[kDims], x_strides[kDims], index_strides[kDims];
 };
 
-TG_HD_RUNS inline int64_t wrap_index(int64_t v, int64_t size) { return v < 0 ? v + size : v; }
+TG_HD_STEP inline int64_t wrap_index(int64_t v, int64_t size) { return v < 0 ? v + size : v; }
 
 // Element i of the iteration space: its offsets into out, x and index, and its position along
 // the indexed dim.
 struct IndexPoint {
   int64_t out = 0, x = 0, index = 0, pos = 0;
 };
-TG_HD_RUNS inline IndexPoint index_point(const IndexGeom& g, int64_t i) {
+TG_HD_STEP inline IndexPoint index_point(const IndexGeom& g, int64_t i) {
   int64_t idx[kDims];
   for (int d = g.ndim - 1; d >= 0; --d) {
     idx[d] = i % g.sizes[d];
@@ -53,7 +53,7 @@ TG_HD_RUNS inline IndexPoint index_point(const IndexGeom& g, int64_t i) {
 
 // index_select (by_vector) or gather: element i of out, read from x.
 template <class T>
-TG_HD_RUNS void gather_one(bool by_vector, const IndexGeom& g, const int64_t* index, int64_t i,
+TG_HD_STEP void gather_one(bool by_vector, const IndexGeom& g, const int64_t* index, int64_t i,
                            T* out, const T* x) {
   const IndexPoint p = index_point(g, i);
   if (g.ndim == 0) {
@@ -66,7 +66,7 @@ TG_HD_RUNS void gather_one(bool by_vector, const IndexGeom& g, const int64_t* in
 
 // scatter_add's element i of the iteration space (x's shape): the element offsets of its
 // destination in out and of its value in x.
-TG_HD_RUNS inline void scatter_offsets(const IndexGeom& g, const int64_t* index, int64_t i,
+TG_HD_STEP inline void scatter_offsets(const IndexGeom& g, const int64_t* index, int64_t i,
                                        int64_t& dst, int64_t& src) {
   const IndexPoint p = index_point(g, i);
   src = p.x;
@@ -92,7 +92,7 @@ constexpr int64_t kRunChunk = 64;
 // Step 3. piece_keys and piece_sums have room for n entries (chunk c writes from c·C); counts
 // gets the number of pieces of chunk c.
 template <class T>
-TG_HD_RUNS void chunk_pieces(int64_t c, int64_t n, const uint64_t* keys, const uint64_t* srcs,
+TG_HD_STEP void chunk_pieces(int64_t c, int64_t n, const uint64_t* keys, const uint64_t* srcs,
                              const T* x, uint64_t* piece_keys, double* piece_sums,
                              int32_t* counts) {
   const int64_t begin = c * kRunChunk;
@@ -117,7 +117,7 @@ TG_HD_RUNS void chunk_pieces(int64_t c, int64_t n, const uint64_t* keys, const u
 
 // Step 4. keys are the sorted keys of step 2; out is indexed by element offset.
 template <class T>
-TG_HD_RUNS void join_runs(int64_t c, int64_t nchunks, const uint64_t* keys,
+TG_HD_STEP void join_runs(int64_t c, int64_t nchunks, const uint64_t* keys,
                           const uint64_t* piece_keys, const double* piece_sums,
                           const int32_t* counts, T* out) {
   const int64_t begin = c * kRunChunk;

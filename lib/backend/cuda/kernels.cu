@@ -229,10 +229,8 @@ __global__ void random_kernel(int kind, T* out, int64_t n, uint64_t seed, uint64
 }
 
 // --- reductions --------------------------------------------------------------------------------
-// Each thread folds a fixed set of an output's positions into a state (f64 for floats); the
-// states combine in a fixed tree (warp shuffles, then across warps), so a result depends only on
-// the shapes: no atomics. Which kernel runs is chosen in launch_reduce. Arg reductions keep the
-// smallest index on ties, and NaN wins (its first index), as the CPU's fold does.
+// Note [Reduction kernels] (reduce_plan.h) says which kernel runs and why. Arg reductions keep
+// the smallest index on ties, and NaN wins (its first index), as the CPU's fold does.
 
 template <class T>
 using Acc = std::conditional_t<std::is_floating_point_v<T>, double,
@@ -324,25 +322,6 @@ __device__ void store_result(OpKind kind, char* out, int64_t o, const RState<T>&
   }
 }
 
-// The element offsets of output o (over the kept dims) and of reduced position j.
-__device__ inline int64_t kept_offset(const ReduceGeom& g, int64_t o) {
-  int64_t base = 0;
-  for (int d = g.nkept - 1; d >= 0; --d) {
-    base += (o % g.kept_sizes[d]) * g.kept_strides[d];
-    o /= g.kept_sizes[d];
-  }
-  return base;
-}
-__device__ inline int64_t red_offset(const ReduceGeom& g, int64_t j) {
-  if (g.nred == 1) return j * g.red_strides[0];
-  int64_t off = 0;
-  for (int d = g.nred - 1; d >= 0; --d) {
-    off += (j % g.red_sizes[d]) * g.red_strides[d];
-    j /= g.red_sizes[d];
-  }
-  return off;
-}
-
 // Positions [begin, end) of output o's reduced elements, every `step`-th from `first`.
 template <class T>
 __device__ RState<T> fold_range(OpKind kind, const T* x, const ReduceGeom& g, int64_t o,
@@ -353,7 +332,8 @@ __device__ RState<T> fold_range(OpKind kind, const T* x, const ReduceGeom& g, in
   return s;
 }
 
-// Long rows: one block per output.
+// The kernels of Note [Reduction kernels] (reduce_plan.h). Block: long rows, one block per
+// output.
 template <class T>
 __global__ void reduce_kernel(OpKind kind, const T* x, char* out, ReduceGeom g) {
   __shared__ RState<T> warps[32];
@@ -364,7 +344,7 @@ __global__ void reduce_kernel(OpKind kind, const T* x, char* out, ReduceGeom g) 
   }
 }
 
-// Short rows (softmax's, a layer norm's): one warp per output.
+// Warps: short rows (softmax's, a layer norm's), one warp per output.
 template <class T>
 __global__ void reduce_warps(OpKind kind, const T* x, char* out, ReduceGeom g) {
   const int lane = threadIdx.x % 32;
@@ -376,20 +356,14 @@ __global__ void reduce_warps(OpKind kind, const T* x, char* out, ReduceGeom g) {
   }
 }
 
-// Columns: the kept dims' innermost is contiguous and the reduced elements are not (a sum over
-// the batch, a bias's gradient). Blocks of 32 outputs × kColumnSlices: each thread folds every
-// kColumnSlices-th position of its output's part of the range, so a warp reads 32 neighbours at
-// a time; the slices combine in order. With several parts (blockIdx.y), each part's states go to
-// `pieces` and reduce_columns_join combines them in order.
-constexpr int kColumnSlices = 8;
-
+// Columns: blocks of 32 outputs × kColumnSlices; blockIdx.y is the part of the columns.
 template <class T>
 __global__ void reduce_columns(OpKind kind, const T* x, char* out, ReduceGeom g,
                                RState<T>* pieces, int64_t parts) {
   __shared__ RState<T> slices[kColumnSlices][32];
   const int64_t o = static_cast<int64_t>(blockIdx.x) * 32 + threadIdx.x;
-  const int64_t len = (g.count + parts - 1) / parts;
-  const int64_t begin = blockIdx.y * len, end = begin + len < g.count ? begin + len : g.count;
+  int64_t begin = 0, end = 0;
+  part_range(g.count, parts, blockIdx.y, begin, end);
   RState<T> s = invalid_state<T>();
   if (o < g.nout) s = fold_range(kind, x, g, o, begin, end, threadIdx.y, kColumnSlices);
   slices[threadIdx.y][threadIdx.x] = s;
@@ -412,38 +386,13 @@ __global__ void reduce_columns_join(OpKind kind, const RState<T>* pieces, char* 
   }
 }
 
-// Few long rows: each row in `chunks` pieces, one block each, then the pieces' states combined
-// in order by a second kernel. The split depends only on the shapes (deterministic).
-int64_t reduce_chunks(const ReduceGeom& g) {
-  constexpr int64_t kPiece = 16384;
-  if (g.count < 4 * kPiece || g.nout >= 512) return 1;
-  int64_t chunks = (g.count + kPiece - 1) / kPiece, cap = 2048 / g.nout;
-  return chunks < cap ? chunks : (cap < 1 ? 1 : cap);
-}
-
-bool column_layout(const ReduceGeom& g) {
-  return g.nkept >= 1 && g.nred >= 1 && g.kept_strides[g.nkept - 1] == 1 &&
-         g.red_strides[g.nred - 1] != 1 && g.count > 1 && g.nout >= 8;
-}
-
-// The parts a column reduction's range is cut into: each thread still folds 32 elements or
-// more, and the grid stays near a thousand blocks.
-int64_t column_parts(const ReduceGeom& g) {
-  const int64_t xblocks = (g.nout + 31) / 32;
-  int64_t parts = g.count / (32 * kColumnSlices);
-  int64_t cap = 1024 / xblocks;
-  if (parts > cap) parts = cap;
-  if (parts > 65535) parts = 65535;
-  return parts < 1 ? 1 : parts;
-}
-
 template <class T>
 __global__ void reduce_pieces(OpKind kind, const T* x, RState<T>* pieces, ReduceGeom g,
                               int64_t chunks) {
   __shared__ RState<T> warps[32];
   const int64_t o = blockIdx.x / chunks, c = blockIdx.x % chunks;
-  const int64_t len = (g.count + chunks - 1) / chunks;
-  const int64_t begin = c * len, end = begin + len < g.count ? begin + len : g.count;
+  int64_t begin = 0, end = 0;
+  part_range(g.count, chunks, c, begin, end);
   RState<T> t = block_combine(kind, warps, fold_range(kind, x, g, o, begin, end, threadIdx.x,
                                                       blockDim.x));
   if (threadIdx.x == 0) pieces[blockIdx.x] = t;
@@ -702,45 +651,44 @@ void launch_random(int kind, void* dst, DType dtype, int64_t n, uint64_t seed, u
 }
 
 size_t reduce_workspace_bytes(const ReduceGeom& g) {
-  int64_t parts = column_layout(g) ? column_parts(g) : reduce_chunks(g);
-  return parts > 1 ? static_cast<size_t>(g.nout * parts) * sizeof(RState<double>) : 0;
+  const ReducePlan plan = plan_reduce(g);
+  return plan.parts > 1 ? static_cast<size_t>(g.nout * plan.parts) * sizeof(RState<double>) : 0;
 }
 
-// Which kernel reduces: columns (reduce_columns), few long rows (reduce_pieces), short rows
-// (reduce_warps), long rows (reduce_kernel). The choice and every split depend only on the
-// shapes, so a result's bits depend only on its inputs.
 void launch_reduce(OpKind kind, DType dtype, const char* x, char* out, const ReduceGeom& g,
                    void* workspace, cudaStream_t stream) {
   if (g.nout <= 0) return;
+  const ReducePlan plan = plan_reduce(g);
+  if (plan.parts > 1 && workspace == nullptr) return;  // sized by the caller: cannot happen
   dispatch(dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     const T* xt = reinterpret_cast<const T*>(x);
     auto* pieces = static_cast<RState<T>*>(workspace);
-    if (column_layout(g)) {
-      const int64_t parts = column_parts(g);
-      if (parts > 1 && workspace == nullptr) return;  // the caller sized it: cannot happen
-      dim3 grid(static_cast<unsigned>((g.nout + 31) / 32), static_cast<unsigned>(parts));
-      reduce_columns<T><<<grid, dim3(32, kColumnSlices), 0, stream>>>(kind, xt, out, g, pieces,
-                                                                      parts);
-      if (parts > 1)
-        reduce_columns_join<T><<<blocks_for(g.nout), kThreads, 0, stream>>>(kind, pieces, out,
-                                                                            g.nout, parts);
-      return;
+    switch (plan.path) {
+      case ReducePath::Columns: {
+        dim3 grid(static_cast<unsigned>((g.nout + 31) / 32), static_cast<unsigned>(plan.parts));
+        reduce_columns<T><<<grid, dim3(32, kColumnSlices), 0, stream>>>(kind, xt, out, g, pieces,
+                                                                        plan.parts);
+        if (plan.parts > 1)
+          reduce_columns_join<T><<<blocks_for(g.nout), kThreads, 0, stream>>>(kind, pieces, out,
+                                                                              g.nout, plan.parts);
+        break;
+      }
+      case ReducePath::Pieces:
+        reduce_pieces<T><<<static_cast<unsigned>(g.nout * plan.parts), kThreads, 0, stream>>>(
+            kind, xt, pieces, g, plan.parts);
+        reduce_join<T><<<static_cast<unsigned>(g.nout), kThreads, 0, stream>>>(kind, pieces, out,
+                                                                              plan.parts);
+        break;
+      case ReducePath::Warps:
+        reduce_warps<T><<<blocks_for(g.nout * 32), kThreads, 0, stream>>>(kind, xt, out, g);
+        break;
+      case ReducePath::Block: {
+        unsigned grid = static_cast<unsigned>(g.nout < (1 << 20) ? g.nout : (1 << 20));
+        reduce_kernel<T><<<grid, kThreads, 0, stream>>>(kind, xt, out, g);
+        break;
+      }
     }
-    const int64_t chunks = reduce_chunks(g);
-    if (chunks > 1 && workspace != nullptr) {
-      reduce_pieces<T><<<static_cast<unsigned>(g.nout * chunks), kThreads, 0, stream>>>(
-          kind, xt, pieces, g, chunks);
-      reduce_join<T><<<static_cast<unsigned>(g.nout), kThreads, 0, stream>>>(kind, pieces, out,
-                                                                            chunks);
-      return;
-    }
-    if (g.count <= 1024) {
-      reduce_warps<T><<<blocks_for(g.nout * 32), kThreads, 0, stream>>>(kind, xt, out, g);
-      return;
-    }
-    unsigned grid = static_cast<unsigned>(g.nout < (1 << 20) ? g.nout : (1 << 20));
-    reduce_kernel<T><<<grid, kThreads, 0, stream>>>(kind, xt, out, g);
   });
 }
 

@@ -10,6 +10,7 @@
 #include <cstdint>
 
 #include "backend/cuda/index_runs.h"
+#include "backend/cuda/reduce_plan.h"
 #include "backend/op_attrs.h"
 #include "ops/op_registry.h"
 #include "tapegrad/dtype.h"
@@ -27,15 +28,6 @@ struct Strided {
   int64_t strides[kOperands][kDims];
   char* base[kOperands];
   DType dtype[kOperands];
-};
-
-// A reduction of x over its trailing dims: kept and reduced dims outermost first, element
-// strides; out is contiguous over the kept dims.
-struct ReduceGeom {
-  int nkept = 0, nred = 0;
-  int64_t kept_sizes[kDims], kept_strides[kDims];
-  int64_t red_sizes[kDims], red_strides[kDims];
-  int64_t nout = 0, count = 0;
 };
 
 // Sliding windows over contiguous (N, C, H, W) images; columns (N, C*kh*kw, L) with their
