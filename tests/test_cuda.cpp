@@ -198,6 +198,52 @@ TEST_CASE("cuda: reductions on every kernel's shapes give the CPU's values, the 
   }
 }
 
+TEST_CASE("cuda: softmax, log_softmax and logsumexp rows give the CPU's values, the same bits") {
+  if (!have_gpu()) return;
+  // Rows a warp or a block takes in one kernel (Note [Softmax rows]), and the shapes that keep
+  // the composite: few very long rows, columns. Large values, a row of -inf, an inf, a NaN.
+  struct Case {
+    Shape shape;
+    int64_t dim;
+    bool transpose;
+  };
+  const std::vector<Case> cases = {
+      {{64, 10}, 1, false},   {{3, 5000}, 1, false},    {{2, 70000}, 1, false},
+      {{5000, 37}, 0, false}, {{30, 40, 50}, 2, false}, {{30, 40, 50}, 1, false},
+      {{300, 50}, 1, true},   {{7, 1, 9}, 2, false},
+  };
+  manual_seed(7);
+  for (const Case& c : cases) {
+    for (DType dt : {kF32, kF64}) {
+      CAPTURE(str(c.shape));
+      CAPTURE(c.dim);
+      CAPTURE(dtype_name(dt));
+      Tensor x = (randn(c.shape) * 3).to(dt);
+      if (c.transpose) x = x.t().contiguous().t();
+      if (c.dim == 1 && x.dim() == 2 && x.shape()[0] >= 4) {
+        x = x.clone();
+        x.select(0, 0).fill_(1000.0);
+        x.select(0, 1).fill_(-INFINITY);
+        x.select(0, 2).narrow(0, 1, 1).fill_(INFINITY);
+        x.select(0, 3).narrow(0, 0, 1).fill_(NAN);
+      }
+      Tensor gx = x.to(cuda());
+      const double tol = dt == kF32 ? 1e-3 : 1e-6;
+      CHECK(close(softmax(gx, c.dim), softmax(x, c.dim), tol));
+      CHECK(close(log_softmax(gx, c.dim), log_softmax(x, c.dim), tol));
+      CHECK(close(logsumexp(gx, c.dim), logsumexp(x, c.dim), tol));
+      CHECK(same_bits(softmax(gx, c.dim), softmax(gx, c.dim)));
+      CHECK(same_bits(logsumexp(gx, c.dim), logsumexp(gx, c.dim)));
+      // The gradient through what the kernel wrote.
+      Tensor w = randn(c.shape, {.dtype = dt});
+      Tensor lx = x.detach().requires_grad_(true), lg = gx.detach().requires_grad_(true);
+      (log_softmax(lx, c.dim) * w).sum().backward();
+      (log_softmax(lg, c.dim) * w.to(cuda())).sum().backward();
+      CHECK(close(lg.grad(), lx.grad(), tol));
+    }
+  }
+}
+
 TEST_CASE("cuda: scatter_add with repeated indices gives the same bits on every run") {
   if (!have_gpu()) return;
   // An embedding's gradient: 4096 tokens of a 50-word vocabulary, rows of 256, and one column

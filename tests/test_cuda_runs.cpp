@@ -6,11 +6,15 @@
 // CUB's, pieces, joins. Every destination must get exactly the CPU backend's sum, on shapes whose
 // runs of equal destinations start, end and cross the chunks' borders in every way. The values
 // are small integers, so any grouping of the sums is exact and a lost or doubled element shows.
+// softmax, log_softmax and logsumexp in one kernel (lib/backend/cuda/softmax_rows.h, Note [Softmax
+// rows]): the steps, run lane after lane, give the CPU's composite on rows of every plan that
+// takes them, strided, with -inf, inf and NaN in them; the plans that split rows decline.
 // Plain C++: it runs on every machine, GPU or not.
 #include <doctest/doctest.h>
 #include <tapegrad/tapegrad.h>
 
 #include <algorithm>
+#include <functional>
 #include <numeric>
 #include <random>
 #include <string>
@@ -19,6 +23,7 @@
 #include "backend/backend.h"
 #include "backend/cuda/index_runs.h"
 #include "backend/cuda/reduce_plan.h"
+#include "backend/cuda/softmax_rows.h"
 #include "core/tensor_impl.h"
 
 using namespace tg;
@@ -304,4 +309,299 @@ TEST_CASE("cuda reduction steps: each shape's kernel, and parts that cover a row
       CHECK(covered == count);
       CHECK(last_end == count);
     }
+}
+
+namespace {
+
+template <class T>
+void run_rows(OpKind kind, const ReduceGeom& g, const T* px, T* po, int64_t nlanes);
+
+// What the one-kernel path computes for the op's call (x contiguous for softmax and log_softmax,
+// the dims permuted last), its lanes run one after another and their parts combined in order;
+// undefined where make_softmax_geom declines the call.
+template <class T>
+Tensor emulate_softmax_rows(OpKind kind, const Tensor& x0, const Shape& dims, int64_t nlanes) {
+  const bool rows = kind == OpKind::Logsumexp;
+  Tensor x = rows ? x0 : x0.contiguous();
+  std::vector<bool> mask(static_cast<size_t>(x.dim()), false);
+  for (int64_t d : dims) mask[static_cast<size_t>(d)] = true;
+  Shape perm, kept;
+  int nreduced = 0;
+  for (int64_t d = 0; d < x.dim(); ++d)
+    if (!mask[d]) perm.push_back(d), kept.push_back(x.shape()[d]);
+  for (int64_t d = 0; d < x.dim(); ++d)
+    if (mask[d]) perm.push_back(d), ++nreduced;
+  Tensor out = zeros(rows ? kept : x.shape(), {.dtype = x.dtype()});
+  Tensor xp = x.permute(perm), op = rows ? out : out.permute(perm);
+  ReduceGeom g;
+  if (!make_softmax_geom(kind, *op.impl(), *xp.impl(), nreduced, g)) return {};
+  run_rows(kind, g, xp.data_ptr<T>(), op.data_ptr<T>(), nlanes);
+  return out;
+}
+
+template <class T>
+void run_rows(OpKind kind, const ReduceGeom& g, const T* px, T* po, int64_t nlanes) {
+  for (int64_t o = 0; o < g.nout; ++o) {
+    const int64_t base = kept_offset(g, o);
+    double m = -INFINITY, sum = 0;
+    for (int64_t lane = 0; lane < nlanes; ++lane)
+      m = max_fold(m, row_max_part(px, g, base, lane, nlanes));
+    const T shift = row_shift<T>(m);
+    for (int64_t lane = 0; lane < nlanes; ++lane)
+      sum += row_sum_part(px, g, base, shift, lane, nlanes);
+    for (int64_t lane = 0; lane < nlanes; ++lane)
+      row_write(kind, px, po, g, o, base, shift, sum, lane, nlanes);
+  }
+}
+
+// Equal within tol (relative, and absolute near 0), with NaN where want has NaN and the same
+// infinities.
+void check_close(const Tensor& got, const Tensor& want, double tol) {
+  REQUIRE(got.shape() == want.shape());
+  std::vector<double> a = got.to(kF64).to_vector<double>(), b = want.to(kF64).to_vector<double>();
+  int bad = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (std::isnan(b[i]) || std::isinf(b[i])) {
+      bad += std::isnan(b[i]) ? !std::isnan(a[i]) : a[i] != b[i];
+      continue;
+    }
+    bad += !(std::abs(a[i] - b[i]) <= tol * std::max(1.0, std::abs(b[i])));
+  }
+  CHECK(bad == 0);
+}
+
+}  // namespace
+
+TEST_CASE("cuda softmax rows: the steps give the CPU's softmax, log_softmax and logsumexp") {
+  std::mt19937 rng(11);
+  std::normal_distribution<double> normal(0.0, 3.0);
+  auto values = [&](const Shape& s, DType dtype) {
+    int64_t count = 1;
+    for (int64_t d : s) count *= d;
+    std::vector<double> v(static_cast<size_t>(count));
+    for (auto& e : v) e = normal(rng);
+    return tensor(v, s).to(dtype);
+  };
+  struct Case {
+    Shape shape;
+    int64_t dim;
+    bool transpose;  // x is (shape with dims 0 and last swapped).transpose(0, -1): strided
+  };
+  const std::vector<Case> cases = {
+      {{60, 10}, 1, false},                          // a classifier's rows: a warp each
+      {{60, 10}, -1, true},                          // the same, from a transposed input
+      {{3, 5000}, 1, false},                         // long rows: a block each
+      {{4, 6, 5}, 1, false},                         // the middle dim: rows at stride 5
+      {{4, 6, 5}, 0, true},  {{7, 1, 9}, 2, false},  // a size-1 dim among the kept ones
+      {{1, 1}, 1, false},    {{33}, 0, false},
+  };
+  int compared = 0;
+  for (DType dtype : {kF64, kF32}) {
+    const double tol = dtype == kF64 ? 1e-12 : 2e-5;
+    for (const Case& c : cases) {
+      Tensor x = values(c.shape, dtype);
+      if (c.transpose && x.dim() >= 2) {
+        Shape swapped = c.shape;
+        std::swap(swapped[0], swapped[swapped.size() - 1]);
+        x = values(swapped, dtype).transpose(0, -1);
+      }
+      // Large values (a shift is needed), a row of -inf, an inf, a NaN.
+      if (x.dim() == 2 && x.shape()[0] >= 4 && x.shape()[1] >= 2) {
+        x = x.clone();
+        x.select(0, 0).fill_(1000.0);
+        x.select(0, 1).fill_(-INFINITY);
+        x.select(0, 2).narrow(0, 1, 1).fill_(INFINITY);
+        x.select(0, 3).narrow(0, 0, 1).fill_(NAN);
+      }
+      const int64_t d = c.dim < 0 ? c.dim + x.dim() : c.dim;
+      for (int64_t nlanes : {1, 32, 256}) {
+        CAPTURE(c.shape);
+        CAPTURE(d);
+        CAPTURE(nlanes);
+        CAPTURE(dtype);
+        auto run = [&](OpKind kind, const Shape& dims) {
+          return dtype == kF64 ? emulate_softmax_rows<double>(kind, x, dims, nlanes)
+                               : emulate_softmax_rows<float>(kind, x, dims, nlanes);
+        };
+        Tensor sm = run(OpKind::Softmax, {d}), lsm = run(OpKind::LogSoftmax, {d});
+        Tensor lse = run(OpKind::Logsumexp, {d});
+        const bool columns = plan_reduce(geom_of(x.shape(), {d})).path == ReducePath::Columns;
+        if (columns) {  // declined: the composite runs
+          CHECK_FALSE(sm.defined());
+          continue;
+        }
+        REQUIRE(sm.defined());
+        REQUIRE(lsm.defined());
+        REQUIRE(lse.defined());
+        check_close(sm, softmax(x, d), tol);
+        check_close(lsm, log_softmax(x, d), tol);
+        check_close(lse, logsumexp(x, d), tol);
+        compared += 3;
+      }
+    }
+    // logsumexp over two dims of a strided view, which it reads as it is.
+    Tensor x = values({5, 4, 6}, dtype).transpose(0, 2);  // (6, 4, 5)
+    for (const Shape& dims : {Shape{0, 2}, Shape{1, 2}, Shape{0, 1, 2}}) {
+      CAPTURE(dims);
+      Tensor got = dtype == kF64 ? emulate_softmax_rows<double>(OpKind::Logsumexp, x, dims, 32)
+                                 : emulate_softmax_rows<float>(OpKind::Logsumexp, x, dims, 32);
+      REQUIRE(got.defined());
+      check_close(got, logsumexp(x, dims), tol);
+      ++compared;
+    }
+  }
+  CHECK(compared > 100);
+}
+
+TEST_CASE("cuda softmax rows: shapes that split a row, and integer inputs, keep the composite") {
+  // Few very long rows (Pieces) and columns decline; so do dtypes other than f32 and f64.
+  CHECK_FALSE(
+      emulate_softmax_rows<double>(OpKind::Softmax, zeros({2, 70000}, {.dtype = kF64}), {1}, 32)
+          .defined());
+  CHECK_FALSE(
+      emulate_softmax_rows<double>(OpKind::Logsumexp, zeros({70000}, {.dtype = kF64}), {0}, 32)
+          .defined());
+  CHECK_FALSE(
+      emulate_softmax_rows<double>(OpKind::Softmax, zeros({1024, 500}, {.dtype = kF64}), {0}, 32)
+          .defined());
+  Tensor ints = zeros({4, 8}, {.dtype = kI64}), out = zeros({4, 8}, {.dtype = kI64});
+  ReduceGeom g;
+  CHECK_FALSE(make_softmax_geom(OpKind::Softmax, *out.impl(), *ints.impl(), 1, g));
+  // softmax's out must share x's offsets.
+  Tensor x = zeros({4, 8}, {.dtype = kF32}), other = zeros({8, 4}, {.dtype = kF32}).t();
+  CHECK_FALSE(make_softmax_geom(OpKind::Softmax, *other.impl(), *x.impl(), 1, g));
+  CHECK(make_softmax_geom(OpKind::Softmax, *zeros({4, 8}).impl(), *x.impl(), 1, g));
+  CHECK(g.nout == 4);
+  CHECK(g.count == 8);
+  // And where the CPU runs the op, it has no such kernel: the composite runs.
+  CHECK_FALSE(cpu_backend().softmax_rows());
+}
+
+namespace {
+
+// The CPU backend with the one-kernel path's steps as its softmax_rows (lanes in turn), handed
+// out through the trace hook so that the ops take that path on the host. Counts its calls.
+class RowsOnCpu final : public Backend {
+ public:
+  Backend& cpu = cpu_backend();
+  int calls = 0;
+  void* allocate(size_t n) override { return cpu.allocate(n); }
+  void deallocate(void* p, size_t n) override { cpu.deallocate(p, n); }
+  void synchronize() override { cpu.synchronize(); }
+  void copy(const TensorImpl& d, const TensorImpl& s) override { cpu.copy(d, s); }
+  void copy_from_host(const TensorImpl& d, const void* s) override { cpu.copy_from_host(d, s); }
+  void copy_to_host(void* d, const TensorImpl& s) override { cpu.copy_to_host(d, s); }
+  void fill(const TensorImpl& d, Scalar v) override { cpu.fill(d, v); }
+  void iota(const TensorImpl& d, double a, double b) override { cpu.iota(d, a, b); }
+  void random(RandomKind k, const TensorImpl& d, uint64_t seed, uint64_t off, double a,
+              double b) override {
+    cpu.random(k, d, seed, off, a, b);
+  }
+  void unary(OpKind k, const TensorImpl& o, const TensorImpl& x, const OpAttrs& a) override {
+    cpu.unary(k, o, x, a);
+  }
+  void binary(OpKind k, const TensorImpl& o, const TensorImpl& a, const TensorImpl& b) override {
+    cpu.binary(k, o, a, b);
+  }
+  void where(const TensorImpl& o, const TensorImpl& c, const TensorImpl& a,
+             const TensorImpl& b) override {
+    cpu.where(o, c, a, b);
+  }
+  void reduce(OpKind k, const TensorImpl& o, const TensorImpl& x, int n) override {
+    cpu.reduce(k, o, x, n);
+  }
+  void matmul(const TensorImpl& o, const TensorImpl& a, const TensorImpl& b) override {
+    cpu.matmul(o, a, b);
+  }
+  void index(OpKind k, const TensorImpl& o, const TensorImpl& x, int dim,
+             const TensorImpl& i) override {
+    cpu.index(k, o, x, dim, i);
+  }
+  void window(OpKind k, const TensorImpl& o, const TensorImpl& x, const Window2d& w,
+              const TensorImpl* i) override {
+    cpu.window(k, o, x, w, i);
+  }
+  bool softmax_rows() const override { return true; }
+  bool softmax_rows(OpKind kind, const TensorImpl& out, const TensorImpl& x,
+                    int nreduced) override {
+    ReduceGeom g;
+    if (!make_softmax_geom(kind, out, x, nreduced, g)) return false;
+    ++calls;
+    if (x.dtype == kF64)
+      run_rows(kind, g, reinterpret_cast<const double*>(x.data()),
+               reinterpret_cast<double*>(out.data()), 32);
+    else
+      run_rows(kind, g, reinterpret_cast<const float*>(x.data()),
+               reinterpret_cast<float*>(out.data()), 32);
+    return true;
+  }
+};
+
+struct RowsHook final : TraceHook {
+  RowsOnCpu rows;
+  Backend& backend(Device) override { return rows; }
+  void on_allocate(const std::shared_ptr<Storage>&) override {}
+};
+
+}  // namespace
+
+TEST_CASE("cuda softmax rows: the ops' path through a backend's kernel, forward and backward") {
+  // What the ops hand the backend (x contiguous or not, dims permuted last, out's shape, keepdim)
+  // and the gradient through the result the kernel wrote, against the CPU's composite.
+  std::mt19937 rng(3);
+  std::normal_distribution<double> normal(0.0, 2.0);
+  auto values = [&](const Shape& s) {
+    int64_t count = 1;
+    for (int64_t d : s) count *= d;
+    std::vector<double> v(static_cast<size_t>(count));
+    for (auto& e : v) e = normal(rng);
+    return tensor(v, s);
+  };
+  Tensor x = values({5, 4, 6}).transpose(0, 1);  // (4, 5, 6), not contiguous
+  auto run = [&](const std::function<Tensor(const Tensor&)>& f, bool kernel, int* calls) {
+    Tensor leaf = x.detach().requires_grad_(true);
+    RowsHook hook;
+    Tensor y;
+    if (kernel) t_trace_hook = &hook;
+    try {
+      y = f(leaf);
+    } catch (...) {
+      t_trace_hook = nullptr;
+      throw;
+    }
+    t_trace_hook = nullptr;
+    if (calls != nullptr) *calls = hook.rows.calls;
+    Tensor w = sin(arange(y.numel(), {.dtype = kF64})).reshape(y.shape());
+    (y * w).sum().backward();
+    return std::pair{y.detach(), leaf.grad()};
+  };
+  // With the number of kernel calls: softmax over a dim that is not x's last reads columns
+  // (the contiguous x's kept dims are innermost), which the kernel declines.
+  const std::vector<std::pair<std::function<Tensor(const Tensor&)>, int>> fns = {
+      {[](const Tensor& t) { return softmax(t, 2); }, 1},
+      {[](const Tensor& t) { return softmax(t, 1); }, 0},
+      {[](const Tensor& t) { return log_softmax(t, -1); }, 1},
+      {[](const Tensor& t) { return log_softmax(t, 0); }, 0},
+      {[](const Tensor& t) { return log_softmax(t.select(2, 0), 0); }, 1},  // rows at stride 5
+      {[](const Tensor& t) { return logsumexp(t, {2}, true); }, 1},
+      {[](const Tensor& t) {
+         return logsumexp(t, {0, 2}, false);
+       },
+       1},
+      {[](const Tensor& t) {
+         return logsumexp(t, {0, 1, 2}, false);
+       },
+       1},
+      {[](const Tensor& t) { return softmax(t.select(0, 0).select(0, 0).select(0, 1), 0); },
+       0},  // 0-d
+  };
+  for (size_t i = 0; i < fns.size(); ++i) {
+    CAPTURE(i);
+    int calls = 0;
+    auto [y, g] = run(fns[i].first, true, &calls);
+    auto [y_ref, g_ref] = run(fns[i].first, false, nullptr);
+    CHECK(calls == fns[i].second);
+    check_close(y, y_ref, 1e-12);
+    check_close(g, g_ref, 1e-12);
+  }
 }

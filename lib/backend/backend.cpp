@@ -54,6 +54,8 @@ void Backend::fused(const std::vector<FusedStep>& steps, const TensorImpl& out,
   }
 }
 
+bool Backend::softmax_rows(OpKind, const TensorImpl&, const TensorImpl&, int) { return false; }
+
 std::unique_ptr<CapturedWork> Backend::capture(const std::function<void()>&) { return nullptr; }
 
 // The reference way to run a fused sum: the group's value into a temporary, then the reduction.

@@ -82,6 +82,16 @@ class Backend {
   // Argmax/Argmin give the row-major index within the reduced dims, as i64.
   virtual void reduce(OpKind kind, const TensorImpl& out, const TensorImpl& x, int nreduced) = 0;
 
+  // Softmax, LogSoftmax or Logsumexp of floating x over its last `nreduced` dims in one pass
+  // (Note [Softmax rows], lib/backend/cuda/softmax_rows.h), where softmax_rows() says the
+  // backend has such a kernel. Softmax and LogSoftmax: nreduced 1, out has x's sizes and
+  // strides; Logsumexp: out is contiguous over x's leading dims, as in reduce(). Returns false
+  // where this shape is not one the kernel takes: nothing is written, and the op runs its
+  // composite. The default (the CPU's, a recording's) has none, so a traced graph holds the
+  // composite's calls, which its passes fuse.
+  virtual bool softmax_rows() const { return false; }
+  virtual bool softmax_rows(OpKind kind, const TensorImpl& out, const TensorImpl& x, int nreduced);
+
   // out[b] = a[b] · b[b] for 3-D operands (batch strides may be 0); out is contiguous.
   virtual void matmul(const TensorImpl& out, const TensorImpl& a, const TensorImpl& b) = 0;
   // out = alpha·s·(a · b) + beta·out for one product (3-D operands of batch 1, floating; out's

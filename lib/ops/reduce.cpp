@@ -9,17 +9,24 @@
 namespace tg {
 namespace {
 
+// The permutation that puts the dims in `mask` last (in order), and how many they are.
+Shape reduced_last(const std::vector<bool>& mask, int& nreduced) {
+  Shape perm;
+  nreduced = 0;
+  for (size_t d = 0; d < mask.size(); ++d)
+    if (!mask[d]) perm.push_back(static_cast<int64_t>(d));
+  for (size_t d = 0; d < mask.size(); ++d)
+    if (mask[d]) perm.push_back(static_cast<int64_t>(d)), ++nreduced;
+  return perm;
+}
+
 // Reduces x over the dims in `mask`: permutes them last and calls the backend.
 Tensor reduce_op(OpKind kind, const Tensor& x, const std::vector<bool>& mask, bool keepdim,
                  DType out_dtype) {
   const char* name = op_name(kind).data();
   int64_t nd = x.dim();
-  Shape perm;
-  for (int64_t d = 0; d < nd; ++d)
-    if (!mask[d]) perm.push_back(d);
   int nreduced = 0;
-  for (int64_t d = 0; d < nd; ++d)
-    if (mask[d]) perm.push_back(d), ++nreduced;
+  Shape perm = reduced_last(mask, nreduced);
   bool is_minmax = kind != OpKind::Sum && kind != OpKind::Prod;
   if (is_minmax) {
     for (int64_t d = 0; d < nd; ++d)
@@ -147,15 +154,45 @@ Tensor norm(const Tensor& x, double p, const Shape& dims, bool keepdim, Loc loc)
 }
 
 namespace {
+// softmax, log_softmax (one dim) or logsumexp of floating x over the dims in `mask` as one
+// backend call, where the device has one that takes this shape (Note [Softmax rows]); an
+// undefined tensor where not, and the caller runs the composite. Softmax and log_softmax give
+// x's shape; logsumexp the kept dims.
+Tensor softmax_rows(OpKind kind, const Tensor& xf, const std::vector<bool>& mask) {
+  Backend& be = backend_of(xf);
+  if (!be.softmax_rows() || xf.numel() == 0) return {};
+  // out shares x's element offsets, so both are contiguous.
+  Tensor x = kind == OpKind::Logsumexp ? xf : xf.contiguous();
+  int nreduced = 0;
+  Shape perm = reduced_last(mask, nreduced);
+  const bool rows = kind == OpKind::Logsumexp;
+  Tensor out =
+      make_tensor(rows ? reduced_shape(x.shape(), mask, false) : x.shape(), x.dtype(), x.device());
+  Tensor xp = x.permute(perm);
+  Tensor op = rows ? out : out.permute(perm);
+  if (!be.softmax_rows(kind, impl_of(op), impl_of(xp), nreduced)) return {};
+  return out;
+}
+
+Tensor softmax_rows_along(OpKind kind, const Tensor& xf, int64_t dim) {
+  if (xf.dim() == 0) return {};
+  std::vector<bool> mask(static_cast<size_t>(xf.dim()), false);
+  mask[static_cast<size_t>(dim)] = true;
+  return softmax_rows(kind, xf, mask);
+}
+
 // The max-shifted composite; recorded as one Logsumexp node by logsumexp().
 Tensor logsumexp_forward(const Tensor& x, const Shape& dims, bool keepdim) {
   Tensor xf = to_float(x);
+  auto mask = reduced_mask(dims, x.dim(), "logsumexp");
+  if (Tensor out = softmax_rows(OpKind::Logsumexp, xf, mask); out.defined())
+    return keepdim ? out.reshape(reduced_shape(x.shape(), mask, true)) : out;
   if (xf.numel() == 0) return log(exp(xf).sum(dims, keepdim));  // -inf, as ln 0
   Tensor m = xf.amax(dims, true);
   // Where the max is ±inf (all -inf, or an inf), shift by 0 so that inf - inf gives no NaN.
   Tensor shift = where(m.abs() == INFINITY, 0.0, m);
   Tensor out = log(exp(xf - shift).sum(dims, true)) + shift;
-  return keepdim ? out : out.reshape(reduced_shape(x.shape(), reduced_mask(dims, x.dim(), "logsumexp"), false));
+  return keepdim ? out : out.reshape(reduced_shape(x.shape(), mask, false));
 }
 }  // namespace
 
@@ -179,6 +216,8 @@ Tensor softmax(const Tensor& x, int64_t dim, Loc loc) {
   Tensor xf = to_float(x);
   int64_t d = wrap_dim(dim, x.dim(), "softmax");
   if (xf.numel() == 0) return rec.finish(OpKind::Softmax, xf.clone(), {.dim = d});
+  if (Tensor out = softmax_rows_along(OpKind::Softmax, xf, d); out.defined())
+    return rec.finish(OpKind::Softmax, out, {.dim = d});
   Tensor m = xf.amax({dim}, true);
   Tensor e = exp(xf - where(m.abs() == INFINITY, 0.0, m));
   return rec.finish(OpKind::Softmax, e / e.sum({dim}, true), {.dim = d});
@@ -191,6 +230,8 @@ Tensor log_softmax(const Tensor& x, int64_t dim, Loc loc) {
   Tensor xf = to_float(x);
   int64_t d = wrap_dim(dim, x.dim(), "log_softmax");
   if (xf.numel() == 0) return rec.finish(OpKind::LogSoftmax, xf.clone(), {.dim = d});
+  if (Tensor out = softmax_rows_along(OpKind::LogSoftmax, xf, d); out.defined())
+    return rec.finish(OpKind::LogSoftmax, out, {.dim = d});
   return rec.finish(OpKind::LogSoftmax, xf - logsumexp(xf, {dim}, true), {.dim = d});
 }
 

@@ -22,6 +22,7 @@
 #include "backend/backend.h"
 #include "backend/cuda/fused_source.h"
 #include "backend/cuda/kernels.h"
+#include "backend/cuda/softmax_rows.h"
 #include "core/check.h"
 #include "tapegrad/format.h"
 
@@ -416,6 +417,18 @@ class CudaBackend final : public Backend {
     launch_reduce(kind, x.dtype, x.data(), out.data(), g, workspace, stream());
     if (workspace != nullptr) deallocate(workspace, ws);  // stream-ordered: safe at once
     TG_LAUNCHED(op_name(kind));
+  }
+
+  // One kernel per call (Note [Softmax rows], softmax_rows.h), for the shapes it takes.
+  bool softmax_rows() const override { return true; }
+  bool softmax_rows(OpKind kind, const TensorImpl& out, const TensorImpl& x,
+                    int nreduced) override {
+    ReduceGeom g;
+    if (!make_softmax_geom(kind, out, x, nreduced, g)) return false;
+    enter(op_name(kind));
+    launch_softmax_rows(kind, x.dtype, x.data(), out.data(), g, stream());
+    TG_LAUNCHED(op_name(kind));
+    return true;
   }
 
   // --- products --------------------------------------------------------------------------------

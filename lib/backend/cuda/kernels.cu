@@ -12,6 +12,7 @@
 #include "backend/cpu/philox.h"
 #include "backend/cpu/scalar_math.h"
 #include "backend/cuda/kernels.h"
+#include "backend/cuda/softmax_rows.h"
 
 namespace tg::cuda_detail {
 namespace {
@@ -408,6 +409,64 @@ __global__ void reduce_join(OpKind kind, const RState<T>* pieces, char* out, int
   if (threadIdx.x == 0) store_result(kind, out, o, t);
 }
 
+// --- softmax rows (Note [Softmax rows], softmax_rows.h) ---------------------------------------
+
+// The warp's values combined (max or sum) in a fixed tree; every lane gets lane 0's result.
+__device__ double warp_all(double v, bool is_max) {
+  constexpr unsigned kAll = 0xffffffffu;
+  for (int off = 16; off > 0; off /= 2) {
+    const double o = __shfl_down_sync(kAll, v, off);
+    v = is_max ? max_fold(v, o) : v + o;
+  }
+  return __shfl_sync(kAll, v, 0);
+}
+
+// The block's values combined: each warp, then the warps' results by warp 0; every thread gets
+// the result. blockDim.x is a multiple of 32.
+__device__ double block_all(double* warps, double v, bool is_max) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
+  v = warp_all(v, is_max);
+  if (lane == 0) warps[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    const double identity = is_max ? -INFINITY : 0.0;
+    const double t = warp_all(lane < nwarps ? warps[lane] : identity, is_max);
+    if (lane == 0) warps[0] = t;
+  }
+  __syncthreads();
+  const double r = warps[0];
+  __syncthreads();  // before warps is written again
+  return r;
+}
+
+// Rows of up to 1,024 elements: one warp per row.
+template <class T>
+__global__ void softmax_warps(OpKind kind, const T* x, T* out, ReduceGeom g) {
+  const int lane = threadIdx.x % 32;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / 32);
+  for (int64_t o = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
+       o < g.nout; o += warps) {
+    const int64_t base = kept_offset(g, o);
+    const T shift = row_shift<T>(warp_all(row_max_part(x, g, base, lane, 32), true));
+    const double sum = warp_all(row_sum_part(x, g, base, shift, lane, 32), false);
+    row_write(kind, x, out, g, o, base, shift, sum, lane, 32);
+  }
+}
+
+// Longer rows: one block per row.
+template <class T>
+__global__ void softmax_block(OpKind kind, const T* x, T* out, ReduceGeom g) {
+  __shared__ double warps[32];
+  for (int64_t o = blockIdx.x; o < g.nout; o += gridDim.x) {
+    const int64_t base = kept_offset(g, o);
+    const T shift =
+        row_shift<T>(block_all(warps, row_max_part(x, g, base, threadIdx.x, blockDim.x), true));
+    const double sum =
+        block_all(warps, row_sum_part(x, g, base, shift, threadIdx.x, blockDim.x), false);
+    row_write(kind, x, out, g, o, base, shift, sum, threadIdx.x, blockDim.x);
+  }
+}
+
 // --- indexing ----------------------------------------------------------------------------------
 
 template <class T>
@@ -690,6 +749,26 @@ void launch_reduce(OpKind kind, DType dtype, const char* x, char* out, const Red
       }
     }
   });
+}
+
+void launch_softmax_rows(OpKind kind, DType dtype, const char* x, char* out, const ReduceGeom& g,
+                         cudaStream_t stream) {
+  if (!softmax_rows_fit(g)) return;  // checked by the caller: cannot happen
+  auto run = [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const T* xt = reinterpret_cast<const T*>(x);
+    T* ot = reinterpret_cast<T*>(out);
+    if (plan_reduce(g).path == ReducePath::Warps) {
+      softmax_warps<T><<<blocks_for(g.nout * 32), kThreads, 0, stream>>>(kind, xt, ot, g);
+    } else {
+      unsigned grid = static_cast<unsigned>(g.nout < (1 << 20) ? g.nout : (1 << 20));
+      softmax_block<T><<<grid, kThreads, 0, stream>>>(kind, xt, ot, g);
+    }
+  };
+  if (dtype == DType::F32)
+    run(Tag<float>{});
+  else if (dtype == DType::F64)
+    run(Tag<double>{});
 }
 
 size_t index_workspace_bytes(OpKind kind, DType dtype, const IndexGeom& g, int64_t n) {

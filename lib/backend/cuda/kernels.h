@@ -56,6 +56,10 @@ void launch_random(int kind, void* dst, DType dtype, int64_t n, uint64_t seed, u
 size_t reduce_workspace_bytes(const ReduceGeom& g);
 void launch_reduce(OpKind kind, DType dtype, const char* x, char* out, const ReduceGeom& g,
                    void* workspace, cudaStream_t stream);
+// softmax, log_softmax or logsumexp of floating x over its last dims, where softmax_rows_fit(g)
+// (Note [Softmax rows], softmax_rows.h).
+void launch_softmax_rows(OpKind kind, DType dtype, const char* x, char* out, const ReduceGeom& g,
+                         cudaStream_t stream);
 // flag (device, two i64, zeroed by the caller): flag[0] becomes 1 when an index of the strided
 // i64 operand 0 of s lies outside [-size, size), and flag[1] one such index.
 void launch_check_indices(const Strided& s, int64_t n, int64_t size, int64_t* flag,
