@@ -75,6 +75,26 @@ void elementwise() {
   report("traced tanh(x*a+b)*.5+.5", gpu_time([&] { (void)fused(a); }), 16.0 * n);
 }
 
+// Rows of a classifier (1024 × 10) and of a language model's head (512 × 32000): one kernel
+// each (Note [Softmax rows]); the bytes are one read and one write (logsumexp: one read).
+void softmax_rows() {
+  std::printf("\nsoftmax rows, f32\n");
+  std::printf("%-28s %12s %12s\n", "op", "us", "GB/s");
+  for (auto [rows, cols] : {std::pair<int64_t, int64_t>{1024, 10}, {512, 32000}}) {
+    tg::Tensor x = tg::randn({rows, cols}).to(tg::cuda());
+    const double n = static_cast<double>(rows * cols);
+    auto report = [&](const char* op, double s, double bytes) {
+      char name[64];
+      std::snprintf(name, sizeof name, "%s %ldx%ld", op, static_cast<long>(rows),
+                    static_cast<long>(cols));
+      std::printf("%-28s %12.1f %12.1f\n", name, s * 1e6, bytes / s / 1e9);
+    };
+    report("softmax", gpu_time([&] { (void)tg::softmax(x, 1); }), 8.0 * n);
+    report("log_softmax", gpu_time([&] { (void)tg::log_softmax(x, 1); }), 8.0 * n);
+    report("logsumexp", gpu_time([&] { (void)tg::logsumexp(x, 1); }), 4.0 * n);
+  }
+}
+
 void products() {
   const int64_t n = 4096;
   tg::Tensor a = tg::randn({n, n}).to(tg::cuda()), b = tg::randn({n, n}).to(tg::cuda());
@@ -152,6 +172,7 @@ int main() {
   cudaGetDeviceProperties(&prop, 0);
   std::printf("bench_cuda on %s\n", prop.name);
   elementwise();
+  softmax_rows();
   products();
   training();
   return 0;

@@ -50,6 +50,21 @@ def elementwise():
     report("sum (1 read)", gpu_time(lambda: a.sum()), 4 * n)
 
 
+def softmax_rows():
+    print("\nsoftmax rows, f32")
+    print(f"{'op':28s} {'us':>12s} {'GB/s':>12s}")
+    for rows, cols in [(1024, 10), (512, 32000)]:
+        x = torch.randn(rows, cols, device="cuda")
+        n = rows * cols
+
+        def report(op, s, nbytes):
+            print(f"{op + f' {rows}x{cols}':28s} {s * 1e6:12.1f} {nbytes / s / 1e9:12.1f}")
+
+        report("softmax", gpu_time(lambda: torch.softmax(x, 1)), 8 * n)
+        report("log_softmax", gpu_time(lambda: torch.log_softmax(x, 1)), 8 * n)
+        report("logsumexp", gpu_time(lambda: torch.logsumexp(x, 1)), 4 * n)
+
+
 def products():
     n = 4096
     a = torch.randn(n, n, device="cuda")
@@ -104,5 +119,6 @@ def training():
 if __name__ == "__main__":
     print(f"torch {torch.__version__} on {torch.cuda.get_device_name(0)}")
     elementwise()
+    softmax_rows()
     products()
     training()
