@@ -130,3 +130,40 @@ TEST_CASE("an error inside a composite names the op the user called") {
     CHECK(e.op() == "log_softmax");
   }
 }
+
+TEST_CASE("an error a traced graph's node raises names the op and the line that recorded it") {
+  // A bad target reaches the loss's gather only when the graph replays: the replay runs no op of
+  // the user's, so the executor names the recorded node's op and line. The step stops before
+  // the update, so the weights are untouched.
+  for (Mode mode : {Mode::FastRun, Mode::FastCompile, Mode::Debug}) {
+    CAPTURE(static_cast<int>(mode));
+    Tensor w = (randn({4, 3}) * 0.1).requires_grad_();
+    const int line = __LINE__ + 3;
+    auto step = trace(
+        [&](const Tensor& x, const Tensor& y) {
+          Tensor loss = nn::functional::cross_entropy(x.matmul(w), y);
+          auto g = grad({loss}, {w});
+          NoGradGuard no_grad;
+          w.sub_(g[0] * 0.1);
+          return loss;
+        },
+        {.mode = mode});
+    Tensor x = randn({5, 4});
+    step(x, tensor({0L, 1L, 2L, 1L, 0L}));
+    step(x, tensor({2L, 1L, 0L, 1L, 0L}));
+    Tensor before = w.detach().clone();
+    try {
+      step(x, tensor({0L, 1L, 7L, 1L, 0L}));
+      FAIL("no tg::Error thrown");
+    } catch (const Error& e) {
+      std::string msg = e.what();
+      CAPTURE(msg);
+      CHECK(msg.find("gather: index 7 is out of bounds for dim 1 of size 3") != std::string::npos);
+      CHECK(msg.find("in tg::cross_entropy called at") != std::string::npos);
+      CHECK(msg.find("test_errors.cpp:" + std::to_string(line)) != std::string::npos);
+      CHECK(msg.find("of the traced graph") != std::string::npos);
+      CHECK(e.op() == "cross_entropy");
+    }
+    CHECK(w.detach().to_vector<float>() == before.to_vector<float>());
+  }
+}

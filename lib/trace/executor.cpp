@@ -682,6 +682,24 @@ void Executor::unbind() {
   arg_storage_.clear();
 }
 
+// An error a node raises while it replays (an index out of bounds, a device's failure) names the
+// public op and the user's line that recorded the node, as the eager op's error would: the
+// replay runs no op of the user's, so the message would otherwise say only the primitive.
+// Nodes run as one (a segment, a run of tiles) are named as the range.
+void Executor::rethrow_at(const Error& e, size_t first, size_t end) const {
+  const Program& p = *program_;
+  const Node& n = p.nodes[first];
+  std::string where =
+      end - first > 1 ? fmt::format("nodes {}-{} of the traced graph, run as one", first, end - 1)
+                      : fmt::format("node {} of the traced graph", first);
+  std::string message = e.what();
+  if (n.user_op.empty())
+    message += fmt::format("\n  in {}", where);
+  else
+    message += fmt::format("\n  in tg::{} called at {}:{} ({})", n.user_op, n.file, n.line, where);
+  throw Error(message, n.user_op.empty() ? e.op() : n.user_op, e.where());
+}
+
 std::vector<Tensor> Executor::run(const std::vector<Tensor>& args) {
   struct Unbind {
     Executor* e;
@@ -689,17 +707,23 @@ std::vector<Tensor> Executor::run(const std::vector<Tensor>& args) {
   } unbind{this};
   prepare(args);
   for (size_t i = 0; i < steps_.size();) {
-    if (capture_ && segment_at_[i] >= 0) {
-      Segment& g = segments_[static_cast<size_t>(segment_at_[i])];
-      run_segment(g);
-      i = g.end;
-    } else if (tile_at_[i] >= 0) {
-      Tiles& t = tiles_[static_cast<size_t>(tile_at_[i])];
-      exec_tiles(t);
-      i = t.run->end;
-    } else {
-      exec(steps_[i++]);
+    size_t end = i + 1;
+    try {
+      if (capture_ && segment_at_[i] >= 0) {
+        Segment& g = segments_[static_cast<size_t>(segment_at_[i])];
+        end = g.end;
+        run_segment(g);
+      } else if (tile_at_[i] >= 0) {
+        Tiles& t = tiles_[static_cast<size_t>(tile_at_[i])];
+        end = t.run->end;
+        exec_tiles(t);
+      } else {
+        exec(steps_[i]);
+      }
+    } catch (const Error& e) {
+      rethrow_at(e, i, end);
     }
+    i = end;
   }
   ++runs_;
   return outputs();
@@ -718,12 +742,16 @@ std::vector<Tensor> Executor::run_checked(const std::vector<Tensor>& args,
     for (int32_t b : r.local) local[b] = 1;
   for (size_t i = 0, done = 0; i < steps_.size(); ++i) {
     // A run of tiles runs whole before its nodes' stored values are seen; local values never are.
-    if (i >= done && tile_at_[i] >= 0) {
-      Tiles& t = tiles_[static_cast<size_t>(tile_at_[i])];
-      exec_tiles(t);
-      done = t.run->end;
-    } else if (i >= done) {
-      exec(steps_[i]);
+    try {
+      if (i >= done && tile_at_[i] >= 0) {
+        Tiles& t = tiles_[static_cast<size_t>(tile_at_[i])];
+        done = t.run->end;
+        exec_tiles(t);
+      } else if (i >= done) {
+        exec(steps_[i]);
+      }
+    } catch (const Error& e) {
+      rethrow_at(e, i, tile_at_[i] >= 0 ? done : i + 1);
     }
     if (local[p.nodes[i].out.buf]) continue;
     const TensorImpl& o = *steps_[i].out;

@@ -68,6 +68,7 @@ class Executor {
     int recordings = 0;
     bool refused = false;                    // run node by node from now on
   };
+  [[noreturn]] void rethrow_at(const Error& e, size_t first, size_t end) const;
   void plan_capture();
   std::vector<const void*> segment_key(const Segment& g) const;
   void run_segment(Segment& g);
