@@ -5,6 +5,11 @@
 #include <doctest/doctest.h>
 #include <tapegrad/tapegrad.h>
 
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <random>
 
 #include "backend/cuda/fused_source.h"
@@ -196,4 +201,131 @@ TEST_CASE("cuda fused: random groups compile; a compile error is a tg::Error wit
     CHECK(what.find("NVRTC could not compile a generated kernel for sm_90") != std::string::npos);
     CHECK(what.find("undeclared_thing") != std::string::npos);
   }
+}
+
+namespace {
+
+namespace fs = std::filesystem;
+
+// A directory of its own for the test, removed at its end; the environment's kernel cache
+// setting restored ("off" in the test runner).
+struct CacheDir {
+  fs::path dir;
+  std::string before;
+  CacheDir() {
+    std::random_device rd;
+    dir = fs::temp_directory_path() /
+          ("tg_kernels_" + std::to_string(getpid()) + "_" + std::to_string(rd()));
+    const char* b = std::getenv("TAPEGRAD_KERNEL_CACHE");
+    before = b == nullptr ? "" : b;
+  }
+  ~CacheDir() {
+    std::error_code ec;
+    fs::remove_all(dir, ec);
+    if (before.empty())
+      unsetenv("TAPEGRAD_KERNEL_CACHE");
+    else
+      setenv("TAPEGRAD_KERNEL_CACHE", before.c_str(), 1);
+  }
+};
+
+std::string read_all(const fs::path& p) {
+  std::ifstream f(p, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(f), {});
+}
+
+void write_all(const fs::path& p, const std::string& bytes) {
+  std::ofstream f(p, std::ios::binary | std::ios::trunc);
+  f << bytes;
+}
+
+}  // namespace
+
+TEST_CASE("cuda fused: a cached kernel file reads back only whole and only for its own source") {
+  CacheDir tmp;
+  // Where the cache is: the variable, else XDG_CACHE_HOME, else HOME; "off" for none.
+  setenv("TAPEGRAD_KERNEL_CACHE", "/some/where", 1);
+  CHECK(kernel_cache_dir() == "/some/where");
+  setenv("TAPEGRAD_KERNEL_CACHE", "off", 1);
+  CHECK(kernel_cache_dir().empty());
+  unsetenv("TAPEGRAD_KERNEL_CACHE");
+  const char* xdg = std::getenv("XDG_CACHE_HOME");
+  const std::string xdg_before = xdg == nullptr ? "" : xdg;
+  setenv("XDG_CACHE_HOME", "/x/cache", 1);
+  CHECK(kernel_cache_dir() == "/x/cache/tapegrad/kernels");
+  unsetenv("XDG_CACHE_HOME");
+  if (const char* home = std::getenv("HOME"))
+    CHECK(kernel_cache_dir() == std::string(home) + "/.cache/tapegrad/kernels");
+  if (!xdg_before.empty()) setenv("XDG_CACHE_HOME", xdg_before.c_str(), 1);
+
+  const std::string dir = tmp.dir.string() + "/nested/kernels";  // made on the first store
+  const std::string src = "// kernel A\n", other = "// kernel B\n";
+  const std::string cubin = std::string(
+                                "\x7f"
+                                "ELF") +
+                            std::string(300, 'k');
+  const std::string path = kernel_cache_path(dir, src, 90);
+  CHECK(path != kernel_cache_path(dir, other, 90));
+  CHECK(path != kernel_cache_path(dir, src, 100));        // another architecture, another file
+  CHECK_FALSE(load_cached_cubin(path, src).has_value());  // nothing there yet
+  REQUIRE(store_cached_cubin(path, src, cubin));
+  CHECK(load_cached_cubin(path, src) == cubin);
+  // Only for the source it holds: a file another source's name points at is not used.
+  CHECK_FALSE(load_cached_cubin(path, other).has_value());
+  // Cut short anywhere, it does not read back.
+  const std::string whole = read_all(path);
+  int cut_rejected = 0, cuts = 0;
+  for (size_t len = 0; len < whole.size(); len += 7) {
+    write_all(path, whole.substr(0, len));
+    ++cuts;
+    cut_rejected += !load_cached_cubin(path, src).has_value();
+  }
+  CHECK(cut_rejected == cuts);
+  // A longer file, another format, a cubin that is no ELF image: none read back.
+  write_all(path, whole + "x");
+  CHECK_FALSE(load_cached_cubin(path, src).has_value());
+  write_all(path, "P" + whole.substr(1));
+  CHECK_FALSE(load_cached_cubin(path, src).has_value());
+  REQUIRE(store_cached_cubin(path, src, std::string(304, 'n')));
+  CHECK_FALSE(load_cached_cubin(path, src).has_value());
+  // No temporary file is left behind.
+  int files = 0;
+  for (const auto& e : fs::directory_iterator(dir)) files += e.is_regular_file();
+  CHECK(files == 1);
+  // A directory that cannot be made (a file stands in its way): false, no exception.
+  write_all(tmp.dir / "plain_file", "x");
+  CHECK_FALSE(store_cached_cubin((tmp.dir / "plain_file" / "k.cubin").string(), src, cubin));
+}
+
+TEST_CASE("cuda fused: NVRTC's cubins are kept on disk and used by the next process") {
+  if (!have_nvrtc()) return;
+  CacheDir tmp;
+  setenv("TAPEGRAD_KERNEL_CACHE", tmp.dir.c_str(), 1);
+  // Sources this process has not compiled (its own cache in memory is by source).
+  std::random_device rd;
+  const std::string nonce = "// " + std::to_string(rd()) + std::to_string(rd()) + "\n";
+  std::vector<FusedStep> steps = {binary(OpKind::Mul, kF32, -1, -2), unary(OpKind::Tanh, kF32, 0)};
+  std::vector<DType> in = {kF32, kF32};
+  auto body = fused_source(steps, in, kF32, 1);
+  REQUIRE(body.has_value());
+  // Compiled, then found in its file.
+  const std::string a = nonce + "// a\n" + *body;
+  const std::string& bin = nvrtc_compile(a, kArch);
+  CHECK(is_cubin(bin));
+  CHECK(load_cached_cubin(kernel_cache_path(tmp.dir.string(), a, kArch), a) == bin);
+  // A file already there is used as it is, without NVRTC (a stand-in cubin shows it).
+  const std::string b = nonce + "// b\n" + *body;
+  const std::string stand_in = std::string(
+                                   "\x7f"
+                                   "ELF") +
+                               "stand-in";
+  REQUIRE(store_cached_cubin(kernel_cache_path(tmp.dir.string(), b, kArch), b, stand_in));
+  CHECK(nvrtc_compile(b, kArch) == stand_in);
+  // A damaged file is compiled again and replaced.
+  const std::string c = nonce + "// c\n" + *body;
+  const std::string c_path = kernel_cache_path(tmp.dir.string(), c, kArch);
+  write_all(c_path, "tapegrad kernel 1\n\x05");
+  const std::string& c_bin = nvrtc_compile(c, kArch);
+  CHECK(is_cubin(c_bin));
+  CHECK(load_cached_cubin(c_path, c) == c_bin);
 }

@@ -34,7 +34,17 @@ bool nvrtc_available();
 // The library's version as major * 1000 + minor * 10 (13000 for 13.0); 0 when not available.
 int nvrtc_version();
 // Compiles `source` for sm_<arch> (90 for an H100) into a cubin; a compile error is a tg::Error
-// with NVRTC's log. Cached by (source, arch) for the life of the process.
+// with NVRTC's log. Cached by (source, arch) for the life of the process, and on disk (Note
+// [Kernel cache], fused_source.cpp).
 const std::string& nvrtc_compile(const std::string& source, int arch);
+
+// The kernel cache on disk (Note [Kernel cache]): its directory as the environment says ("" for
+// none), the file of one source, a file's cubin where it holds exactly that source and reads
+// back whole, and writing one (false where it could not be written).
+std::string kernel_cache_dir();
+std::string kernel_cache_path(const std::string& dir, const std::string& source, int arch);
+std::optional<std::string> load_cached_cubin(const std::string& path, const std::string& source);
+bool store_cached_cubin(const std::string& path, const std::string& source,
+                        const std::string& cubin);
 
 }  // namespace tg::cuda_detail
