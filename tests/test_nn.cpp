@@ -332,7 +332,9 @@ TEST_CASE("losses: formulas, reductions, weights, ignore_index, label smoothing"
   CHECK(F::cross_entropy(z, one_hot(t, 3).to(kF64)).item<double>() == doctest::Approx((l0 + l1 + l2) / 3));
   Tensor z3 = z.t().unsqueeze(0);  // (1, 3 classes, 3 positions)
   CHECK(F::cross_entropy(z3, t.unsqueeze(0)).item<double>() == doctest::Approx((l0 + l1 + l2) / 3));
-  CHECK(error_of([&] { F::cross_entropy(z, tensor<int64_t>({1, 3, 0})); }).find("out of range") != std::string::npos);
+  CHECK(error_of([&] { F::cross_entropy(z, tensor<int64_t>({1, 3, 0})); }).find("target 3 is out of range for 3 classes") != std::string::npos);
+  // A negative target other than ignore_index is refused, not wrapped to the last class.
+  CHECK(error_of([&] { F::cross_entropy(z, tensor<int64_t>({1, -1, 0})); }).find("target -1 is out of range") != std::string::npos);
   CHECK(error_of([&] { F::cross_entropy(z, tensor<int64_t>({1, 2})); }).find("targets of shape [3]") != std::string::npos);
 }
 

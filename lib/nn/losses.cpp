@@ -105,7 +105,9 @@ Picked pick(const Tensor& log_probs, const Tensor& target, const CrossEntropyOpt
   Tensor ignored = target == o.ignore_index;
   Tensor safe = where(ignored, Scalar(int64_t{0}), target);
   if (safe.numel() > 0 && !is_tracing()) {  // traced: gather checks at every replay
-    int64_t lo = safe.amin().item<int64_t>(), hi = safe.amax().item<int64_t>();
+    // Both bounds in one read: on a GPU each read waits for the device.
+    std::vector<int64_t> b = stack({safe.amin(), safe.amax()}).to_vector<int64_t>();
+    int64_t lo = b[0], hi = b[1];
     TG_CHECK(lo >= 0 && hi < classes, "{}: target {} is out of range for {} classes", op,
              lo < 0 ? lo : hi, classes);
   }
