@@ -345,13 +345,17 @@ __global__ void reduce_kernel(OpKind kind, const T* x, char* out, ReduceGeom g) 
   }
 }
 
+// A grid of warps, each taking every step-th row from its first.
+__device__ int64_t warp_first_row() {
+  return static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
+}
+__device__ int64_t warp_row_step() { return static_cast<int64_t>(gridDim.x) * (blockDim.x / 32); }
+
 // Warps: short rows (softmax's, a layer norm's), one warp per output.
 template <class T>
 __global__ void reduce_warps(OpKind kind, const T* x, char* out, ReduceGeom g) {
   const int lane = threadIdx.x % 32;
-  const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / 32);
-  for (int64_t o = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
-       o < g.nout; o += warps) {
+  for (int64_t o = warp_first_row(), step = warp_row_step(); o < g.nout; o += step) {
     RState<T> t = warp_combine(kind, fold_range(kind, x, g, o, 0, g.count, lane, 32));
     if (lane == 0) store_result(kind, out, o, t);
   }
@@ -443,9 +447,7 @@ __device__ double block_all(double* warps, double v, bool is_max) {
 template <class T>
 __global__ void softmax_warps(OpKind kind, const T* x, T* out, ReduceGeom g) {
   const int lane = threadIdx.x % 32;
-  const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / 32);
-  for (int64_t o = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
-       o < g.nout; o += warps) {
+  for (int64_t o = warp_first_row(), step = warp_row_step(); o < g.nout; o += step) {
     const int64_t base = kept_offset(g, o);
     const T shift = row_shift<T>(warp_all(row_max_part(x, g, base, lane, 32), true));
     const double sum = warp_all(row_sum_part(x, g, base, shift, lane, 32), false);
