@@ -316,13 +316,13 @@ namespace {
 template <class T>
 void run_rows(OpKind kind, const ReduceGeom& g, const T* px, T* po, int64_t nlanes);
 
-// What the one-kernel path computes for the op's call (x contiguous for softmax and log_softmax,
-// the dims permuted last), its lanes run one after another and their parts combined in order;
-// undefined where make_softmax_geom declines the call.
+// What the one-kernel path computes for the op's call (x contiguous, the dims permuted last), its
+// lanes run one after another and their parts combined in order; undefined where
+// make_softmax_geom declines the call.
 template <class T>
 Tensor emulate_softmax_rows(OpKind kind, const Tensor& x0, const Shape& dims, int64_t nlanes) {
   const bool rows = kind == OpKind::Logsumexp;
-  Tensor x = rows ? x0 : x0.contiguous();
+  Tensor x = x0.contiguous();
   std::vector<bool> mask(static_cast<size_t>(x.dim()), false);
   for (int64_t d : dims) mask[static_cast<size_t>(d)] = true;
   Shape perm, kept;
@@ -439,7 +439,7 @@ TEST_CASE("cuda softmax rows: the steps give the CPU's softmax, log_softmax and 
         compared += 3;
       }
     }
-    // logsumexp over two dims of a strided view, which it reads as it is.
+    // logsumexp over two dims of a strided view.
     Tensor x = values({5, 4, 6}, dtype).transpose(0, 2);  // (6, 4, 5)
     for (const Shape& dims : {Shape{0, 2}, Shape{1, 2}, Shape{0, 1, 2}}) {
       CAPTURE(dims);

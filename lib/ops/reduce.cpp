@@ -161,8 +161,9 @@ namespace {
 Tensor softmax_rows(OpKind kind, const Tensor& xf, const std::vector<bool>& mask) {
   Backend& be = backend_of(xf);
   if (!be.softmax_rows() || xf.numel() == 0) return {};
-  // out shares x's element offsets, so both are contiguous.
-  Tensor x = kind == OpKind::Logsumexp ? xf : xf.contiguous();
+  // Contiguous: softmax's out shares x's element offsets, and the kernel then reads the rows in
+  // the layout the composite sums exp(x - shift) in, which gives the composite's bits.
+  Tensor x = xf.contiguous();
   int nreduced = 0;
   Shape perm = reduced_last(mask, nreduced);
   const bool rows = kind == OpKind::Logsumexp;

@@ -21,7 +21,14 @@ namespace tg::cuda_detail {
 //      composite, so a row of -inf gives NaN (softmax) or -inf (logsumexp) rather than inf - inf;
 //   2. s = Σ exp(x - shift), each exp in the row's dtype, summed in f64 as every CUDA sum is;
 //   3. the output: exp(x - shift) / s, x - (log s + shift), or log s + shift for logsumexp.
-// The lanes' partial results combine in a fixed tree, so the bits depend only on the input.
+// These are the composite's own operations in the composite's order, so the kernel gives its
+// bits: the max is exact; each exp is scalar_math.h's function of the same value in the row's
+// dtype; each lane folds every 32nd (warp) or 256th (block) element in f64 and the lanes combine
+// in the tree of reduce's Warps and Block kernels (Note [Reduction kernels]), whose plan is the
+// same for the contiguous rows the op passes as for the composite's exp(x - shift); the last
+// steps are the same operations in the row's dtype. So a traced graph, which records the
+// composite, replays an eager run's bits (Mode::FastCompile), and the bits depend only on the
+// input.
 // Plans that split a row (Pieces) or read it down a column (Columns: softmax over dim 0 of a
 // row-major matrix) keep the composite, whose reductions handle those shapes.
 // softmax and log_softmax write out at x's element offsets (same sizes and strides; the op
