@@ -92,6 +92,10 @@ void softmax_rows() {
     report("softmax", gpu_time([&] { (void)tg::softmax(x, 1); }), 8.0 * n);
     report("log_softmax", gpu_time([&] { (void)tg::log_softmax(x, 1); }), 8.0 * n);
     report("logsumexp", gpu_time([&] { (void)tg::logsumexp(x, 1); }), 4.0 * n);
+    // Traced: the composite, fused (a max, a fused sum, the output's group).
+    auto traced = tg::trace([](const tg::Tensor& t) { return tg::log_softmax(t, 1); });
+    traced(x);
+    report("traced log_softmax", gpu_time([&] { (void)traced(x); }), 8.0 * n);
   }
 }
 

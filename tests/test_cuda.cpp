@@ -368,6 +368,59 @@ TEST_CASE("cuda: generated kernels for fused groups give the reference's values"
   }
 }
 
+TEST_CASE("cuda: generated fused sums give the reference's bits") {
+  if (!have_gpu()) return;
+  // Note [Generated fused sums]: the backend's fused_sum() (one NVRTC kernel, a warp or a block
+  // per row) against the reference (the group into a temporary, then reduce), which folds in the
+  // same order: the same bits. Rows for a warp, for a block, and cut into pieces (the reference
+  // runs), over broadcast, transposed and contiguous inputs, one or two reduced dims.
+  Backend& gpu = cuda_backend(0);
+  std::mt19937 rng(8);
+  const std::vector<OpKind> un = {OpKind::Exp,     OpKind::Tanh, OpKind::Neg,
+                                  OpKind::Sigmoid, OpKind::Abs,  OpKind::Gelu};
+  const std::vector<OpKind> bin = {OpKind::Add, OpKind::Sub, OpKind::Mul, OpKind::Maximum};
+  const std::vector<Shape> shapes = {{64, 10}, {7, 3, 40}, {3, 5000}, {2, 70000}, {5, 30, 41}};
+  for (DType dt : {kF32, kF64}) {
+    for (int trial = 0; trial < 20; ++trial) {
+      CAPTURE(trial);
+      const Shape& shape = shapes[static_cast<size_t>(trial) % shapes.size()];
+      const int nreduced = shape.size() == 3 && trial % 2 ? 2 : 1;
+      CAPTURE(str(shape));
+      CAPTURE(nreduced);
+      std::vector<Tensor> views;
+      for (int k = 0; k < 3; ++k) {
+        Tensor t;
+        Shape lead = shape;
+        lead.back() = 1;
+        switch (rng() % 3) {
+          case 0:
+            t = randn(shape, {.dtype = dt}).to(cuda());
+            break;
+          case 1:
+            t = randn(lead, {.dtype = dt}).to(cuda()).expand(shape);
+            break;  // a row's max
+          default: {
+            Shape swapped = shape;
+            std::swap(swapped[0], swapped[swapped.size() - 1]);
+            t = randn(swapped, {.dtype = dt}).to(cuda()).transpose(0, -1);
+          }
+        }
+        views.push_back(t);
+      }
+      std::vector<FusedStep> steps = tgtest::random_steps(rng, 3, 6, un, bin, dt);
+      Shape kept(shape.begin(), shape.end() - nreduced);
+      TensorOptions o{.dtype = dt, .device = cuda()};
+      Tensor got = empty(kept, o), want = empty(kept, o);
+      std::vector<const TensorImpl*> in;
+      for (auto& v : views) in.push_back(v.impl());
+      gpu.fused_sum(steps, *got.impl(), in.data(), in.size(), nreduced);
+      gpu.Backend::fused_sum(steps, *want.impl(), in.data(), in.size(), nreduced);
+      CHECK(close(got, want.to(kCPU), dt == kF32 ? 1e-6 : 1e-12));
+      CHECK(same_bits(got, want));
+    }
+  }
+}
+
 TEST_CASE("cuda: the caching allocator reuses blocks and reports its bytes") {
   if (!have_gpu()) return;
   cuda::synchronize();

@@ -13,6 +13,7 @@
 #include <random>
 
 #include "backend/cuda/fused_source.h"
+#include "fused_steps.h"
 
 using namespace tg;
 using namespace tg::cuda_detail;
@@ -328,4 +329,131 @@ TEST_CASE("cuda fused: NVRTC's cubins are kept on disk and used by the next proc
   const std::string& c_bin = nvrtc_compile(c, kArch);
   CHECK(is_cubin(c_bin));
   CHECK(load_cached_cubin(c_path, c) == c_bin);
+}
+
+namespace {
+
+// Operand k's byte offset at (kept row, reduced position j), decoded from a fused sum's parameter
+// block the way the generated kernel does it.
+int64_t sum_offset(const std::vector<int64_t>& w, int nkept, int nred, int nin, int k, int64_t row,
+                   int64_t j) {
+  const size_t ks = 3, rs = ks + nkept, kst = rs + nred;
+  const size_t rst = kst + static_cast<size_t>(std::max(nin, 1)) * nkept;
+  int64_t off = 0;
+  for (int d = 0; d < nkept; ++d) {
+    off += (row % w[ks + d]) * w[kst + static_cast<size_t>(k) * nkept + d];
+    row /= w[ks + d];
+  }
+  for (int d = 0; d < nred; ++d) {
+    off += (j % w[rs + d]) * w[rst + static_cast<size_t>(k) * nred + d];
+    j /= w[rs + d];
+  }
+  return off;
+}
+
+}  // namespace
+
+TEST_CASE("cuda fused sums: rows of a warp or a block, and merged dims reach every element") {
+  // The lanes follow the reduction plan of the reference's temporary (Note [Generated fused
+  // sums]): a warp for rows up to 1,024, a block for longer ones, none where rows are cut into
+  // pieces.
+  CHECK(fused_sum_lanes(60, 10) == 32);
+  CHECK(fused_sum_lanes(1, 1024) == 32);
+  CHECK(fused_sum_lanes(3, 5000) == 256);
+  CHECK(fused_sum_lanes(2, 70000) == 0);
+  CHECK(fused_sum_lanes(1, 70000) == 0);
+  CHECK(fused_sum_lanes(600, 70000) == 256);
+  CHECK(fused_sum_lanes(0, 10) == 0);
+  // The parameter block of random views over 3 or 4 dims, 1 or 2 of them reduced: for every row
+  // and position, each input's offset is its own element's.
+  std::mt19937 rng(21);
+  int checked = 0;
+  for (int trial = 0; trial < 60; ++trial) {
+    const int nd = 3 + static_cast<int>(rng() % 2), nreduced = 1 + static_cast<int>(rng() % 2);
+    Shape shape;
+    for (int d = 0; d < nd; ++d) shape.push_back(1 + static_cast<int64_t>(rng() % 4));
+    std::vector<Tensor> views;
+    for (int k = 0; k < 3; ++k) {
+      Tensor t;
+      switch (rng() % 3) {
+        case 0:
+          t = zeros(shape, {.dtype = k == 1 ? kF64 : kF32});
+          break;
+        case 1: {  // broadcast along dim 1
+          Shape one = shape;
+          one[1] = 1;
+          t = zeros(one, {.dtype = k == 1 ? kF64 : kF32}).expand(shape);
+          break;
+        }
+        default: {  // dims 0 and last swapped in memory
+          Shape swapped = shape;
+          std::swap(swapped[0], swapped[nd - 1]);
+          t = zeros(swapped, {.dtype = k == 1 ? kF64 : kF32}).transpose(0, nd - 1);
+        }
+      }
+      views.push_back(t);
+    }
+    Shape kept(shape.begin(), shape.end() - nreduced);
+    Tensor out = zeros(kept);
+    std::vector<const TensorImpl*> in;
+    for (auto& v : views) in.push_back(v.impl());
+    int nkept = 0, nred = 0;
+    std::vector<int64_t> w =
+        fused_sum_params(*out.impl(), in.data(), in.size(), nreduced, 32, nkept, nred);
+    REQUIRE(nkept >= 1);
+    REQUIRE(nred >= 1);
+    int64_t count = 1;
+    for (int d = nd - nreduced; d < nd; ++d) count *= shape[d];
+    CHECK(w[0] == out.numel());
+    CHECK(w[1] == count);
+    CHECK(w[2] == 32);
+    CHECK(w.size() == 3 + nkept + nred + 3 * (nkept + nred) + 4);
+    for (int64_t row = 0; row < out.numel(); ++row)
+      for (int64_t j = 0; j < count; ++j) {
+        // The element's coordinates: row-major over the kept dims, then over the reduced ones.
+        Shape idx(nd, 0);
+        int64_t r = row, q = j;
+        for (int d = nd - nreduced - 1; d >= 0; --d) idx[d] = r % shape[d], r /= shape[d];
+        for (int d = nd - 1; d >= nd - nreduced; --d) idx[d] = q % shape[d], q /= shape[d];
+        for (int k = 0; k < 3; ++k) {
+          int64_t want = 0;
+          for (int d = 0; d < nd; ++d) want += idx[d] * views[k].strides()[d];
+          want *= views[k].dtype() == kF64 ? 8 : 4;
+          REQUIRE(sum_offset(w, nkept, nred, 3, k, row, j) == want);
+          ++checked;
+        }
+      }
+  }
+  CHECK(checked > 1000);
+}
+
+TEST_CASE("cuda fused sums: the generated kernels compile with NVRTC for sm_90") {
+  std::vector<FusedStep> steps = {binary(OpKind::Sub, kF32, -1, -2), unary(OpKind::Exp, kF32, 0)};
+  std::vector<DType> in = {kF32, kF32};
+  auto src = fused_sum_source(steps, in, kF32, 1, 1);
+  REQUIRE(src.has_value());
+  CHECK(src->find("double acc = -0.0;") != std::string::npos);
+  CHECK(src->find("__shfl_down_sync") != std::string::npos);
+  CHECK(src->find("long long kept_strides[2][1];") != std::string::npos);
+  CHECK(src->find("acc += (double)s1;") != std::string::npos);
+  CHECK_FALSE(fused_sum_source(steps, in, kF64, 1, 1).has_value());  // out is not the value
+  CHECK_FALSE(fused_sum_source(steps, in, kF32, 0, 1).has_value());
+  if (!have_nvrtc()) return;
+  CHECK(is_cubin(nvrtc_compile(*src, kArch)));
+  // LayerNorm's Σ(x - mean)² in f64 over 3 kept and 2 reduced dims, and random groups.
+  std::vector<FusedStep> sq = {binary(OpKind::Sub, kF64, -1, -2), binary(OpKind::Mul, kF64, 0, 0)};
+  std::vector<DType> in64 = {kF64, kF64};
+  auto src64 = fused_sum_source(sq, in64, kF64, 3, 2);
+  REQUIRE(src64.has_value());
+  CHECK(is_cubin(nvrtc_compile(*src64, kArch)));
+  std::mt19937 rng(4);
+  const std::vector<OpKind> un = {OpKind::Exp, OpKind::Tanh, OpKind::Neg, OpKind::Gelu};
+  const std::vector<OpKind> bin = {OpKind::Add, OpKind::Mul, OpKind::Maximum};
+  for (int trial = 0; trial < 3; ++trial) {
+    std::vector<FusedStep> rs = tgtest::random_steps(rng, 3, 6, un, bin, kF32);
+    std::vector<DType> in3(3, kF32);
+    auto r = fused_sum_source(rs, in3, kF32, 1 + trial, 1 + trial % 2);
+    REQUIRE(r.has_value());
+    CHECK(is_cubin(nvrtc_compile(*r, kArch)));
+  }
 }

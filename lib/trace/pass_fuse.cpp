@@ -32,7 +32,8 @@ namespace tg::trace_detail {
 // becomes one fused node whose value is summed row by row as it is computed (Backend::fused_sum),
 // so LayerNorm's Σ(x - mean)² and softmax's Σ exp(x - max) never exist in memory. Row-local like
 // the sum, so such a node joins row tiles (Note [Row tiles]). The backend sums each row the way
-// reduce() sums a stored one: the same bits.
+// reduce() sums a stored one: the same bits (on CUDA, Note [Generated fused sums] in
+// lib/backend/cuda/fused_source.cpp).
 //
 // Fusion is a lowering step: it runs last, after the memory plan's input is otherwise final, and
 // f.save() writes the graph before it, so that the file stays free of backend-specific groups

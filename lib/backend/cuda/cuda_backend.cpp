@@ -543,6 +543,39 @@ class CudaBackend final : public Backend {
     TG_LAUNCHED("fused");
   }
 
+  // One kernel per fused sum (Note [Generated fused sums], fused_source.cpp) where the rows fit a
+  // warp or a block; else, or without NVRTC, the reference (the group into a temporary, reduced).
+  void fused_sum(const std::vector<FusedStep>& steps, const TensorImpl& out,
+                 const TensorImpl* const* inputs, size_t ninputs, int nreduced) override {
+    enter("fused");
+    const int64_t count = out.numel > 0 ? inputs[0]->numel / out.numel : 0;
+    const int lanes = out.numel > 0 ? fused_sum_lanes(out.numel, count) : 0;
+    cudaKernel_t kernel = nullptr;
+    std::vector<int64_t> words;
+    if (lanes > 0 && generated_fusion()) {
+      int nkept = 0, nred = 0;
+      words = fused_sum_params(out, inputs, ninputs, nreduced, lanes, nkept, nred);
+      std::vector<DType> dtypes;
+      for (size_t k = 0; k < ninputs; ++k) dtypes.push_back(inputs[k]->dtype);
+      if (words.size() * sizeof(int64_t) <= 4000)
+        if (auto src = fused_sum_source(steps, dtypes, out.dtype, nkept, nred))
+          kernel = fused_kernel(*src);
+    }
+    if (kernel == nullptr) {
+      Backend::fused_sum(steps, out, inputs, ninputs, nreduced);
+      return;
+    }
+    constexpr int kThreads = 256;
+    const int64_t rows_per_block = kThreads / lanes;
+    const int64_t blocks = std::min<int64_t>((out.numel + rows_per_block - 1) / rows_per_block,
+                                             lanes == kThreads ? int64_t{1} << 20 : 65536);
+    void* args[] = {words.data()};
+    TG_CUDA("fused", cudaLaunchKernel(reinterpret_cast<const void*>(kernel),
+                                      dim3(static_cast<unsigned>(blocks)), dim3(kThreads), args, 0,
+                                      stream()));
+    TG_LAUNCHED("fused");
+  }
+
   // --- captured replays (Note [Captured replays], lib/trace/executor.cpp) ----------------------
 
   std::unique_ptr<CapturedWork> capture(const std::function<void()>& work) override {

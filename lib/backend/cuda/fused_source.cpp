@@ -20,6 +20,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <bit>
 #include <cmath>
@@ -222,12 +223,10 @@ std::string expression(const FusedStep& s, DType in, const std::string& a, const
   }
 }
 
-}  // namespace
-
-std::optional<std::string> fused_source(const std::vector<FusedStep>& steps,
-                                        std::span<const DType> inputs, DType out, int ndim) {
-  if (steps.empty() || ndim < 1 || steps.back().dtype != out) return std::nullopt;
-  const int nops = static_cast<int>(inputs.size()) + 1;
+// The steps as one line each (`const T s<i> = ...;`) over inputs i<k>; nothing when a step has no
+// generated form or names an operand it cannot.
+std::optional<std::string> step_body(const std::vector<FusedStep>& steps,
+                                     std::span<const DType> inputs) {
   std::string body;
   auto operand = [&](int32_t r, size_t i) -> std::optional<std::pair<std::string, DType>> {
     if (r < 0) {
@@ -253,6 +252,26 @@ std::optional<std::string> fused_source(const std::vector<FusedStep>& steps,
     if (e.empty()) return std::nullopt;
     body += fmt::format("    const {} s{} = {};\n", c_type(s.dtype), i, e);
   }
+  return body;
+}
+
+// Loads of the inputs: i<k> from base[k + 1] at byte offset o<k + offset_shift>.
+std::string input_loads(std::span<const DType> inputs, int offset_shift, const char* indent) {
+  std::string src;
+  for (size_t k = 0; k < inputs.size(); ++k)
+    src += fmt::format("{0}const {1} i{2} = *(const {1}*)(p.base[{3}] + o{4});\n", indent,
+                       c_type(inputs[k]), k, k + 1, static_cast<int>(k) + offset_shift);
+  return src;
+}
+
+}  // namespace
+
+std::optional<std::string> fused_source(const std::vector<FusedStep>& steps,
+                                        std::span<const DType> inputs, DType out, int ndim) {
+  if (steps.empty() || ndim < 1 || steps.back().dtype != out) return std::nullopt;
+  const int nops = static_cast<int>(inputs.size()) + 1;
+  std::optional<std::string> body = step_body(steps, inputs);
+  if (!body) return std::nullopt;
   std::string src = kPrelude;
   src += fmt::format(
       "struct tg_params {{\n  long long n;\n  long long sizes[{0}];\n  long long strides[{1}][{0}];\n"
@@ -278,12 +297,170 @@ std::optional<std::string> fused_source(const std::vector<FusedStep>& steps,
       src += "    }\n";
     }
   }
-  for (size_t k = 0; k < inputs.size(); ++k)
-    src += fmt::format("    const {0} i{1} = *(const {0}*)(p.base[{2}] + o{2});\n",
-                       c_type(inputs[k]), k, k + 1);
-  src += body;
+  src += input_loads(inputs, 1, "    ");
+  src += *body;
   src += fmt::format("    *({}*)(p.base[0] + o0) = s{};\n  }}\n}}\n", c_type(out), steps.size() - 1);
   return src;
+}
+
+// Note [Generated fused sums]
+// A fused sum (Note [Fused sums], pass_fuse.cpp: a group whose value is summed over its trailing
+// dims, as softmax's Σ exp(x - max) or LayerNorm's Σ(x - mean)²) is one kernel too: the reference
+// writes the value to a temporary and reduces it, two passes over memory and the temporary's
+// bytes. Each row of the output belongs to a warp (rows of up to 1,024 elements) or a block,
+// whose lanes compute the group at every lanes-th element of the row and add the values in f64;
+// the lanes combine through the shuffle tree of reduce's Warps and Block kernels (Note
+// [Reduction kernels]). That is the order the reference's reduce folds the temporary in, so the
+// sum has the reference's bits: -0.0 starts each sum, as the first element does in reduce's fold.
+// Rows the reduction plan would cut into pieces (few and very long) keep the reference.
+
+int fused_sum_lanes(int64_t nout, int64_t count) {
+  if (nout <= 0 || count <= 0) return 0;
+  // The geometry reduce() sees for the reference's contiguous temporary, its dims merged.
+  ReduceGeom g;
+  g.nkept = nout > 1 ? 1 : 0;
+  g.kept_sizes[0] = nout;
+  g.kept_strides[0] = count;
+  g.nred = count > 1 ? 1 : 0;
+  g.red_sizes[0] = count;
+  g.red_strides[0] = 1;
+  g.nout = nout;
+  g.count = count;
+  switch (plan_reduce(g).path) {
+    case ReducePath::Warps:
+      return 32;
+    case ReducePath::Block:
+      return 256;
+    default:
+      return 0;
+  }
+}
+
+std::optional<std::string> fused_sum_source(const std::vector<FusedStep>& steps,
+                                            std::span<const DType> inputs, DType out, int nkept,
+                                            int nred) {
+  if (steps.empty() || nkept < 1 || nred < 1 || steps.back().dtype != out || !floating(out))
+    return std::nullopt;
+  const int nin = static_cast<int>(inputs.size());
+  std::optional<std::string> body = step_body(steps, inputs);
+  if (!body) return std::nullopt;
+  std::string src = kPrelude;
+  src += fmt::format(
+      "struct tg_params {{\n  long long nout;\n  long long count;\n  long long lanes;\n"
+      "  long long kept_sizes[{0}];\n  long long red_sizes[{1}];\n"
+      "  long long kept_strides[{2}][{0}];\n  long long red_strides[{2}][{1}];\n"
+      "  char* base[{3}];\n}};\n",
+      nkept, nred, std::max(nin, 1), nin + 1);
+  src +=
+      fmt::format("extern \"C\" __global__ void __launch_bounds__(256) {}(const tg_params p) {{\n",
+                  kFusedKernelName);
+  src += "  __shared__ double tg_warps[32];\n";
+  src += "  const long long lanes = p.lanes, per_block = blockDim.x / lanes;\n";
+  src += "  const long long lane = threadIdx.x % lanes;\n";
+  src +=
+      "  for (long long row = (long long)blockIdx.x * per_block + threadIdx.x / lanes; row < "
+      "p.nout;\n"
+      "       row += (long long)gridDim.x * per_block) {\n";
+  // Offsets of the row's first element (b<k>) and of element j after it (o<k>), innermost dim
+  // first, one division per dim beyond the last.
+  auto decompose = [&](const char* index, const char* sizes, const char* strides, const char* acc,
+                       int ndim, const char* indent) {
+    std::string t = fmt::format("{}{{ long long r = {};\n", indent, index);
+    for (int d = 0; d < ndim; ++d) {
+      if (d + 1 < ndim)
+        t += fmt::format(
+            "{0}  {{ const long long q = r / p.{1}[{2}], x = r - q * p.{1}[{2}]; r = q;\n", indent,
+            sizes, d);
+      else
+        t += fmt::format("{}  {{ const long long x = r;\n", indent);
+      for (int k = 0; k < nin; ++k)
+        t += fmt::format("{0}    {1}{2} += x * p.{3}[{2}][{4}];\n", indent, acc, k, strides, d);
+      t += fmt::format("{}  }}\n", indent);
+    }
+    return t + fmt::format("{}}}\n", indent);
+  };
+  for (int k = 0; k < nin; ++k) src += fmt::format("    long long b{} = 0;\n", k);
+  src += decompose("row", "kept_sizes", "kept_strides", "b", nkept, "    ");
+  src += "    double acc = -0.0;\n";
+  src += "    for (long long j = lane; j < p.count; j += lanes) {\n";
+  for (int k = 0; k < nin; ++k) src += fmt::format("      long long o{0} = b{0};\n", k);
+  src += decompose("j", "red_sizes", "red_strides", "o", nred, "      ");
+  src += input_loads(inputs, 0, "      ");
+  std::string indented;
+  for (size_t at = 0; at < body->size();) {  // the body one level deeper
+    size_t nl = body->find('\n', at);
+    indented += "  " + body->substr(at, nl - at + 1);
+    at = nl + 1;
+  }
+  src += indented;
+  src += fmt::format("      acc += (double)s{};\n    }}\n", steps.size() - 1);
+  src +=
+      "    for (int off = 16; off > 0; off /= 2) acc += __shfl_down_sync(0xffffffffu, acc, off);\n";
+  src +=
+      "    if (lanes > 32) {  // a block: the warps' sums, combined by warp 0\n"
+      "      if (threadIdx.x % 32 == 0) tg_warps[threadIdx.x / 32] = acc;\n"
+      "      __syncthreads();\n"
+      "      if (threadIdx.x < 32) {\n"
+      "        acc = threadIdx.x < blockDim.x / 32 ? tg_warps[threadIdx.x] : -0.0;\n"
+      "        for (int off = 16; off > 0; off /= 2) acc += __shfl_down_sync(0xffffffffu, acc, "
+      "off);\n"
+      "      }\n"
+      "      __syncthreads();\n"
+      "    }\n";
+  src += fmt::format(
+      "    if (lane == 0) *({0}*)(p.base[0] + row * (long long)sizeof({0})) = ({0})acc;\n",
+      c_type(out));
+  src += "  }\n}\n";
+  return src;
+}
+
+std::vector<int64_t> fused_sum_params(const TensorImpl& out, const TensorImpl* const* in,
+                                      size_t nin, int nreduced, int lanes, int& nkept, int& nred) {
+  const TensorImpl& v = *in[0];  // every input is at the value's shape
+  const int nd = static_cast<int>(v.sizes.size());
+  // Dims merged where every input allows, innermost first: kept dims, then reduced dims.
+  auto merged = [&](int from, int to, std::vector<int64_t>& sizes,
+                    std::vector<std::vector<int64_t>>& strides) {
+    strides.assign(nin, {});
+    for (int d = to - 1; d >= from; --d) {
+      if (v.sizes[d] == 1) continue;
+      bool merge = !sizes.empty();
+      for (size_t k = 0; k < nin && merge; ++k)
+        merge = in[k]->strides[d] * static_cast<int64_t>(element_size(in[k]->dtype)) ==
+                strides[k].back() * sizes.back();
+      if (merge) {
+        sizes.back() *= v.sizes[d];
+        continue;
+      }
+      sizes.push_back(v.sizes[d]);
+      for (size_t k = 0; k < nin; ++k)
+        strides[k].push_back(in[k]->strides[d] * static_cast<int64_t>(element_size(in[k]->dtype)));
+    }
+    if (sizes.empty()) {  // a single position: one dim of size 1
+      sizes.push_back(1);
+      for (auto& s : strides) s.push_back(0);
+    }
+  };
+  std::vector<int64_t> ksizes, rsizes;
+  std::vector<std::vector<int64_t>> kstrides, rstrides;
+  merged(0, nd - nreduced, ksizes, kstrides);
+  merged(nd - nreduced, nd, rsizes, rstrides);
+  nkept = static_cast<int>(ksizes.size());
+  nred = static_cast<int>(rsizes.size());
+  int64_t count = 1;
+  for (int64_t s : rsizes) count *= s;
+  std::vector<int64_t> words = {out.numel, count, lanes};
+  words.insert(words.end(), ksizes.begin(), ksizes.end());
+  words.insert(words.end(), rsizes.begin(), rsizes.end());
+  auto put = [&](const std::vector<std::vector<int64_t>>& strides, size_t per) {
+    if (strides.empty() || nin == 0) words.insert(words.end(), per, 0);  // a dummy input row
+    for (const auto& s : strides) words.insert(words.end(), s.begin(), s.end());
+  };
+  put(kstrides, ksizes.size());
+  put(rstrides, rsizes.size());
+  words.push_back(reinterpret_cast<intptr_t>(out.data()));
+  for (size_t k = 0; k < nin; ++k) words.push_back(reinterpret_cast<intptr_t>(in[k]->data()));
+  return words;
 }
 
 // --- NVRTC -------------------------------------------------------------------------------------

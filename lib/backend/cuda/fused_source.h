@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "backend/cuda/reduce_plan.h"
 
 namespace tg::cuda_detail {
 
@@ -28,6 +29,20 @@ std::optional<std::string> fused_source(const std::vector<FusedStep>& steps,
 inline size_t fused_params_words(int nops, int ndim) {
   return 1 + static_cast<size_t>(ndim) + static_cast<size_t>(nops) * (static_cast<size_t>(ndim) + 1);
 }
+
+// A fused sum (Note [Generated fused sums], fused_source.cpp): how many lanes share a row of
+// `count` values, given `nout` rows (32: a warp, 256: a block; 0: the reference runs), the
+// kernel's source over inputs merged into nkept kept and nred reduced dims (each at least 1),
+// and its parameter block: 8-byte words
+//   nout, count, lanes, kept_sizes[nkept], red_sizes[nred] (innermost first),
+//   kept_strides[max(nin, 1)][nkept], red_strides[max(nin, 1)][nred] (bytes), base[nin + 1]
+// (out, contiguous over the kept dims, first), with nkept and nred set to the merged dims.
+int fused_sum_lanes(int64_t nout, int64_t count);
+std::optional<std::string> fused_sum_source(const std::vector<FusedStep>& steps,
+                                            std::span<const DType> inputs, DType out, int nkept,
+                                            int nred);
+std::vector<int64_t> fused_sum_params(const TensorImpl& out, const TensorImpl* const* in,
+                                      size_t nin, int nreduced, int lanes, int& nkept, int& nred);
 
 // NVRTC, opened on first use (Note [cuBLAS on demand] applies to it as well).
 bool nvrtc_available();
