@@ -315,15 +315,65 @@ TEST_CASE("cuda: a traced training step equals the eager one, and replays as CUD
     for (size_t i = 0; i < pe.size(); ++i) CHECK(close(pt[i], pe[i].to(kCPU), 1e-5));
   }
   CHECK(traced.num_compiles() == 1);
-  // From the second call the runs of nodes between the index ops are CUDA graphs (Note
-  // [Captured replays]), recorded once each; each call's loss is its own tensor.
+  // From the second call every node runs in CUDA graphs (Note [Captured replays]), recorded once
+  // each: forward and backward, then the updates, cut where the flags of the gather and the
+  // scatter are read (Note [Device-side arguments]). Each call's loss is its own tensor.
   std::string summary = traced.pass_summary();
   CAPTURE(summary);
   CHECK(summary.find("captured CUDA graphs") != std::string::npos);
+  const int64_t nodes = traced.graph().num_nodes();
+  CHECK(summary.find(fmt::format("{} of {} nodes run as 2 captured", nodes, nodes)) !=
+        std::string::npos);
+  CHECK(summary.find("2 index ops checked on the device") != std::string::npos);
   CHECK(summary.find(" 0 segments refused") != std::string::npos);
   CHECK(summary.find(" 0 recordings so far") == std::string::npos);
   for (size_t i = 0; i + 1 < losses.size(); ++i)
     CHECK(losses[i].to(kCPU).item<float>() != losses[i + 1].to(kCPU).item<float>());
+  // A bad target: the eager error, the weights as they were; the next step goes on as eager's.
+  Tensor x = randn({8, 20}).to(cuda());
+  std::vector<Tensor> before;
+  for (const Tensor& p : pt) before.push_back(p.detach().to(kCPU));
+  try {
+    (void)traced(x, tensor({0L, 1L, 2L, 3L, 4L, 0L, 1L, 2L}).to(cuda()));
+    FAIL("no tg::Error thrown");
+  } catch (const Error& e) {
+    std::string msg = e.what();
+    CAPTURE(msg);
+    CHECK(msg.find("gather: index 4 is out of bounds for dim 1 of size 4") != std::string::npos);
+    CHECK(e.op() == "cross_entropy");
+  }
+  for (size_t i = 0; i < pt.size(); ++i) CHECK(same_bits(pt[i].to(kCPU), before[i]));
+  Tensor y = randint(0, 4, {8}).to(cuda());
+  Tensor le = eager(x, y), lt = traced(x, y);
+  CHECK(close(lt, le.to(kCPU), 1e-5));
+  for (size_t i = 0; i < pe.size(); ++i) CHECK(close(pt[i], pe[i].to(kCPU), 1e-5));
+}
+
+TEST_CASE("cuda: random draws in a CUDA graph take the eager numbers at every replay") {
+  if (!have_gpu()) return;
+  // The draw reads its seed and offset from a slot written before each launch (Note
+  // [Device-side arguments]): dropout's mask is eager's, bit for bit, and fresh at each call.
+  auto fn = [](const Tensor& x) {
+    return nn::functional::dropout(ones_like(x), 0.5) * 3 + tanh(x) * 0;
+  };
+  auto traced = trace(fn);
+  Tensor x = randn({64, 33}).to(cuda());
+  std::vector<Tensor> masks;
+  for (int it = 0; it < 5; ++it) {
+    CAPTURE(it);
+    manual_seed(200 + it);
+    Tensor want = fn(x);
+    manual_seed(200 + it);
+    Tensor got = traced(x);
+    CHECK(same_bits(got, want));
+    masks.push_back(got.to(kCPU));
+  }
+  CHECK_FALSE(same_bits(masks[3], masks[4]));
+  std::string summary = traced.pass_summary();
+  CAPTURE(summary);
+  const int64_t nodes = traced.graph().num_nodes();
+  CHECK(summary.find(fmt::format("{} of {} nodes run as 1 captured", nodes, nodes)) !=
+        std::string::npos);
 }
 
 TEST_CASE("cuda: generated kernels for fused groups give the reference's values") {

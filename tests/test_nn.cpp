@@ -336,6 +336,22 @@ TEST_CASE("losses: formulas, reductions, weights, ignore_index, label smoothing"
   // A negative target other than ignore_index is refused, not wrapped to the last class.
   CHECK(error_of([&] { F::cross_entropy(z, tensor<int64_t>({1, -1, 0})); }).find("target -1 is out of range") != std::string::npos);
   CHECK(error_of([&] { F::cross_entropy(z, tensor<int64_t>({1, 2})); }).find("targets of shape [3]") != std::string::npos);
+  // Traced, the targets are checked by the gather at each replay: a negative one is refused
+  // there too (moved below gather's bounds), in every mode; -100 is still ignored.
+  for (Mode mode : {Mode::FastRun, Mode::FastCompile, Mode::Debug}) {
+    CAPTURE(static_cast<int>(mode));
+    auto f = trace([](const Tensor& zz, const Tensor& tt) { return F::cross_entropy(zz, tt); },
+                   {.mode = mode});
+    CHECK(f(z, t).item<double>() == doctest::Approx((l0 + l1 + l2) / 3));
+    CHECK(f(z, tensor<int64_t>({1, -100, 0})).item<double>() == doctest::Approx((l0 + l2) / 2));
+    for (int64_t bad : {-1L, -3L, -4L, 3L}) {
+      CAPTURE(bad);
+      std::string msg = error_of([&] { f(z, tensor<int64_t>({1, bad, 0})); });
+      CHECK(msg.find("gather: index") != std::string::npos);
+      CHECK(msg.find("in tg::cross_entropy called at") != std::string::npos);
+    }
+    CHECK(f(z, t).item<double>() == doctest::Approx((l0 + l1 + l2) / 3));
+  }
 }
 
 TEST_CASE("losses differentiate correctly (gradcheck, f64)") {

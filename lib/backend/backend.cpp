@@ -58,6 +58,27 @@ bool Backend::softmax_rows(OpKind, const TensorImpl&, const TensorImpl&, int) { 
 
 std::unique_ptr<CapturedWork> Backend::capture(const std::function<void()>&) { return nullptr; }
 
+void Backend::index_flagged(OpKind, const TensorImpl&, const TensorImpl&, int, const TensorImpl&,
+                            const TensorImpl&) {
+  TG_INTERNAL_ASSERT(false && "index_flagged: this backend has no device-side arguments");
+}
+
+void Backend::random_from(RandomKind, const TensorImpl&, const TensorImpl&, double, double) {
+  TG_INTERNAL_ASSERT(false && "random_from: this backend has no device-side arguments");
+}
+
+void Backend::write_words(const TensorImpl& dst, const std::vector<int64_t>& words) {
+  TG_INTERNAL_ASSERT(dst.dtype == kI64 && dst.numel == static_cast<int64_t>(words.size()));
+  for (size_t i = 0; i < words.size(); ++i) {
+    TensorImpl one;
+    one.storage = dst.storage;
+    one.offset = dst.offset + static_cast<int64_t>(i) * (dst.strides.empty() ? 0 : dst.strides[0]);
+    one.dtype = kI64;
+    one.numel = 1;
+    fill(one, Scalar(words[i]));
+  }
+}
+
 // The reference way to run a fused sum: the group's value into a temporary, then the reduction.
 void Backend::fused_sum(const std::vector<FusedStep>& steps, const TensorImpl& out,
                         const TensorImpl* const* inputs, size_t ninputs, int nreduced) {

@@ -136,6 +136,24 @@ class Backend {
   // recording cannot hold: a wait for the device, a read of device memory by the host, memory
   // allocated in it and still held at its end. Nothing has run either way.
   virtual std::unique_ptr<CapturedWork> capture(const std::function<void()>& work);
+
+  // What lets a recording hold index ops and random draws (Note [Device-side arguments],
+  // lib/trace/executor.cpp): calls that read what changes from call to call out of device memory
+  // when they run, and never wait for the device. has_device_arguments() says whether the
+  // backend has index_flagged and random_from (the defaults throw).
+  virtual bool has_device_arguments() const { return false; }
+  // index() with its bounds checked on the device: an index out of bounds sets flag[0] to 1 and
+  // flag[1] to the index (flag: two contiguous i64, zero before the call), and nothing is
+  // written. The host reads the flag later.
+  virtual void index_flagged(OpKind kind, const TensorImpl& out, const TensorImpl& x, int dim,
+                             const TensorImpl& index, const TensorImpl& flag);
+  // random() with its seed and offset read from `slot` (two contiguous i64) when it runs.
+  virtual void random_from(RandomKind kind, const TensorImpl& dst, const TensorImpl& slot, double a,
+                           double b);
+  // Writes `words` into dst (contiguous i64, as many elements) in the device's order of work:
+  // the values travel with the call, so the host's copy may change at once. The default fills
+  // one element at a time.
+  virtual void write_words(const TensorImpl& dst, const std::vector<int64_t>& words);
 };
 
 // Note [Trace hooks]

@@ -104,7 +104,12 @@ Picked pick(const Tensor& log_probs, const Tensor& target, const CrossEntropyOpt
            o.weight.defined() ? o.weight.shape() : Shape{});
   Tensor ignored = target == o.ignore_index;
   Tensor safe = where(ignored, Scalar(int64_t{0}), target);
-  if (safe.numel() > 0 && !is_tracing()) {  // traced: gather checks at every replay
+  // Traced, nothing reads the targets on the host: gather checks them at every replay. Its
+  // bounds are [-classes, classes) (a negative index counts from the end), so a negative target
+  // is moved below them, to target - classes, where gather refuses it instead of reading the
+  // class it would name from the end.
+  if (is_tracing()) safe = where(safe < 0, safe - classes, safe);
+  if (safe.numel() > 0 && !is_tracing()) {
     // Both bounds in one read: on a GPU each read waits for the device.
     std::vector<int64_t> b = stack({safe.amin(), safe.amax()}).to_vector<int64_t>();
     int64_t lo = b[0], hi = b[1];

@@ -294,12 +294,30 @@ Executor::Executor(std::shared_ptr<const Program> program, const MemoryPlan& pla
 //   - state, kept temps and the arena stay where they are by construction; each launch still
 //     checks every address a segment touches against those at its recording, and records again
 //     (three times at most) when one moved.
-// What a recording cannot hold runs between segments, as before: index ops (their bounds are
-// checked on the host before anything is written), random draws (each replay draws fresh
-// numbers from the host's Philox offset), constants copied from host memory, and row tiles (a
-// CPU lowering). A program qualifies when all its buffers are on one CUDA device, each argument
-// is its own storage, contiguous, never written, and read only within its own elements.
-// TAPEGRAD_CUDA_GRAPHS=0 turns this off. Mode::Debug never launches segments.
+// Index ops, random draws and constants are recorded too, through arguments in device memory
+// (Note [Device-side arguments]); row tiles (a CPU lowering) run between segments, and so do
+// index ops and draws on a backend without device-side arguments. A program qualifies when all
+// its buffers are on one CUDA device, each argument is its own storage, contiguous, never
+// written, and read only within its own elements. TAPEGRAD_CUDA_GRAPHS=0 turns this off.
+// Mode::Debug never launches segments.
+//
+// Note [Device-side arguments]
+// A recording holds each call's arguments as they were when it was recorded. Three kinds of
+// node need more, and get it from memory the executor keeps on the device:
+//   - an index op checks its indices before it writes. Eagerly the host reads the verdict, which
+//     waits for the device; in a segment the op checks on the device into a flag slot of its own
+//     and writes nothing if an index is bad (index_flagged). The host reads all the flags at
+//     once at a check point: before the first node after such an op that writes what the user
+//     can see (state, a kept temp such as a parameter's .grad), and at the end of the call.
+//     A bad index then throws the eager error, named as the node's (rethrow_at), before any
+//     such write: the weights are as they were. Nodes between the op and the check point run
+//     on what the skipped op left, which nobody sees. A training step is two launches and one
+//     wait: forward and backward, the check, then the updates.
+//   - a random draw takes fresh numbers at each call: its seed and Philox offset are taken from
+//     the generator on the host, in node order as an eager replay takes them, and written into
+//     its slot before the segment is launched (write_words: the values travel with the call);
+//     the kernel reads them from there (random_from). The same numbers as node by node.
+//   - a constant's bytes are copied once into device memory, and the node copies from there.
 void Executor::plan_capture() {
   const Program& p = *program_;
   segment_at_.assign(p.nodes.size(), -1);
@@ -325,17 +343,36 @@ void Executor::plan_capture() {
   }
   for (const Operand& o : p.outputs)
     if (!input_ok(o)) return;
+  const bool device_args = device_backend(d).has_device_arguments();
   auto recordable = [&](size_t i) {
     Call c = p.nodes[i].call;
-    return !tiled[i] && c != Call::Index && c != Call::Random && c != Call::Constant;
+    return !tiled[i] && (device_args || (c != Call::Index && c != Call::Random));
   };
+  // Check points (Note [Device-side arguments]); one that follows no index op of a segment
+  // reads nothing.
+  auto user_visible = [&](const Operand& o) {
+    if (o.buf < 0) return false;
+    const Buffer& b = p.buffers[o.buf];
+    return b.kind == BufKind::State || (b.kind == BufKind::Temp && b.escaped);
+  };
+  check_before_.assign(p.nodes.size() + 1, 0);
+  bool pending = false;
+  for (size_t i = 0; i < p.nodes.size(); ++i) {
+    const Node& n = p.nodes[i];
+    if (pending && (user_visible(n.out) || user_visible(n.out2))) {
+      check_before_[i] = 1;
+      pending = false;
+    }
+    pending |= n.call == Call::Index && recordable(i);
+  }
+  check_before_.back() = 1;
   for (size_t i = 0; i < p.nodes.size();) {
     if (!recordable(i)) {
       ++i;
       continue;
     }
-    size_t j = i;
-    while (j < p.nodes.size() && recordable(j)) ++j;
+    size_t j = i + 1;
+    while (j < p.nodes.size() && recordable(j) && !check_before_[j]) ++j;
     if (j - i >= 2) {  // one node is one launch either way
       segment_at_[i] = static_cast<int32_t>(segments_.size());
       Segment g;
@@ -347,11 +384,127 @@ void Executor::plan_capture() {
   }
   capture_ = !segments_.empty();
   if (!capture_) return;
+  plan_device_arguments(d);
   static_inputs_.resize(p.num_inputs);
   static_outputs_.resize(fresh_.size());
   for (size_t k = 0; k < fresh_.size(); ++k) {
     const Buffer& b = p.buffers[fresh_[k]];
     static_outputs_[k] = allocate_storage(b.nbytes, b.device);
+  }
+}
+
+namespace {
+// A contiguous i64 view of n elements of `s` from element `first`.
+TensorImpl words_view(const std::shared_ptr<Storage>& s, int64_t first, int64_t n) {
+  TensorImpl t;
+  t.storage = s;
+  t.offset = first;
+  t.sizes = {n};
+  t.strides = {1};
+  t.numel = n;
+  t.dtype = kI64;
+  return t;
+}
+}  // namespace
+
+// The slots of Note [Device-side arguments] for the nodes in segments; constants' bytes copied.
+void Executor::plan_device_arguments(Device d) {
+  const Program& p = *program_;
+  Backend& be = device_backend(d);
+  flag_at_.assign(p.nodes.size(), -1);
+  rng_at_.assign(p.nodes.size(), -1);
+  const_src_.clear();
+  const_src_.resize(p.nodes.size());
+  int32_t nflags = 0, nrng = 0;
+  for (Segment& g : segments_) {
+    g.rng_first = nrng;
+    for (size_t j = g.first; j < g.end; ++j) {
+      const Node& n = p.nodes[j];
+      if (n.call == Call::Index) {
+        flag_at_[j] = nflags++;
+        flagged_nodes_.push_back(j);
+        g.flagged = true;
+      } else if (n.call == Call::Random) {
+        rng_at_[j] = nrng++;
+        g.randoms.push_back(j);
+      } else if (n.call == Call::Constant) {
+        const TensorImpl& out = *steps_[j].out;
+        TensorImpl& c = const_src_[j];
+        c.sizes = out.sizes;
+        c.strides = contiguous_strides(out.sizes);
+        c.numel = out.numel;
+        c.dtype = out.dtype;
+        c.storage = allocate_storage(std::max<size_t>(n.bytes.size(), 1), d);
+        if (out.numel > 0) be.copy_from_host(c, n.bytes.data());
+      }
+    }
+  }
+  if (nflags > 0) {
+    flags_ = words_view(allocate_storage(static_cast<size_t>(nflags) * 16, d), 0, 2 * nflags);
+    be.fill(flags_, Scalar(0));
+    for (int32_t k = 0; k < nflags; ++k)
+      flag_slots_.push_back(words_view(flags_.storage, 2 * k, 2));
+  }
+  if (nrng > 0) {
+    rngs_ = words_view(allocate_storage(static_cast<size_t>(nrng) * 16, d), 0, 2 * nrng);
+    for (int32_t k = 0; k < nrng; ++k) rng_slots_.push_back(words_view(rngs_.storage, 2 * k, 2));
+  }
+}
+
+// A node of a segment, run as its recording runs it (Note [Device-side arguments]).
+void Executor::exec_in_segment(size_t i) {
+  const Step& s = steps_[i];
+  const Node& n = *s.node;
+  Backend& be = device_backend(s.out->storage->device);
+  if (flag_at_[i] >= 0) {
+    flags_unread_ = true;
+    be.index_flagged(n.op, *s.out, *ins_[s.in], n.dim, *ins_[s.in + 1],
+                     flag_slots_[static_cast<size_t>(flag_at_[i])]);
+  } else if (rng_at_[i] >= 0) {
+    if (s.out->numel > 0)
+      be.random_from(n.random, *s.out, rng_slots_[static_cast<size_t>(rng_at_[i])], n.a, n.b);
+  } else if (const_src_[i].storage) {
+    be.copy(*s.out, const_src_[i]);
+  } else {
+    exec(s);
+  }
+}
+
+// Each draw's seed and offset, taken in node order as node by node they would be.
+void Executor::write_random_slots(const Segment& g) {
+  if (g.randoms.empty()) return;
+  std::vector<int64_t> words;
+  for (size_t j : g.randoms) {
+    auto [seed, offset] = take_random_blocks(static_cast<uint64_t>((steps_[j].out->numel + 3) / 4));
+    words.push_back(static_cast<int64_t>(seed));
+    words.push_back(static_cast<int64_t>(offset));
+  }
+  TensorImpl v = words_view(rngs_.storage, 2 * g.rng_first, static_cast<int64_t>(words.size()));
+  device_backend(v.storage->device).write_words(v, words);
+}
+
+// A check point: the flags of the index ops run since the last one, read in one wait; the first
+// bad one (in node order) throws the error the op throws eagerly.
+void Executor::read_flags() {
+  if (!flags_unread_) return;
+  flags_unread_ = false;
+  Backend& be = device_backend(flags_.storage->device);
+  std::vector<int64_t> host(static_cast<size_t>(flags_.numel));
+  be.copy_to_host(host.data(), flags_);
+  for (size_t k = 0; k < flagged_nodes_.size(); ++k) {
+    if (host[2 * k] == 0) continue;
+    be.fill(flags_, Scalar(0));
+    const size_t i = flagged_nodes_[k];
+    const Step& s = steps_[i];
+    const Node& n = *s.node;
+    const TensorImpl& target = n.op == OpKind::ScatterAdd ? *s.out : *ins_[s.in];
+    try {
+      throw_error(fmt::format("{}: index {} is out of bounds for dim {} of size {}", op_name(n.op),
+                              host[2 * k + 1], n.dim,
+                              target.sizes.empty() ? 1 : target.sizes[n.dim]));
+    } catch (const Error& e) {
+      rethrow_at(e, i, i + 1);
+    }
   }
 }
 
@@ -368,12 +521,26 @@ std::string Executor::capture_summary() const {
     refused += g.refused;
   }
   bool cuda = p.buffers[0].device.is_cuda();
+  // Where the flags of index ops checked on the device are read (Note [Device-side arguments]).
+  std::vector<std::string> reads;
+  bool pending = false;
+  for (size_t i = 0; i <= p.nodes.size(); ++i) {
+    if (check_before_[i] && pending) {
+      reads.push_back(i == p.nodes.size() ? "at the end" : fmt::format("before node {}", i));
+      pending = false;
+    }
+    pending |= i < p.nodes.size() && flag_at_[i] >= 0;
+  }
+  std::string flags = flagged_nodes_.empty()
+                          ? ""
+                          : fmt::format("; {} index ops checked on the device, their flags read {}",
+                                        flagged_nodes_.size(), fmt::join(reads, ", "));
   return fmt::format(
       "replay: from the second call, {} of {} nodes run as {} {} (nodes {}); the rest one by "
-      "one; {} recordings so far, {} segments refused\n",
+      "one{}; {} recordings so far, {} segments refused\n",
       nodes, p.nodes.size(), segments_.size(),
       cuda ? "captured CUDA graphs" : "recorded segments (the CPU test stand-in)",
-      fmt::join(runs, ", "), recordings, refused);
+      fmt::join(runs, ", "), flags, recordings, refused);
 }
 
 std::vector<const void*> Executor::segment_key(const Segment& g) const {
@@ -398,7 +565,7 @@ void Executor::run_segment(Segment& g) {
         ++g.recordings;
         Device d = program_->buffers[0].device;
         auto work = [this, &g] {
-          for (size_t j = g.first; j < g.end; ++j) exec(steps_[j]);
+          for (size_t j = g.first; j < g.end; ++j) exec_in_segment(j);
         };
         if (d.is_cpu())
           g.work = std::make_unique<Deferred>(work);
@@ -411,11 +578,14 @@ void Executor::run_segment(Segment& g) {
       }
     }
     if (g.work) {
+      write_random_slots(g);
       g.work->launch();
+      flags_unread_ |= g.flagged;
       return;
     }
   }
-  for (size_t j = g.first; j < g.end; ++j) exec(steps_[j]);
+  write_random_slots(g);
+  for (size_t j = g.first; j < g.end; ++j) exec_in_segment(j);
 }
 
 void Executor::make_tiles(const TileRun& r) {
@@ -706,8 +876,13 @@ std::vector<Tensor> Executor::run(const std::vector<Tensor>& args) {
     ~Unbind() { e->unbind(); }
   } unbind{this};
   prepare(args);
+  if (flags_unread_) {  // the last call stopped before it read them: they may be set
+    device_backend(flags_.storage->device).fill(flags_, Scalar(0));
+    flags_unread_ = false;
+  }
   for (size_t i = 0; i < steps_.size();) {
     size_t end = i + 1;
+    if (capture_ && check_before_[i]) read_flags();
     try {
       if (capture_ && segment_at_[i] >= 0) {
         Segment& g = segments_[static_cast<size_t>(segment_at_[i])];
@@ -725,6 +900,7 @@ std::vector<Tensor> Executor::run(const std::vector<Tensor>& args) {
     }
     i = end;
   }
+  if (capture_) read_flags();
   ++runs_;
   return outputs();
 }

@@ -67,11 +67,18 @@ class Executor {
     std::vector<const void*> key;            // the data every node touched when recorded
     int recordings = 0;
     bool refused = false;                    // run node by node from now on
+    bool flagged = false;                    // holds index ops checked on the device
+    std::vector<size_t> randoms;             // its random draws, in order (slots from rng_first)
+    int32_t rng_first = 0;
   };
   [[noreturn]] void rethrow_at(const Error& e, size_t first, size_t end) const;
   void plan_capture();
+  void plan_device_arguments(Device d);
   std::vector<const void*> segment_key(const Segment& g) const;
   void run_segment(Segment& g);
+  void exec_in_segment(size_t i);
+  void write_random_slots(const Segment& g);
+  void read_flags();
 
   std::shared_ptr<const Program> program_;
   std::vector<std::shared_ptr<Storage>> arenas_;
@@ -96,6 +103,17 @@ class Executor {
   std::vector<std::shared_ptr<Storage>> static_inputs_;   // per argument
   std::vector<std::shared_ptr<Storage>> static_outputs_;  // per fresh_ entry
   std::vector<std::shared_ptr<Storage>> arg_storage_;     // per argument, during a call
+  // Note [Device-side arguments]: per node, its flag slot (an index op in a segment), its random
+  // slot (a draw in a segment), its constant's bytes on the device (a constant in a segment);
+  // the slots (two i64 each); the nodes of the flag slots; the check points (per node, whether
+  // the flags are read before it runs); whether flags were set since they were last read.
+  std::vector<int32_t> flag_at_, rng_at_;
+  std::vector<TensorImpl> const_src_;
+  TensorImpl flags_, rngs_;
+  std::vector<TensorImpl> flag_slots_, rng_slots_;
+  std::vector<size_t> flagged_nodes_;
+  std::vector<char> check_before_;
+  bool flags_unread_ = false;
 };
 
 // Tests: executors of CPU programs plan and use captured segments as CUDA ones do, through a

@@ -174,6 +174,26 @@ class CpuBackend final : public Backend {
               const TensorImpl* indices) override {
     window_kernel(kind, out, x, w, indices);
   }
+  // Device-side arguments are host memory here: the CPU's stand-in for a recording (tests)
+  // replays index ops and random draws as CUDA's would.
+  bool has_device_arguments() const override { return true; }
+  void index_flagged(OpKind kind, const TensorImpl& out, const TensorImpl& x, int dim,
+                     const TensorImpl& index, const TensorImpl& flag) override {
+    const TensorImpl& target = kind == OpKind::ScatterAdd ? out : x;
+    int64_t bad = 0;
+    if (find_bad_index(index, target.sizes.empty() ? 1 : target.sizes[dim], bad)) {
+      auto* f = reinterpret_cast<int64_t*>(flag.data());
+      f[0] = 1;
+      f[1] = bad;
+      return;
+    }
+    index_kernel(kind, out, x, dim, index);
+  }
+  void random_from(RandomKind kind, const TensorImpl& dst, const TensorImpl& slot, double a,
+                   double b) override {
+    const auto* s = reinterpret_cast<const int64_t*>(slot.data());
+    random_kernel(kind, dst, static_cast<uint64_t>(s[0]), static_cast<uint64_t>(s[1]), a, b);
+  }
   void fused(const std::vector<FusedStep>& steps, const TensorImpl& out,
              const TensorImpl* const* inputs, size_t ninputs) override {
     fused_kernel(steps, out, inputs, ninputs);

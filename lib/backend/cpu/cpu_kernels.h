@@ -22,6 +22,8 @@ void matmul_update_kernel(const TensorImpl& out, const TensorImpl& a, const Tens
                           double alpha, double beta, const TensorImpl* scale);
 void index_kernel(OpKind kind, const TensorImpl& out, const TensorImpl& x, int dim,
                   const TensorImpl& index);
+// The first index out of bounds [-size, size) of `index` (i64) in row-major order, if any.
+bool find_bad_index(const TensorImpl& index, int64_t size, int64_t& bad);
 void window_kernel(OpKind kind, const TensorImpl& out, const TensorImpl& x, const Window2d& w,
                    const TensorImpl* indices);
 void random_kernel(RandomKind kind, const TensorImpl& dst, uint64_t seed, uint64_t offset,

@@ -8,16 +8,9 @@ namespace tg::cpu {
 namespace {
 
 void check_indices(const TensorImpl& index, int64_t size, const char* op, int dim) {
-  Loop L = make_loop({&index});
-  bool bad = false;
-  int64_t first_bad = 0;
-  loop_range(L, 0, L.numel, [&](char** p, const int64_t* s, int64_t n) {
-    for (int64_t i = 0; i < n && !bad; ++i) {
-      int64_t v = *reinterpret_cast<const int64_t*>(p[0] + i * s[0]);
-      if (v < -size || v >= size) bad = true, first_bad = v;
-    }
-  });
-  TG_CHECK(!bad, "{}: index {} is out of bounds for dim {} of size {}", op, first_bad, dim, size);
+  int64_t bad = 0;
+  TG_CHECK(!find_bad_index(index, size, bad), "{}: index {} is out of bounds for dim {} of size {}",
+           op, bad, dim, size);
 }
 
 inline int64_t wrap(int64_t v, int64_t size) { return v < 0 ? v + size : v; }
@@ -36,6 +29,18 @@ inline int64_t offset_of(const int64_t* idx, const Shape& strides) {
 }
 
 }  // namespace
+
+bool find_bad_index(const TensorImpl& index, int64_t size, int64_t& first_bad) {
+  Loop L = make_loop({&index});
+  bool bad = false;
+  loop_range(L, 0, L.numel, [&](char** p, const int64_t* s, int64_t n) {
+    for (int64_t i = 0; i < n && !bad; ++i) {
+      int64_t v = *reinterpret_cast<const int64_t*>(p[0] + i * s[0]);
+      if (v < -size || v >= size) bad = true, first_bad = v;
+    }
+  });
+  return bad;
+}
 
 void index_kernel(OpKind kind, const TensorImpl& out, const TensorImpl& x, int dim,
                   const TensorImpl& index) {

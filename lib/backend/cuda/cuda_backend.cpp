@@ -382,8 +382,41 @@ class CudaBackend final : public Backend {
               double b) override {
     enter("random");
     int k = kind == RandomKind::Uniform ? 0 : kind == RandomKind::Normal ? 1 : 2;
-    launch_random(k, dst.data(), dst.dtype, dst.numel, seed, offset, a, b, stream());
+    launch_random(k, dst.data(), dst.dtype, dst.numel, seed, offset, nullptr, a, b, stream());
     TG_LAUNCHED("random");
+  }
+
+  // --- device-side arguments (Note [Device-side arguments], lib/trace/executor.cpp) -------------
+
+  bool has_device_arguments() const override { return true; }
+
+  void random_from(RandomKind kind, const TensorImpl& dst, const TensorImpl& slot, double a,
+                   double b) override {
+    enter("random");
+    int k = kind == RandomKind::Uniform ? 0 : kind == RandomKind::Normal ? 1 : 2;
+    launch_random(k, dst.data(), dst.dtype, dst.numel, 0, 0,
+                  reinterpret_cast<const int64_t*>(slot.data()), a, b, stream());
+    TG_LAUNCHED("random");
+  }
+
+  void write_words(const TensorImpl& dst, const std::vector<int64_t>& words) override {
+    enter("replay");
+    launch_words(reinterpret_cast<int64_t*>(dst.data()), words.data(),
+                 static_cast<int64_t>(words.size()), stream());
+    TG_LAUNCHED("replay");
+  }
+
+  void index_flagged(OpKind kind, const TensorImpl& out, const TensorImpl& x, int dim,
+                     const TensorImpl& index, const TensorImpl& flag) override {
+    const TensorImpl& target = kind == OpKind::ScatterAdd ? out : x;
+    auto* f = reinterpret_cast<int64_t*>(flag.data());
+    enter(op_name(kind));
+    if (index.numel > 0) {
+      launch_check_indices(strided({&index}), index.numel,
+                           target.sizes.empty() ? 1 : target.sizes[dim], f, stream());
+      TG_LAUNCHED(op_name(kind));
+    }
+    run_index(kind, out, x, dim, index, f);
   }
 
   // --- elementwise and reductions --------------------------------------------------------------
@@ -476,17 +509,23 @@ class CudaBackend final : public Backend {
 
   void index(OpKind kind, const TensorImpl& out, const TensorImpl& x, int dim,
              const TensorImpl& index) override {
-    const std::string_view op = op_name(kind);
-    enter(op);
+    enter(op_name(kind));
     const TensorImpl& target = kind == OpKind::ScatterAdd ? out : x;
+    check_indices(index, target.sizes.empty() ? 1 : target.sizes[dim], op_name(kind), dim);
+    run_index(kind, out, x, dim, index, nullptr);
+  }
+
+  // The index kernels, once the indices are checked (or, with skip, checked into *skip).
+  void run_index(OpKind kind, const TensorImpl& out, const TensorImpl& x, int dim,
+                 const TensorImpl& index, const int64_t* skip) {
+    const std::string_view op = op_name(kind);
     const TensorImpl& space = kind == OpKind::ScatterAdd ? x : out;
-    check_indices(index, target.sizes.empty() ? 1 : target.sizes[dim], op, dim);
     IndexGeom g = make_index_geom(kind, out, x, dim, index);
     size_t ws = index_workspace_bytes(kind, out.dtype, g, space.numel);
     void* workspace = ws > 0 ? allocate(ws) : nullptr;
     cudaError_t e = launch_index(kind, out.dtype, out.data(), x.data(),
                                  reinterpret_cast<const int64_t*>(index.data()), g, space.numel,
-                                 workspace, ws, stream());
+                                 workspace, ws, skip, stream());
     if (workspace != nullptr) deallocate(workspace, ws);  // stream-ordered: safe at once
     TG_CUDA(op, e);
     TG_LAUNCHED(op);

@@ -200,7 +200,11 @@ __global__ void iota_kernel(T* out, int64_t n, double start, double step) {
 // One thread per block of four elements, as backend/cpu/random.cpp.
 template <class T>
 __global__ void random_kernel(int kind, T* out, int64_t n, uint64_t seed, uint64_t offset,
-                              double a, double b) {
+                              const int64_t* slot, double a, double b) {
+  if (slot != nullptr) {
+    seed = static_cast<uint64_t>(slot[0]);
+    offset = static_cast<uint64_t>(slot[1]);
+  }
   const int64_t blocks = (n + 3) / 4;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t blk = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; blk < blocks;
@@ -227,6 +231,15 @@ __global__ void random_kernel(int kind, T* out, int64_t n, uint64_t seed, uint64
     }
     for (int k = 0; k < 4 && blk * 4 + k < n; ++k) out[blk * 4 + k] = static_cast<T>(v[k]);
   }
+}
+
+// A few words as the kernel's parameters (Note [Device-side arguments], lib/trace/executor.cpp).
+constexpr int kWordsPerLaunch = 32;
+struct Words {
+  int64_t v[kWordsPerLaunch];
+};
+__global__ void words_kernel(int64_t* dst, Words w, int n) {
+  if (static_cast<int>(threadIdx.x) < n) dst[threadIdx.x] = w.v[threadIdx.x];
 }
 
 // --- reductions --------------------------------------------------------------------------------
@@ -473,7 +486,8 @@ __global__ void softmax_block(OpKind kind, const T* x, T* out, ReduceGeom g) {
 
 template <class T>
 __global__ void index_kernel(OpKind kind, T* out, const T* x, const int64_t* index, IndexGeom g,
-                             int64_t n) {
+                             int64_t n, const int64_t* skip) {
+  if (skip != nullptr && *skip != 0) return;  // an index is out of bounds: nothing is written
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
     if (kind == OpKind::ScatterAdd) {  // integers and bools: exact, so any order gives the same
@@ -518,7 +532,9 @@ __global__ void scatter_pieces(int64_t n, int64_t nchunks, const uint64_t* keys,
 
 template <class T>
 __global__ void scatter_join(int64_t nchunks, const uint64_t* keys, const uint64_t* piece_keys,
-                             const double* piece_sums, const int32_t* counts, T* out) {
+                             const double* piece_sums, const int32_t* counts, T* out,
+                             const int64_t* skip) {
+  if (skip != nullptr && *skip != 0) return;  // an index is out of bounds: nothing is written
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; c < nchunks;
        c += stride)
@@ -702,13 +718,22 @@ void launch_iota(void* dst, DType dtype, int64_t n, double start, double step,
 }
 
 void launch_random(int kind, void* dst, DType dtype, int64_t n, uint64_t seed, uint64_t offset,
-                   double a, double b, cudaStream_t stream) {
+                   const int64_t* slot, double a, double b, cudaStream_t stream) {
   if (n <= 0) return;
   dispatch(dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    random_kernel<T><<<blocks_for((n + 3) / 4), kThreads, 0, stream>>>(kind, static_cast<T*>(dst), n,
-                                                                      seed, offset, a, b);
+    random_kernel<T><<<blocks_for((n + 3) / 4), kThreads, 0, stream>>>(kind, static_cast<T*>(dst),
+                                                                       n, seed, offset, slot, a, b);
   });
+}
+
+void launch_words(int64_t* dst, const int64_t* words, int64_t n, cudaStream_t stream) {
+  for (int64_t done = 0; done < n; done += kWordsPerLaunch) {
+    const int part = static_cast<int>(n - done < kWordsPerLaunch ? n - done : kWordsPerLaunch);
+    Words w{};
+    for (int i = 0; i < part; ++i) w.v[i] = words[done + i];
+    words_kernel<<<1, kWordsPerLaunch, 0, stream>>>(dst + done, w, part);
+  }
 }
 
 size_t reduce_workspace_bytes(const ReduceGeom& g) {
@@ -782,7 +807,7 @@ size_t index_workspace_bytes(OpKind kind, DType dtype, const IndexGeom& g, int64
 
 cudaError_t launch_index(OpKind kind, DType dtype, char* out, const char* x, const int64_t* index,
                          const IndexGeom& g, int64_t n, void* workspace, size_t workspace_bytes,
-                         cudaStream_t stream) {
+                         const int64_t* skip, cudaStream_t stream) {
   if (n <= 0) return cudaSuccess;
   if (sorted_scatter(kind, dtype)) {
     ScatterSpace sp{};
@@ -805,7 +830,7 @@ cudaError_t launch_index(OpKind kind, DType dtype, char* out, const char* x, con
             n, nchunks, sp.keys, sp.srcs, reinterpret_cast<const T*>(x), piece_keys, piece_sums,
             sp.counts);
         scatter_join<T><<<blocks_for(nchunks), kThreads, 0, stream>>>(
-            nchunks, sp.keys, piece_keys, piece_sums, sp.counts, reinterpret_cast<T*>(out));
+            nchunks, sp.keys, piece_keys, piece_sums, sp.counts, reinterpret_cast<T*>(out), skip);
       }
     });
     return cudaSuccess;
@@ -813,7 +838,7 @@ cudaError_t launch_index(OpKind kind, DType dtype, char* out, const char* x, con
   dispatch(dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     index_kernel<T><<<blocks_for(n), kThreads, 0, stream>>>(
-        kind, reinterpret_cast<T*>(out), reinterpret_cast<const T*>(x), index, g, n);
+        kind, reinterpret_cast<T*>(out), reinterpret_cast<const T*>(x), index, g, n, skip);
   });
   return cudaSuccess;
 }

@@ -49,9 +49,12 @@ void launch_binary(OpKind kind, const Strided& s, int64_t n, cudaStream_t stream
 void launch_where(const Strided& s, int64_t n, cudaStream_t stream);
 void launch_iota(void* dst, DType dtype, int64_t n, double start, double step,
                  cudaStream_t stream);
-// kind: 0 uniform [a, b), 1 normal (a, b), 2 integers [a, b): the CPU's Philox streams.
+// kind: 0 uniform [a, b), 1 normal (a, b), 2 integers [a, b): the CPU's Philox streams. With
+// `slot` (device, two i64) the seed and offset are read from there when the kernel runs.
 void launch_random(int kind, void* dst, DType dtype, int64_t n, uint64_t seed, uint64_t offset,
-                   double a, double b, cudaStream_t stream);
+                   const int64_t* slot, double a, double b, cudaStream_t stream);
+// dst[i] = words[i] for i < n (device, i64): the values travel as the kernel's parameters.
+void launch_words(int64_t* dst, const int64_t* words, int64_t n, cudaStream_t stream);
 // Few long rows are reduced in two passes through a workspace of this many bytes (0: none).
 size_t reduce_workspace_bytes(const ReduceGeom& g);
 void launch_reduce(OpKind kind, DType dtype, const char* x, char* out, const ReduceGeom& g,
@@ -67,10 +70,11 @@ void launch_check_indices(const Strided& s, int64_t n, int64_t size, int64_t* fl
 // scatter_add of floats sorts (Note [Scatter without atomics]) in a workspace of this many
 // bytes (0: none needed); it is a device query, so it needs the GPU.
 size_t index_workspace_bytes(OpKind kind, DType dtype, const IndexGeom& g, int64_t n);
-// The error of the sort (CUB), if any; launch errors are left to cudaGetLastError().
+// The error of the sort (CUB), if any; launch errors are left to cudaGetLastError(). With
+// `skip` (device), nothing is written when *skip is not zero at the time the kernels run.
 cudaError_t launch_index(OpKind kind, DType dtype, char* out, const char* x, const int64_t* index,
                          const IndexGeom& g, int64_t n, void* workspace, size_t workspace_bytes,
-                         cudaStream_t stream);
+                         const int64_t* skip, cudaStream_t stream);
 void launch_window(OpKind kind, DType dtype, char* out, const char* x, int64_t* indices,
                    const WindowGeom& g, cudaStream_t stream);
 
