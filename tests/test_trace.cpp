@@ -178,6 +178,40 @@ TEST_CASE("trace: state is read by reference; writes to it are replayed in order
   CHECK(f.num_compiles() == 1);
 }
 
+TEST_CASE("trace: a replay that writes state moves its version, as the eager in-place op does") {
+  // Autograd keeps the version of each tensor it saves: a value saved before a traced update of
+  // it must be refused at backward, whether the update ran eagerly (recording) or replayed.
+  Tensor w = tensor({1.0, 2.0, 3.0}).requires_grad_();
+  auto update = trace([&](const Tensor& g) {
+    NoGradGuard no_grad;
+    w.sub_(g * 0.5);
+    return w.sum();
+  });
+  Tensor g = ones({3}, {.dtype = kF64});
+  for (int call = 0; call < 3; ++call) {  // recording, then replays
+    CAPTURE(call);
+    Tensor y = (w * w).sum();  // saves w
+    uint64_t before = w.version();
+    update(g);
+    CHECK(w.version() > before);
+    try {
+      y.backward();
+      FAIL("no tg::Error thrown");
+    } catch (const Error& e) {
+      CHECK(std::string(e.what()).find("modified by an in-place op") != std::string::npos);
+    }
+  }
+  // State that is only read keeps its version.
+  Tensor v = tensor({1.0, 2.0});
+  auto read = trace([&](const Tensor& x) { return x * v; });
+  Tensor x = tensor({3.0, 4.0});
+  for (int call = 0; call < 3; ++call) (void)read(x);
+  uint64_t before = v.version();
+  (void)read(x);
+  CHECK(v.version() == before);
+  CHECK(w.detach().to_vector<double>() == std::vector<double>{-0.5, 0.5, 1.5});
+}
+
 TEST_CASE("trace: a learning rate changed between calls (a scheduler) reaches the traced step") {
   manual_seed(4);
   Tensor x = randn({16, 12}), y = randint(0, 5, {16});

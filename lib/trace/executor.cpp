@@ -271,7 +271,10 @@ Executor::Executor(std::shared_ptr<const Program> program, const MemoryPlan& pla
         break;
     }
   }
+  state_written_.assign(nb, 0);
   for (const Node& n : p.nodes) {
+    for (const Operand* o : {&n.out, &n.out2})
+      if (o->buf >= 0 && p.buffers[o->buf].kind == BufKind::State) state_written_[o->buf] = 1;
     Step s{&n, impl_for(n.out), n.out2.buf >= 0 ? impl_for(n.out2) : nullptr, ins_.size()};
     for (const Operand& o : n.in) ins_.push_back(impl_for(o));
     steps_.push_back(s);
@@ -948,6 +951,11 @@ void Executor::prepare(const std::vector<Tensor>& args) {
   for (const auto& hook : program_->replay_hooks) hook();
   bind(args);
   const Program& p = *program_;
+  // The state the program writes is written in place, as the eager in-place ops that recorded
+  // it were: its version moves on as theirs did, so a value autograd saved from it before the
+  // call is refused at backward instead of read changed (Note [Saved tensors]).
+  for (int32_t b : state_)
+    if (state_written_[static_cast<size_t>(b)]) bound_[b]->version.fetch_add(1);
   output_delta_.assign(p.outputs.size(), 0);
   for (size_t i = 0; i < p.outputs.size(); ++i) {
     const Buffer& b = p.buffers[p.outputs[i].buf];

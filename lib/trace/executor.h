@@ -94,6 +94,7 @@ class Executor {
   std::vector<int32_t> input_buffers_;  // buffer of argument i (-1: aliases an earlier one)
   std::vector<int32_t> fresh_;          // output temps: allocated at every call
   std::vector<int32_t> state_;          // state buffers
+  std::vector<char> state_written_;     // per buffer: state some node writes
   // Captured replays: segments, the segment starting at each node (-1: none), the arguments'
   // copies the graph reads, the outputs' buffers it writes, and the arguments themselves.
   bool capture_ = false;
