@@ -1,7 +1,9 @@
 // Generated CUDA kernels for fused groups (Note [Generated fused kernels]): the source the
-// generator prints, and NVRTC compiling it for sm_90. These need NVRTC, not a GPU, so they run
-// on a machine with the CUDA toolkit and no GPU; running the kernels is in test_cuda.cpp's
-// fused-group case. Built only with the CUDA backend.
+// generator prints, NVRTC compiling it for sm_90, and the elementwise kernels compiled for the
+// host and run here against the reference. These need NVRTC (and the host's compiler), not a
+// GPU, so they run on a machine with the CUDA toolkit and no GPU; running the kernels on a GPU
+// is in test_cuda.cpp's fused-group case. Built only with the CUDA backend.
+#include <dlfcn.h>
 #include <doctest/doctest.h>
 #include <tapegrad/tapegrad.h>
 
@@ -12,6 +14,7 @@
 #include <fstream>
 #include <random>
 
+#include "backend/backend.h"
 #include "backend/cuda/fused_source.h"
 #include "fused_steps.h"
 
@@ -455,5 +458,460 @@ TEST_CASE("cuda fused sums: the generated kernels compile with NVRTC for sm_90")
     auto r = fused_sum_source(rs, in3, kF32, 1 + trial, 1 + trial % 2);
     REQUIRE(r.has_value());
     CHECK(is_cubin(nvrtc_compile(*r, kArch)));
+  }
+}
+
+namespace {
+
+// Note [Generated kernels on the host]
+// An elementwise kernel's source is plain C++ but for a few CUDA names: defined here for the
+// host, it compiles with the host's compiler into a function that runs one thread, and the test
+// runs every thread of a small grid one after another. Each thread's work is independent, so
+// that is the kernel's result. What this checks without a GPU: the expressions' semantics for
+// every dtype (integer wrap-around and division by zero, saturating conversions, NaN through
+// max and relu, ...), the parameter block's layout as fused_params fills it, and the offsets
+// decoded from merged dims. What it cannot: CUDA's own math library (the host's libm stands in,
+// so floats are compared within a few ulps) and anything between threads.
+constexpr const char* kHostShim = R"(#include <math.h>
+#include <string.h>
+#define __device__
+#define __forceinline__ inline
+#define __global__
+#define __launch_bounds__(n)
+struct tg_dim3 { unsigned x; };
+static tg_dim3 gridDim, blockDim, blockIdx, threadIdx;
+static inline double __longlong_as_double(long long v) {
+  double d;
+  memcpy(&d, &v, sizeof d);
+  return d;
+}
+)";
+
+using HostRun = void (*)(const void* params, unsigned grid, unsigned block);
+
+struct HostLibrary {
+  void* handle = nullptr;
+  std::vector<HostRun> runs;
+  ~HostLibrary() {
+    if (handle != nullptr) dlclose(handle);
+  }
+};
+
+// Fused sums share values between threads (__shfl_down_sync within a warp, __syncthreads and
+// __shared__ within a block): each of a block's threads is a thread of the host, a shuffle goes
+// through a warp's slots between two waits of its 32 threads, and __syncthreads waits for the
+// block's. A wait that is not met within 20 s (threads that disagree on the shuffles they
+// make, which would hang a GPU) gives up and marks the run failed instead of hanging the test.
+constexpr const char* kHostThreadsShim = R"(#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+#include <vector>
+#define __shared__ static
+struct tg_dim3t { unsigned x; };
+static thread_local tg_dim3t tg_thread_index;
+#define threadIdx tg_thread_index
+struct tg_barrier {
+  explicit tg_barrier(unsigned n) : n(n) {}
+  void wait() {
+    if (tg_stuck) return;  // given up: the run is marked failed
+    std::unique_lock<std::mutex> lock(mu);
+    const unsigned long long gen = generation;
+    if (++arrived == n) {
+      arrived = 0;
+      ++generation;
+      cv.notify_all();
+      return;
+    }
+    if (!cv.wait_for(lock, std::chrono::seconds(20), [&] { return generation != gen; }))
+      tg_stuck = true;
+  }
+  unsigned n, arrived = 0;
+  unsigned long long generation = 0;
+  std::mutex mu;
+  std::condition_variable cv;
+  static inline std::atomic<bool> tg_stuck{false};
+};
+static tg_barrier* tg_block_barrier;
+static std::vector<tg_barrier*> tg_warp_barriers;
+static double tg_lane_slots[1024];
+static inline void __syncthreads() { tg_block_barrier->wait(); }
+static inline double __shfl_down_sync(unsigned, double v, int off) {
+  const unsigned t = threadIdx.x, lane = t % 32;
+  tg_barrier& warp = *tg_warp_barriers[t / 32];
+  tg_lane_slots[t] = v;
+  warp.wait();
+  const double r = lane + off < 32 ? tg_lane_slots[t + off] : v;
+  warp.wait();
+  return r;
+}
+)";
+
+// The sources compiled into one shared library, kernel k as tg_run_<k>; false where the host's
+// compiler cannot be run (a GPU machine with the runtime only), which the test then says. With
+// threads (fused sums), each block's threads run as threads of the host; else one by one.
+bool compile_for_host(const std::vector<std::string>& sources, HostLibrary& lib,
+                      bool threads = false) {
+  const std::string cxx = TG_TEST_CXX;
+  if (std::system((cxx + " --version > /dev/null 2>&1").c_str()) != 0) return false;
+  std::random_device rd;
+  const fs::path dir = fs::temp_directory_path() /
+                       ("tg_host_kernels_" + std::to_string(getpid()) + "_" + std::to_string(rd()));
+  fs::create_directories(dir);
+  std::string unit = kHostShim;
+  if (threads) {
+    unit = std::string(kHostShim).replace(
+        unit.find("static tg_dim3 gridDim, blockDim, blockIdx, threadIdx;"),
+        std::string_view("static tg_dim3 gridDim, blockDim, blockIdx, threadIdx;").size(),
+        "static tg_dim3 gridDim, blockDim, blockIdx;");
+    unit += kHostThreadsShim;
+  }
+  for (size_t k = 0; k < sources.size(); ++k) {
+    std::string src = sources[k];
+    const std::string c_linkage = "extern \"C\" __global__";
+    size_t at = src.find(c_linkage);
+    REQUIRE(at != std::string::npos);
+    src.replace(at, c_linkage.size(), "__global__");
+    unit += fmt::format("namespace g{0} {{\n{1}}}\n", k, src);
+    if (!threads) {
+      unit += fmt::format(
+          "extern \"C\" void tg_run_{0}(const void* p, unsigned grid, unsigned block) {{\n"
+          "  gridDim.x = grid; blockDim.x = block;\n"
+          "  for (unsigned b = 0; b < grid; ++b)\n"
+          "    for (unsigned t = 0; t < block; ++t) {{\n"
+          "      blockIdx.x = b; threadIdx.x = t;\n"
+          "      g{0}::{1}(*static_cast<const g{0}::tg_params*>(p));\n"
+          "    }}\n}}\n",
+          k, kFusedKernelName);
+      continue;
+    }
+    unit += fmt::format(
+        "extern \"C\" void tg_run_{0}(const void* p, unsigned grid, unsigned block) {{\n"
+        "  gridDim.x = grid; blockDim.x = block;\n"
+        "  for (unsigned b = 0; b < grid; ++b) {{\n"
+        "    blockIdx.x = b;\n"
+        "    tg_barrier whole(block);\n"
+        "    std::vector<tg_barrier*> warps;\n"
+        "    for (unsigned w = 0; w < block / 32; ++w) warps.push_back(new tg_barrier(32));\n"
+        "    tg_block_barrier = &whole;\n"
+        "    tg_warp_barriers = warps;\n"
+        "    std::vector<std::thread> ts;\n"
+        "    for (unsigned t = 0; t < block; ++t)\n"
+        "      ts.emplace_back([p, t] {{\n"
+        "        threadIdx.x = t;\n"
+        "        g{0}::{1}(*static_cast<const g{0}::tg_params*>(p));\n"
+        "      }});\n"
+        "    for (auto& t : ts) t.join();\n"
+        "    for (tg_barrier* w : warps) delete w;\n"
+        "  }}\n}}\n"
+        "extern \"C\" bool tg_stuck_{0}() {{ return tg_barrier::tg_stuck; }}\n",
+        k, kFusedKernelName);
+  }
+  write_all(dir / "kernels.cpp", unit);
+  const std::string cmd = fmt::format(
+      "{} -std=c++17 -O0 -ffp-contract=off -fPIC -shared -pthread -w -o {} {} > {} 2>&1", cxx,
+      (dir / "kernels.so").string(), (dir / "kernels.cpp").string(), (dir / "log").string());
+  const bool built = std::system(cmd.c_str()) == 0;
+  if (!built) MESSAGE("host compile failed: " << read_all(dir / "log").substr(0, 4000));
+  if (built) lib.handle = dlopen((dir / "kernels.so").c_str(), RTLD_NOW | RTLD_LOCAL);
+  std::error_code ec;
+  fs::remove_all(dir, ec);  // the library stays mapped
+  REQUIRE(built);
+  REQUIRE(lib.handle != nullptr);
+  for (size_t k = 0; k < sources.size(); ++k) {
+    auto fn = reinterpret_cast<HostRun>(dlsym(lib.handle, fmt::format("tg_run_{}", k).c_str()));
+    REQUIRE(static_cast<bool>(fn));
+    lib.runs.push_back(fn);
+  }
+  return true;
+}
+
+// Values of dtype dt for shape: normals with zeros, infinities, NaN and large values among them
+// (floats); small integers with zero and the type's extremes (integers); both bools.
+Tensor test_values(DType dt, const Shape& shape, std::mt19937& rng) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  std::vector<double> v(static_cast<size_t>(n));
+  std::normal_distribution<double> normal(0.0, 2.0);
+  const double inf = std::numeric_limits<double>::infinity();
+  const std::vector<double> special_f = {0.0, -0.0, inf, -inf, std::nan(""), 1e30, -1e30, 3e9, 0.5};
+  const std::vector<double> special_i32 = {0, -1, 2147483647.0, -2147483648.0, 7};
+  for (auto& x : v) {
+    unsigned r = rng() % 16;
+    if (dt == kF32 || dt == kF64)
+      x = r < 2 ? special_f[rng() % special_f.size()] : normal(rng);
+    else if (dt == kBool)
+      x = static_cast<double>(rng() % 2);
+    else
+      x = r < 2 ? special_i32[rng() % special_i32.size()]
+                : static_cast<double>(static_cast<int>(rng() % 19) - 9);
+  }
+  if (dt == kI64) {  // beyond f64's exact integers: built from i64 values
+    std::vector<int64_t> w(v.size());
+    for (size_t i = 0; i < v.size(); ++i)
+      w[i] = rng() % 23 == 0 ? std::numeric_limits<int64_t>::max() - static_cast<int64_t>(rng() % 3)
+                             : static_cast<int64_t>(v[i]);
+    return tensor(w, shape);
+  }
+  return tensor(v, shape, {.dtype = kF64}).to(dt);
+}
+
+// Within a few ulps for floats (the host's libm against the CPU backend's), NaN where NaN;
+// exactly for integers and bools.
+bool agree(const Tensor& got, const Tensor& want) {
+  const bool fp = want.dtype() == kF32 || want.dtype() == kF64;
+  const double tol = want.dtype() == kF32 ? 4e-6 : 1e-13;
+  if (!fp) return got.to(kI64).to_vector<int64_t>() == want.to(kI64).to_vector<int64_t>();
+  auto a = got.to_vector<double>(), b = want.to_vector<double>();
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (std::isnan(a[i]) && std::isnan(b[i])) continue;
+    if (a[i] == b[i]) continue;
+    if (!(std::abs(a[i] - b[i]) <= tol * std::max(1.0, std::abs(b[i])))) {
+      MESSAGE("element " << i << ": " << a[i] << " against " << b[i]);
+      return false;
+    }
+  }
+  return true;
+}
+
+Shape reversed(const Shape& s) {
+  Shape r(s.size());
+  for (size_t d = 0; d < s.size(); ++d) r[d] = s[s.size() - 1 - d];
+  return r;
+}
+
+struct HostCase {
+  std::string what;
+  std::vector<FusedStep> steps;
+  std::vector<Tensor> inputs;  // at out's shape
+  Tensor got, want;
+  std::vector<int64_t> params;
+};
+
+}  // namespace
+
+TEST_CASE("cuda fused: the generated kernels, run on the host, give the reference's values") {
+  // Note [Generated kernels on the host]: one kernel per op and dtype (the op's step last, so
+  // that its value is the one stored), conversions between every pair of dtypes, and random
+  // groups over contiguous, broadcast and transposed views of 1 to 3 merged dims.
+  std::mt19937 rng(17);
+  std::vector<HostCase> cases;
+  const Shape shape{5, 37};
+  auto add = [&](std::string what, std::vector<FusedStep> steps, std::vector<Tensor> inputs,
+                 bool strided_out) {
+    HostCase c;
+    c.what = std::move(what);
+    c.steps = std::move(steps);
+    c.inputs = std::move(inputs);
+    const Shape& sh = c.inputs[0].shape();
+    const DType out = c.steps.back().dtype;
+    Shape flipped = reversed(sh);
+    Shape reverse(sh.size());
+    for (size_t d = 0; d < sh.size(); ++d) reverse[d] = static_cast<int64_t>(sh.size() - 1 - d);
+    // A strided output: the transpose of a contiguous tensor.
+    c.got =
+        strided_out ? empty(flipped, {.dtype = out}).permute(reverse) : empty(sh, {.dtype = out});
+    c.want = empty(sh, {.dtype = out});
+    cases.push_back(std::move(c));
+  };
+  const std::vector<DType> dtypes = {kF32, kF64, kI32, kI64, kBool};
+  for (DType dt : dtypes) {
+    const bool fp = dt == kF32 || dt == kF64;
+    Tensor x = test_values(dt, shape, rng), y = test_values(dt, shape, rng);
+    Tensor row = test_values(dt, {shape[1]}, rng).expand(shape);  // broadcast: a second dim
+    if (dt != kBool) {
+      for (OpKind op : kUnary) {
+        if (!fp && op != OpKind::Neg && op != OpKind::Abs && op != OpKind::Sign &&
+            op != OpKind::Relu && op != OpKind::PowScalar && op != OpKind::Clamp)
+          continue;
+        std::vector<OpAttrs> attrs = {{}};
+        if (op == OpKind::PowScalar) attrs = {{3, 0}, {0, 0}, {-1, 0}, {0.5, 0}, {2, 0}};
+        if (op == OpKind::Clamp)
+          attrs = {{-std::numeric_limits<double>::infinity(), 2.5}, {-1.5, 4}, {2, 1e20}};
+        for (const OpAttrs& a : attrs) {
+          if (!fp && op == OpKind::PowScalar && a.a != static_cast<int64_t>(a.a)) continue;
+          add(fmt::format("{} {} ({}, {})", op_name(op), dtype_name(dt), a.a, a.b),
+              {unary(op, dt, -1, a)}, {x}, false);
+        }
+      }
+    } else {
+      add("logical_not bool", {unary(OpKind::LogicalNot, kBool, -1)}, {x}, false);
+    }
+    for (OpKind op : kArith) {
+      if (dt == kBool && op == OpKind::Div) continue;
+      add(fmt::format("{} {}", op_name(op), dtype_name(dt)), {binary(op, dt, -1, -2)}, {x, row},
+          true);
+    }
+    for (OpKind op : kCompare)
+      add(fmt::format("{} {}", op_name(op), dtype_name(dt)), {binary(op, kBool, -1, -2)}, {x, y},
+          false);
+    for (OpKind op : {OpKind::LogicalAnd, OpKind::LogicalOr})
+      add(fmt::format("{} {}", op_name(op), dtype_name(dt)), {binary(op, dt, -1, -2)}, {x, y},
+          false);
+    FusedStep where;
+    where.kind = FusedStep::Kind::Where;
+    where.dtype = dt;
+    where.a = -1;
+    where.b = -2;
+    where.c = -3;
+    add(fmt::format("where {}", dtype_name(dt)), {where}, {test_values(kBool, shape, rng), x, row},
+        true);
+    for (DType to : dtypes) {
+      FusedStep c;
+      c.kind = FusedStep::Kind::Convert;
+      c.dtype = to;
+      c.a = -1;
+      add(fmt::format("{} to {}", dtype_name(dt), dtype_name(to)), {c}, {x}, false);
+    }
+  }
+  // Random groups: values through several steps, operands of 1 to 3 merged dims.
+  const std::vector<OpKind> un = {OpKind::Exp,     OpKind::Tanh, OpKind::Relu, OpKind::Neg,
+                                  OpKind::Sigmoid, OpKind::Gelu, OpKind::Abs,  OpKind::Softplus};
+  const std::vector<OpKind> bin = {OpKind::Add, OpKind::Sub,     OpKind::Mul,
+                                   OpKind::Div, OpKind::Maximum, OpKind::Minimum};
+  for (int trial = 0; trial < 24; ++trial) {
+    const DType dt = trial % 2 ? kF64 : kF32;
+    const Shape sh = trial % 3 == 0 ? Shape{4, 3, 9} : Shape{6, 11};
+    std::vector<Tensor> in;
+    for (int k = 0; k < 3; ++k) {
+      Tensor t;
+      switch (rng() % 3) {
+        case 0:
+          t = randn(sh, {.dtype = dt});
+          break;
+        case 1:
+          t = randn({sh.back()}, {.dtype = dt}).expand(sh);
+          break;
+        default: {
+          t = randn(reversed(sh), {.dtype = dt});
+          t = sh.size() == 3 ? t.permute({2, 1, 0}) : t.t();  // transposed
+          break;
+        }
+      }
+      in.push_back(t);
+    }
+    add(fmt::format("random group {} ({})", trial, dtype_name(dt)),
+        tgtest::random_steps(rng, 3, 8, un, bin, dt), in, trial % 4 == 1);
+  }
+  std::vector<std::string> sources;
+  for (HostCase& c : cases) {
+    std::vector<const TensorImpl*> in;
+    std::vector<DType> dts;
+    for (const Tensor& t : c.inputs) {
+      in.push_back(t.impl());
+      dts.push_back(t.dtype());
+    }
+    int ndim = 0;
+    c.params = fused_params(*c.got.impl(), in.data(), in.size(), ndim);
+    auto src = fused_source(c.steps, dts, c.got.dtype(), ndim);
+    REQUIRE_MESSAGE(src.has_value(), c.what);
+    sources.push_back(*src);
+    cpu_backend().Backend::fused(c.steps, *c.want.impl(), in.data(), in.size());
+  }
+  HostLibrary lib;
+  if (!compile_for_host(sources, lib)) {
+    MESSAGE("the host's C++ compiler (" TG_TEST_CXX ") could not be run: case skipped");
+    return;
+  }
+  for (size_t k = 0; k < cases.size(); ++k) {
+    HostCase& c = cases[k];
+    CAPTURE(c.what);
+    lib.runs[k](c.params.data(), 3, 64);  // 192 threads striding over the elements
+    CHECK(agree(c.got, c.want));
+  }
+}
+
+TEST_CASE("cuda fused sums: the generated kernels, run on the host, give the reference's sums") {
+  // Note [Generated kernels on the host], with a block's threads as the host's threads: random
+  // groups summed over rows of a warp and of a block, one or two reduced dims, over broadcast,
+  // transposed and contiguous inputs, against the reference (the group into a temporary, then
+  // the CPU's reduce: another order of additions, so within rounding).
+  std::mt19937 rng(23);
+  const std::vector<OpKind> un = {OpKind::Exp,     OpKind::Tanh, OpKind::Neg,
+                                  OpKind::Sigmoid, OpKind::Abs,  OpKind::Gelu};
+  const std::vector<OpKind> bin = {OpKind::Add, OpKind::Sub, OpKind::Mul, OpKind::Maximum};
+  const std::vector<Shape> shapes = {{64, 10}, {7, 3, 40}, {3, 3000}, {5, 6, 41}};
+  struct SumCase {
+    std::vector<FusedStep> steps;
+    std::vector<Tensor> inputs;
+    Tensor got, want;
+    std::vector<int64_t> params;
+    int lanes = 0;
+    std::string what;
+  };
+  std::vector<SumCase> cases;
+  std::vector<std::string> sources;
+  for (int trial = 0; trial < 16; ++trial) {
+    const DType dt = trial % 2 ? kF64 : kF32;
+    const Shape& shape = shapes[static_cast<size_t>(trial / 2) % shapes.size()];
+    const int nreduced = shape.size() == 3 && trial % 4 >= 2 ? 2 : 1;
+    SumCase c;
+    std::string dims;
+    for (int64_t d : shape) dims += (dims.empty() ? "" : "x") + std::to_string(d);
+    c.what = fmt::format("trial {}: {} over {} dims ({})", trial, dims, nreduced, dtype_name(dt));
+    for (int k = 0; k < 3; ++k) {
+      Tensor t;
+      Shape lead = shape;
+      lead.back() = 1;
+      switch (rng() % 3) {
+        case 0:
+          t = randn(shape, {.dtype = dt});
+          break;
+        case 1:
+          t = randn(lead, {.dtype = dt}).expand(shape);
+          break;
+        default: {
+          Shape swapped = shape;
+          std::swap(swapped[0], swapped[swapped.size() - 1]);
+          t = randn(swapped, {.dtype = dt}).transpose(0, -1);
+        }
+      }
+      c.inputs.push_back(t);
+    }
+    c.steps = tgtest::random_steps(rng, 3, 6, un, bin, dt);
+    Shape kept(shape.size() - static_cast<size_t>(nreduced));
+    for (size_t d = 0; d < kept.size(); ++d) kept[d] = shape[d];
+    c.got = full(kept, std::nan(""), {.dtype = dt});
+    c.want = empty(kept, {.dtype = dt});
+    std::vector<const TensorImpl*> in;
+    std::vector<DType> dts;
+    for (const Tensor& t : c.inputs) {
+      in.push_back(t.impl());
+      dts.push_back(dt);
+    }
+    int64_t count = c.inputs[0].numel() / c.got.numel();
+    c.lanes = fused_sum_lanes(c.got.numel(), count);
+    REQUIRE_MESSAGE(c.lanes > 0, c.what);
+    int nkept = 0, nred = 0;
+    c.params =
+        fused_sum_params(*c.got.impl(), in.data(), in.size(), nreduced, c.lanes, nkept, nred);
+    auto src = fused_sum_source(c.steps, dts, dt, nkept, nred);
+    REQUIRE_MESSAGE(src.has_value(), c.what);
+    sources.push_back(*src);
+    cpu_backend().Backend::fused_sum(c.steps, *c.want.impl(), in.data(), in.size(), nreduced);
+    cases.push_back(std::move(c));
+  }
+  HostLibrary lib;
+  if (!compile_for_host(sources, lib, true)) {
+    MESSAGE("the host's C++ compiler (" TG_TEST_CXX ") could not be run: case skipped");
+    return;
+  }
+  for (size_t k = 0; k < cases.size(); ++k) {
+    SumCase& c = cases[k];
+    CAPTURE(c.what);
+    CAPTURE(c.lanes);
+    // Two blocks of the launch's 256 threads, striding over the rows.
+    lib.runs[k](c.params.data(), 2, 256);
+    auto stuck =
+        reinterpret_cast<bool (*)()>(dlsym(lib.handle, fmt::format("tg_stuck_{}", k).c_str()));
+    REQUIRE(static_cast<bool>(stuck));
+    CHECK_FALSE(stuck());
+    const double tol = c.want.dtype() == kF32 ? 1e-5 : 1e-12;
+    auto a = c.got.to_vector<double>(), b = c.want.to_vector<double>();
+    bool ok = true;
+    for (size_t i = 0; i < a.size(); ++i)
+      ok &= std::abs(a[i] - b[i]) <= tol * std::max(1.0, std::abs(b[i]));
+    CHECK(ok);
   }
 }

@@ -159,44 +159,6 @@ Strided strided(std::initializer_list<const TensorImpl*> ops) {
   return s;
 }
 
-// A fused group's parameter block (fused_params_words): out and the inputs at out's shape, dims
-// merged where every operand allows, innermost first. ndim is at least 1.
-std::vector<int64_t> fused_params(const TensorImpl& out, const TensorImpl* const* in, size_t nin,
-                                  int& ndim) {
-  const size_t nops = nin + 1;
-  auto op = [&](size_t k) -> const TensorImpl& { return k == 0 ? out : *in[k - 1]; };
-  std::vector<int64_t> sizes;
-  std::vector<std::vector<int64_t>> strides(nops);
-  for (int d = static_cast<int>(out.sizes.size()) - 1; d >= 0; --d) {
-    if (out.sizes[d] == 1) continue;
-    int64_t size = out.sizes[d];
-    bool merge = !sizes.empty();
-    for (size_t k = 0; k < nops && merge; ++k) {
-      int64_t s = op(k).strides[d] * static_cast<int64_t>(element_size(op(k).dtype));
-      merge = s == strides[k].back() * sizes.back();
-    }
-    if (merge) {
-      sizes.back() *= size;
-      continue;
-    }
-    sizes.push_back(size);
-    for (size_t k = 0; k < nops; ++k)
-      strides[k].push_back(op(k).strides[d] * static_cast<int64_t>(element_size(op(k).dtype)));
-  }
-  if (sizes.empty()) {  // one element
-    sizes.push_back(1);
-    for (auto& s : strides) s.push_back(0);
-  }
-  ndim = static_cast<int>(sizes.size());
-  std::vector<int64_t> words;
-  words.reserve(fused_params_words(static_cast<int>(nops), ndim));
-  words.push_back(out.numel);
-  words.insert(words.end(), sizes.begin(), sizes.end());
-  for (auto& s : strides) words.insert(words.end(), s.begin(), s.end());
-  for (size_t k = 0; k < nops; ++k) words.push_back(reinterpret_cast<intptr_t>(op(k).data()));
-  return words;
-}
-
 size_t nbytes_of(const TensorImpl& t) {
   return static_cast<size_t>(t.numel) * element_size(t.dtype);
 }

@@ -30,6 +30,11 @@ inline size_t fused_params_words(int nops, int ndim) {
   return 1 + static_cast<size_t>(ndim) + static_cast<size_t>(nops) * (static_cast<size_t>(ndim) + 1);
 }
 
+// The parameter block of out and the inputs at out's shape, dims merged where every operand
+// allows (innermost first); ndim is set to the merged dims, at least 1.
+std::vector<int64_t> fused_params(const TensorImpl& out, const TensorImpl* const* in, size_t nin,
+                                  int& ndim);
+
 // A fused sum (Note [Generated fused sums], fused_source.cpp): how many lanes share a row of
 // `count` values, given `nout` rows (32: a warp, 256: a block; 0: the reference runs), the
 // kernel's source over inputs merged into nkept kept and nred reduced dims (each at least 1),
