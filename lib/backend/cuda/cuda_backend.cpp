@@ -433,7 +433,7 @@ class CudaBackend final : public Backend {
   void matmul(const TensorImpl& out, const TensorImpl& a, const TensorImpl& b) override {
     enter("matmul");
     const int64_t B = out.sizes[0], m = out.sizes[1], n = out.sizes[2], k = a.sizes[2];
-    if (m == 0 || n == 0) return;
+    if (B == 0 || m == 0 || n == 0) return;
     if (k == 0) return fill(out, Scalar(0));
     TG_CHECK(m <= INT_MAX && n <= INT_MAX && k <= INT_MAX,
              "matmul: {}x{}x{} is too large for one cuBLAS call", m, k, n);
@@ -596,7 +596,7 @@ class CudaBackend final : public Backend {
     // allocations (cudaMalloc) are allowed while recording; what would wait for the device is
     // refused by refuse_while_capturing() before it is tried.
     cublasHandle_t h = blas_;
-    if (h != nullptr) TG_CUBLAS("capture", blas().set_stream(h, capture_stream_));
+    if (h != nullptr) TG_CUBLAS("capture", blas_on(h, capture_stream_));
     bool ok = cudaStreamBeginCapture(capture_stream_, cudaStreamCaptureModeRelaxed) == cudaSuccess;
     if (ok) {
       try {
@@ -609,10 +609,10 @@ class CudaBackend final : public Backend {
     // Ended whatever happened, so that the stream is usable again.
     bool ended = cudaStreamEndCapture(capture_stream_, &graph) == cudaSuccess && graph != nullptr;
     ok = ok && ended;
-    if (h != nullptr) (void)blas().set_stream(h, stream_);
+    if (h != nullptr) (void)blas_on(h, stream_);
     // A product recorded first made the handle inside the recording, on the capture stream.
     if (blas_ != nullptr && h == nullptr) {
-      (void)blas().set_stream(blas_, stream_);
+      (void)blas_on(blas_, stream_);
       ok = false;
     }
     std::vector<std::pair<void*, size_t>> freed;
@@ -675,6 +675,7 @@ class CudaBackend final : public Backend {
   // The stream this thread's work goes to: the capture stream while it records.
   cudaStream_t stream() const { return recording_here() ? capture_stream_ : stream_.load(); }
 
+  static constexpr size_t kBlasWorkspace = size_t{32} << 20;
   static constexpr size_t kPinnedFrom = size_t{1} << 20;   // bytes
   static constexpr size_t kPinnedBytes = size_t{8} << 20;  // the staging buffer
 
@@ -741,13 +742,10 @@ class CudaBackend final : public Backend {
     if (blas_ == nullptr) {
       cublasHandle_t h = nullptr;
       TG_CUBLAS("matmul", blas().create(&h));
-      TG_CUBLAS("matmul", blas().set_stream(h, stream_));
       // A workspace of its own, so that cuBLAS never allocates inside a captured replay (32 MiB:
       // what NVIDIA suggests for Hopper).
-      constexpr size_t kBlasWorkspace = size_t{32} << 20;
-      void* ws = nullptr;
-      TG_CUDA("matmul", cudaMalloc(&ws, kBlasWorkspace));
-      TG_CUBLAS("matmul", blas().set_workspace(h, ws, kBlasWorkspace));
+      if (blas_ws_ == nullptr) TG_CUDA("matmul", cudaMalloc(&blas_ws_, kBlasWorkspace));
+      TG_CUBLAS("matmul", blas_on(h, stream_));
       {
         std::lock_guard<std::mutex> lock(mu_);
         reserved_ += static_cast<int64_t>(kBlasWorkspace);
@@ -755,6 +753,15 @@ class CudaBackend final : public Backend {
       blas_ = h;
     }
     return blas_;
+  }
+
+  // The handle on stream s with this backend's workspace. cublasSetStream puts the handle back
+  // on cuBLAS's own workspace pool, which would allocate inside a recording: ours is set again
+  // after it, every time.
+  cublasStatus_t blas_on(cublasHandle_t h, cudaStream_t s) {
+    cublasStatus_t st = blas().set_stream(h, s);
+    if (st != CUBLAS_STATUS_SUCCESS) return st;
+    return blas().set_workspace(h, blas_ws_, kBlasWorkspace);
   }
 
   void note_alloc(size_t size) {
@@ -812,6 +819,7 @@ class CudaBackend final : public Backend {
   std::mutex init_mu_;
   std::atomic<cudaStream_t> stream_{nullptr};
   cublasHandle_t blas_ = nullptr;
+  void* blas_ws_ = nullptr;  // cuBLAS's workspace (blas_on)
   std::mutex mu_;
   std::unordered_map<size_t, std::vector<void*>> cache_;
   int64_t allocated_ = 0, reserved_ = 0, peak_ = 0;
