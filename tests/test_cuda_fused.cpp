@@ -3,7 +3,6 @@
 // host and run here against the reference. These need NVRTC (and the host's compiler), not a
 // GPU, so they run on a machine with the CUDA toolkit and no GPU; running the kernels on a GPU
 // is in test_cuda.cpp's fused-group case. Built only with the CUDA backend.
-#include <dlfcn.h>
 #include <doctest/doctest.h>
 #include <tapegrad/tapegrad.h>
 
@@ -17,6 +16,7 @@
 #include "backend/backend.h"
 #include "backend/cuda/fused_source.h"
 #include "fused_steps.h"
+#include "host_cuda.h"
 
 using namespace tg;
 using namespace tg::cuda_detail;
@@ -463,110 +463,10 @@ TEST_CASE("cuda fused sums: the generated kernels compile with NVRTC for sm_90")
 
 namespace {
 
-// Note [Generated kernels on the host]
-// An elementwise kernel's source is plain C++ but for a few CUDA names: defined here for the
-// host, it compiles with the host's compiler into a function that runs one thread, and the test
-// runs every thread of a small grid one after another. Each thread's work is independent, so
-// that is the kernel's result. What this checks without a GPU: the expressions' semantics for
-// every dtype (integer wrap-around and division by zero, saturating conversions, NaN through
-// max and relu, ...), the parameter block's layout as fused_params fills it, and the offsets
-// decoded from merged dims. What it cannot: CUDA's own math library (the host's libm stands in,
-// so floats are compared within a few ulps) and anything between threads.
-constexpr const char* kHostShim = R"(#include <math.h>
-#include <string.h>
-#define __device__
-#define __forceinline__ inline
-#define __global__
-#define __launch_bounds__(n)
-struct tg_dim3 { unsigned x; };
-static tg_dim3 gridDim, blockDim, blockIdx, threadIdx;
-static inline double __longlong_as_double(long long v) {
-  double d;
-  memcpy(&d, &v, sizeof d);
-  return d;
-}
-)";
-
-using HostRun = void (*)(const void* params, unsigned grid, unsigned block);
-
-struct HostLibrary {
-  void* handle = nullptr;
-  std::vector<HostRun> runs;
-  ~HostLibrary() {
-    if (handle != nullptr) dlclose(handle);
-  }
-};
-
-// Fused sums share values between threads (__shfl_down_sync within a warp, __syncthreads and
-// __shared__ within a block): each of a block's threads is a thread of the host, a shuffle goes
-// through a warp's slots between two waits of its 32 threads, and __syncthreads waits for the
-// block's. A wait that is not met within 20 s (threads that disagree on the shuffles they
-// make, which would hang a GPU) gives up and marks the run failed instead of hanging the test.
-constexpr const char* kHostThreadsShim = R"(#include <atomic>
-#include <chrono>
-#include <condition_variable>
-#include <mutex>
-#include <thread>
-#include <vector>
-#define __shared__ static
-struct tg_dim3t { unsigned x; };
-static thread_local tg_dim3t tg_thread_index;
-#define threadIdx tg_thread_index
-struct tg_barrier {
-  explicit tg_barrier(unsigned n) : n(n) {}
-  void wait() {
-    if (tg_stuck) return;  // given up: the run is marked failed
-    std::unique_lock<std::mutex> lock(mu);
-    const unsigned long long gen = generation;
-    if (++arrived == n) {
-      arrived = 0;
-      ++generation;
-      cv.notify_all();
-      return;
-    }
-    if (!cv.wait_for(lock, std::chrono::seconds(20), [&] { return generation != gen; }))
-      tg_stuck = true;
-  }
-  unsigned n, arrived = 0;
-  unsigned long long generation = 0;
-  std::mutex mu;
-  std::condition_variable cv;
-  static inline std::atomic<bool> tg_stuck{false};
-};
-static tg_barrier* tg_block_barrier;
-static std::vector<tg_barrier*> tg_warp_barriers;
-static double tg_lane_slots[1024];
-static inline void __syncthreads() { tg_block_barrier->wait(); }
-static inline double __shfl_down_sync(unsigned, double v, int off) {
-  const unsigned t = threadIdx.x, lane = t % 32;
-  tg_barrier& warp = *tg_warp_barriers[t / 32];
-  tg_lane_slots[t] = v;
-  warp.wait();
-  const double r = lane + off < 32 ? tg_lane_slots[t + off] : v;
-  warp.wait();
-  return r;
-}
-)";
-
-// The sources compiled into one shared library, kernel k as tg_run_<k>; false where the host's
-// compiler cannot be run (a GPU machine with the runtime only), which the test then says. With
-// threads (fused sums), each block's threads run as threads of the host; else one by one.
-bool compile_for_host(const std::vector<std::string>& sources, HostLibrary& lib,
-                      bool threads = false) {
-  const std::string cxx = TG_TEST_CXX;
-  if (std::system((cxx + " --version > /dev/null 2>&1").c_str()) != 0) return false;
-  std::random_device rd;
-  const fs::path dir = fs::temp_directory_path() /
-                       ("tg_host_kernels_" + std::to_string(getpid()) + "_" + std::to_string(rd()));
-  fs::create_directories(dir);
-  std::string unit = kHostShim;
-  if (threads) {
-    unit = std::string(kHostShim).replace(
-        unit.find("static tg_dim3 gridDim, blockDim, blockIdx, threadIdx;"),
-        std::string_view("static tg_dim3 gridDim, blockDim, blockIdx, threadIdx;").size(),
-        "static tg_dim3 gridDim, blockDim, blockIdx;");
-    unit += kHostThreadsShim;
-  }
+// The generated kernels, each in a namespace of its own, launched on the host (Note [CUDA code on
+// the host], host_cuda.h) through tg_run_<k>(params, grid, block).
+bool compile_for_host(const std::vector<std::string>& sources, tghost::Library& lib) {
+  std::string unit = tghost::kRuntime;
   for (size_t k = 0; k < sources.size(); ++k) {
     std::string src = sources[k];
     const std::string c_linkage = "extern \"C\" __global__";
@@ -574,58 +474,18 @@ bool compile_for_host(const std::vector<std::string>& sources, HostLibrary& lib,
     REQUIRE(at != std::string::npos);
     src.replace(at, c_linkage.size(), "__global__");
     unit += fmt::format("namespace g{0} {{\n{1}}}\n", k, src);
-    if (!threads) {
-      unit += fmt::format(
-          "extern \"C\" void tg_run_{0}(const void* p, unsigned grid, unsigned block) {{\n"
-          "  gridDim.x = grid; blockDim.x = block;\n"
-          "  for (unsigned b = 0; b < grid; ++b)\n"
-          "    for (unsigned t = 0; t < block; ++t) {{\n"
-          "      blockIdx.x = b; threadIdx.x = t;\n"
-          "      g{0}::{1}(*static_cast<const g{0}::tg_params*>(p));\n"
-          "    }}\n}}\n",
-          k, kFusedKernelName);
-      continue;
-    }
     unit += fmt::format(
-        "extern \"C\" void tg_run_{0}(const void* p, unsigned grid, unsigned block) {{\n"
-        "  gridDim.x = grid; blockDim.x = block;\n"
-        "  for (unsigned b = 0; b < grid; ++b) {{\n"
-        "    blockIdx.x = b;\n"
-        "    tg_barrier whole(block);\n"
-        "    std::vector<tg_barrier*> warps;\n"
-        "    for (unsigned w = 0; w < block / 32; ++w) warps.push_back(new tg_barrier(32));\n"
-        "    tg_block_barrier = &whole;\n"
-        "    tg_warp_barriers = warps;\n"
-        "    std::vector<std::thread> ts;\n"
-        "    for (unsigned t = 0; t < block; ++t)\n"
-        "      ts.emplace_back([p, t] {{\n"
-        "        threadIdx.x = t;\n"
-        "        g{0}::{1}(*static_cast<const g{0}::tg_params*>(p));\n"
-        "      }});\n"
-        "    for (auto& t : ts) t.join();\n"
-        "    for (tg_barrier* w : warps) delete w;\n"
-        "  }}\n}}\n"
-        "extern \"C\" bool tg_stuck_{0}() {{ return tg_barrier::tg_stuck; }}\n",
+        "extern \"C\" __attribute__((visibility(\"default\"))) void tg_run_{0}(const void* p, "
+        "unsigned grid, unsigned block) {{\n"
+        "  tg_host_launch(dim3(grid), dim3(block), [&] {{\n"
+        "    g{0}::{1}(*static_cast<const g{0}::tg_params*>(p));\n"
+        "  }});\n}}\n",
         k, kFusedKernelName);
   }
-  write_all(dir / "kernels.cpp", unit);
-  const std::string cmd = fmt::format(
-      "{} -std=c++17 -O0 -ffp-contract=off -fPIC -shared -pthread -w -o {} {} > {} 2>&1", cxx,
-      (dir / "kernels.so").string(), (dir / "kernels.cpp").string(), (dir / "log").string());
-  const bool built = std::system(cmd.c_str()) == 0;
-  if (!built) MESSAGE("host compile failed: " << read_all(dir / "log").substr(0, 4000));
-  if (built) lib.handle = dlopen((dir / "kernels.so").c_str(), RTLD_NOW | RTLD_LOCAL);
-  std::error_code ec;
-  fs::remove_all(dir, ec);  // the library stays mapped
-  REQUIRE(built);
-  REQUIRE(lib.handle != nullptr);
-  for (size_t k = 0; k < sources.size(); ++k) {
-    auto fn = reinterpret_cast<HostRun>(dlsym(lib.handle, fmt::format("tg_run_{}", k).c_str()));
-    REQUIRE(static_cast<bool>(fn));
-    lib.runs.push_back(fn);
-  }
-  return true;
+  return tghost::build(unit, "-O0 -ffp-contract=off -isystem " TG_TEST_CUDA_INCLUDE, lib);
 }
+
+using HostRun = void (*)(const void* params, unsigned grid, unsigned block);
 
 // Values of dtype dt for shape: normals with zeros, infinities, NaN and large values among them
 // (floats); small integers with zero and the type's extremes (integers); both bools.
@@ -692,7 +552,7 @@ struct HostCase {
 }  // namespace
 
 TEST_CASE("cuda fused: the generated kernels, run on the host, give the reference's values") {
-  // Note [Generated kernels on the host]: one kernel per op and dtype (the op's step last, so
+  // Note [CUDA code on the host] (host_cuda.h): one kernel per op and dtype (the op's step last, so
   // that its value is the one stored), conversions between every pair of dtypes, and random
   // groups over contiguous, broadcast and transposed views of 1 to 3 merged dims.
   std::mt19937 rng(17);
@@ -809,7 +669,7 @@ TEST_CASE("cuda fused: the generated kernels, run on the host, give the referenc
     sources.push_back(*src);
     cpu_backend().Backend::fused(c.steps, *c.want.impl(), in.data(), in.size());
   }
-  HostLibrary lib;
+  tghost::Library lib;
   if (!compile_for_host(sources, lib)) {
     MESSAGE("the host's C++ compiler (" TG_TEST_CXX ") could not be run: case skipped");
     return;
@@ -817,13 +677,15 @@ TEST_CASE("cuda fused: the generated kernels, run on the host, give the referenc
   for (size_t k = 0; k < cases.size(); ++k) {
     HostCase& c = cases[k];
     CAPTURE(c.what);
-    lib.runs[k](c.params.data(), 3, 64);  // 192 threads striding over the elements
+    // 3 blocks of 64 threads, striding over the elements.
+    lib.get<HostRun>(fmt::format("tg_run_{}", k))(c.params.data(), 3, 64);
     CHECK(agree(c.got, c.want));
   }
+  CHECK_FALSE(lib.stuck());
 }
 
 TEST_CASE("cuda fused sums: the generated kernels, run on the host, give the reference's sums") {
-  // Note [Generated kernels on the host], with a block's threads as the host's threads: random
+  // Note [CUDA code on the host] (host_cuda.h), a block's threads as the host's threads: random
   // groups summed over rows of a warp and of a block, one or two reduced dims, over broadcast,
   // transposed and contiguous inputs, against the reference (the group into a temporary, then
   // the CPU's reduce: another order of additions, so within rounding).
@@ -892,8 +754,8 @@ TEST_CASE("cuda fused sums: the generated kernels, run on the host, give the ref
     cpu_backend().Backend::fused_sum(c.steps, *c.want.impl(), in.data(), in.size(), nreduced);
     cases.push_back(std::move(c));
   }
-  HostLibrary lib;
-  if (!compile_for_host(sources, lib, true)) {
+  tghost::Library lib;
+  if (!compile_for_host(sources, lib)) {
     MESSAGE("the host's C++ compiler (" TG_TEST_CXX ") could not be run: case skipped");
     return;
   }
@@ -902,11 +764,8 @@ TEST_CASE("cuda fused sums: the generated kernels, run on the host, give the ref
     CAPTURE(c.what);
     CAPTURE(c.lanes);
     // Two blocks of the launch's 256 threads, striding over the rows.
-    lib.runs[k](c.params.data(), 2, 256);
-    auto stuck =
-        reinterpret_cast<bool (*)()>(dlsym(lib.handle, fmt::format("tg_stuck_{}", k).c_str()));
-    REQUIRE(static_cast<bool>(stuck));
-    CHECK_FALSE(stuck());
+    lib.get<HostRun>(fmt::format("tg_run_{}", k))(c.params.data(), 2, 256);
+    CHECK_FALSE(lib.stuck());
     const double tol = c.want.dtype() == kF32 ? 1e-5 : 1e-12;
     auto a = c.got.to_vector<double>(), b = c.want.to_vector<double>();
     bool ok = true;

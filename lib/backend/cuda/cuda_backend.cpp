@@ -28,6 +28,71 @@
 
 namespace tg {
 namespace cuda_detail {
+
+Strided make_strided(std::initializer_list<const TensorImpl*> ops) {
+  Strided s;
+  s.nops = static_cast<int>(ops.size());
+  const TensorImpl& out = **ops.begin();
+  int k = 0;
+  for (const TensorImpl* t : ops) {
+    s.base[k] = t->data();
+    s.dtype[k] = t->dtype;
+    ++k;
+  }
+  for (; k < kOperands; ++k) {
+    s.base[k] = nullptr;
+    s.dtype[k] = DType::F32;
+  }
+  int nd = static_cast<int>(out.sizes.size());
+  for (int d = nd - 1; d >= 0; --d) {
+    if (out.sizes[d] == 1) continue;
+    s.sizes[s.ndim] = out.sizes[d];
+    k = 0;
+    for (const TensorImpl* t : ops) {
+      s.strides[k][s.ndim] = t->strides[d] * static_cast<int64_t>(element_size(t->dtype));
+      ++k;
+    }
+    for (; k < kOperands; ++k) s.strides[k][s.ndim] = 0;
+    ++s.ndim;
+  }
+  if (s.ndim == 0) {  // one element
+    s.ndim = 1;
+    s.sizes[0] = 1;
+    for (k = 0; k < kOperands; ++k) s.strides[k][0] = 0;
+    return s;
+  }
+  int w = 0;
+  for (int d = 1; d < s.ndim; ++d) {
+    bool merge = true;
+    for (k = 0; k < s.nops; ++k) merge &= s.strides[k][d] == s.strides[k][w] * s.sizes[w];
+    if (merge) {
+      s.sizes[w] *= s.sizes[d];
+    } else {
+      ++w;
+      s.sizes[w] = s.sizes[d];
+      for (k = 0; k < kOperands; ++k) s.strides[k][w] = s.strides[k][d];
+    }
+  }
+  s.ndim = w + 1;
+  return s;
+}
+
+WindowGeom make_window_geom(OpKind kind, const TensorImpl& out, const TensorImpl& x,
+                            const Window2d& w) {
+  const TensorImpl& image = kind == OpKind::Col2im ? out : x;
+  const TensorImpl* cols = kind == OpKind::Im2col ? &out : kind == OpKind::Col2im ? &x : nullptr;
+  WindowGeom g{};
+  g.N = image.sizes[0], g.C = image.sizes[1], g.H = image.sizes[2], g.W = image.sizes[3];
+  g.OH = w.out_h(g.H), g.OW = w.out_w(g.W);
+  g.kh = w.kh, g.kw = w.kw, g.sh = w.sh, g.sw = w.sw, g.ph = w.ph, g.pw = w.pw, g.dh = w.dh,
+  g.dw = w.dw;
+  if (cols != nullptr) {
+    g.col_n_stride = cols->strides[0];
+    g.col_row_stride = cols->strides[1];
+  }
+  return g;
+}
+
 namespace {
 
 // Note [CUDA errors]
@@ -108,55 +173,6 @@ int device_count_or_zero() {
     return 0;
   }
   return n;
-}
-
-// Operands of an elementwise call at out's shape, dims merged (Strided in kernels.h).
-Strided strided(std::initializer_list<const TensorImpl*> ops) {
-  Strided s;
-  s.nops = static_cast<int>(ops.size());
-  const TensorImpl& out = **ops.begin();
-  int k = 0;
-  for (const TensorImpl* t : ops) {
-    s.base[k] = t->data();
-    s.dtype[k] = t->dtype;
-    ++k;
-  }
-  for (; k < kOperands; ++k) {
-    s.base[k] = nullptr;
-    s.dtype[k] = DType::F32;
-  }
-  int nd = static_cast<int>(out.sizes.size());
-  for (int d = nd - 1; d >= 0; --d) {
-    if (out.sizes[d] == 1) continue;
-    s.sizes[s.ndim] = out.sizes[d];
-    k = 0;
-    for (const TensorImpl* t : ops) {
-      s.strides[k][s.ndim] = t->strides[d] * static_cast<int64_t>(element_size(t->dtype));
-      ++k;
-    }
-    for (; k < kOperands; ++k) s.strides[k][s.ndim] = 0;
-    ++s.ndim;
-  }
-  if (s.ndim == 0) {  // one element
-    s.ndim = 1;
-    s.sizes[0] = 1;
-    for (k = 0; k < kOperands; ++k) s.strides[k][0] = 0;
-    return s;
-  }
-  int w = 0;
-  for (int d = 1; d < s.ndim; ++d) {
-    bool merge = true;
-    for (k = 0; k < s.nops; ++k) merge &= s.strides[k][d] == s.strides[k][w] * s.sizes[w];
-    if (merge) {
-      s.sizes[w] *= s.sizes[d];
-    } else {
-      ++w;
-      s.sizes[w] = s.sizes[d];
-      for (k = 0; k < kOperands; ++k) s.strides[k][w] = s.strides[k][d];
-    }
-  }
-  s.ndim = w + 1;
-  return s;
 }
 
 size_t nbytes_of(const TensorImpl& t) {
@@ -280,7 +296,7 @@ class CudaBackend final : public Backend {
 
   void copy(const TensorImpl& dst, const TensorImpl& src) override {
     enter("copy");
-    launch_copy(strided({&dst, &src}), dst.numel, stream());
+    launch_copy(make_strided({&dst, &src}), dst.numel, stream());
     TG_LAUNCHED("copy");
   }
 
@@ -330,7 +346,7 @@ class CudaBackend final : public Backend {
 
   void fill(const TensorImpl& dst, Scalar value) override {
     enter("fill");
-    launch_fill(strided({&dst}), dst.numel, value.to_double(), value.to_int(), stream());
+    launch_fill(make_strided({&dst}), dst.numel, value.to_double(), value.to_int(), stream());
     TG_LAUNCHED("fill");
   }
 
@@ -374,7 +390,7 @@ class CudaBackend final : public Backend {
     auto* f = reinterpret_cast<int64_t*>(flag.data());
     enter(op_name(kind));
     if (index.numel > 0) {
-      launch_check_indices(strided({&index}), index.numel,
+      launch_check_indices(make_strided({&index}), index.numel,
                            target.sizes.empty() ? 1 : target.sizes[dim], f, stream());
       TG_LAUNCHED(op_name(kind));
     }
@@ -386,21 +402,21 @@ class CudaBackend final : public Backend {
   void unary(OpKind kind, const TensorImpl& out, const TensorImpl& x,
              const OpAttrs& attrs) override {
     enter(op_name(kind));
-    launch_unary(kind, attrs, strided({&out, &x}), out.numel, stream());
+    launch_unary(kind, attrs, make_strided({&out, &x}), out.numel, stream());
     TG_LAUNCHED(op_name(kind));
   }
 
   void binary(OpKind kind, const TensorImpl& out, const TensorImpl& a,
               const TensorImpl& b) override {
     enter(op_name(kind));
-    launch_binary(kind, strided({&out, &a, &b}), out.numel, stream());
+    launch_binary(kind, make_strided({&out, &a, &b}), out.numel, stream());
     TG_LAUNCHED(op_name(kind));
   }
 
   void where(const TensorImpl& out, const TensorImpl& cond, const TensorImpl& a,
              const TensorImpl& b) override {
     enter("where");
-    launch_where(strided({&out, &cond, &a, &b}), out.numel, stream());
+    launch_where(make_strided({&out, &cond, &a, &b}), out.numel, stream());
     TG_LAUNCHED("where");
   }
 
@@ -497,17 +513,7 @@ class CudaBackend final : public Backend {
               const TensorImpl* indices) override {
     const std::string_view op = op_name(kind);
     enter(op);
-    const TensorImpl& image = kind == OpKind::Col2im ? out : x;
-    const TensorImpl* cols = kind == OpKind::Im2col ? &out : kind == OpKind::Col2im ? &x : nullptr;
-    WindowGeom g{};
-    g.N = image.sizes[0], g.C = image.sizes[1], g.H = image.sizes[2], g.W = image.sizes[3];
-    g.OH = w.out_h(g.H), g.OW = w.out_w(g.W);
-    g.kh = w.kh, g.kw = w.kw, g.sh = w.sh, g.sw = w.sw, g.ph = w.ph, g.pw = w.pw, g.dh = w.dh,
-    g.dw = w.dw;
-    if (cols != nullptr) {
-      g.col_n_stride = cols->strides[0];
-      g.col_row_stride = cols->strides[1];
-    }
+    const WindowGeom g = make_window_geom(kind, out, x, w);
     launch_window(kind, out.dtype, out.data(), x.data(),
                   indices != nullptr ? reinterpret_cast<int64_t*>(indices->data()) : nullptr, g,
                   stream());
@@ -786,7 +792,7 @@ class CudaBackend final : public Backend {
     } release{this, flag};
     auto* f = static_cast<int64_t*>(flag);
     TG_CUDA(op, cudaMemsetAsync(f, 0, 2 * sizeof(int64_t), stream_));
-    launch_check_indices(strided({&index}), index.numel, size, f, stream_);
+    launch_check_indices(make_strided({&index}), index.numel, size, f, stream_);
     TG_LAUNCHED(op);
     int64_t host[2] = {0, 0};
     TG_CUDA(op, cudaMemcpyAsync(host, f, sizeof host, cudaMemcpyDeviceToHost, stream_));

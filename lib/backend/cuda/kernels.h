@@ -79,3 +79,20 @@ void launch_window(OpKind kind, DType dtype, char* out, const char* x, int64_t* 
                    const WindowGeom& g, cudaStream_t stream);
 
 }  // namespace tg::cuda_detail
+
+#ifndef __CUDACC__
+#include <initializer_list>
+
+namespace tg {
+struct TensorImpl;
+struct Window2d;
+namespace cuda_detail {
+// The operands of an elementwise call, the first its output, as Strided holds them (host code,
+// cuda_backend.cpp).
+Strided make_strided(std::initializer_list<const TensorImpl*> ops);
+// The geometry of backend window(kind, out, x, w).
+WindowGeom make_window_geom(OpKind kind, const TensorImpl& out, const TensorImpl& x,
+                            const Window2d& w);
+}  // namespace cuda_detail
+}  // namespace tg
+#endif

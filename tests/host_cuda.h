@@ -1,0 +1,243 @@
+// CUDA device code run on the host, for machines without a GPU (Note [CUDA code on the host]).
+#pragma once
+
+#include <dlfcn.h>
+#include <doctest/doctest.h>
+#include <unistd.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <string>
+
+// Note [CUDA code on the host]
+// Kernel source (a generated fused kernel, or kernels.cu itself) is C++ but for a few CUDA names.
+// Defined here for the host, it compiles with the host's compiler into a shared library that the
+// test loads and calls. A launch runs the grid's blocks one after another; a block's threads are
+// fibers of the calling thread (ucontext), resumed in turn: a thread runs until it waits (at
+// __syncthreads, or at a shuffle, which goes through its warp's slots between two waits of the
+// warp's 32 threads), and a wait ends when all its threads have arrived. So every interleaving
+// the code allows between waits is one a GPU could run, and a block whose threads disagree on
+// the waits they make (which would hang a GPU) is found at once, in a round in which no thread
+// moves: the library is then marked stuck and the test fails instead of hanging.
+// What this checks: everything the code computes from its indices (geometry, grid-stride loops,
+// the combining trees, where results land), every expression's semantics for every dtype. What
+// it cannot: CUDA's math library (the host's libm stands in, so floats compare within a few
+// ulps), the memory model, timing, and anything of the runtime or cuBLAS.
+namespace tghost {
+
+// Defined before the CUDA headers, which then keep these.
+inline constexpr const char* kRuntime = R"(#define __host__
+#define __device__
+#define __global__
+#define __shared__ static
+#define __launch_bounds__(n)
+#include <cuda_runtime_api.h>
+#include <math.h>
+#include <string.h>
+#include <ucontext.h>
+#include <cstdint>
+#include <vector>
+static dim3 gridDim, blockDim, blockIdx, threadIdx;
+static unsigned tg_tid;  // threadIdx as one number
+static bool tg_stuck = false;
+// A block's threads are fibers of the calling thread, resumed in turn by tg_run_block.
+struct tg_fiber {
+  ucontext_t context;
+  std::vector<char> stack;
+  bool done = false;
+};
+static std::vector<tg_fiber> tg_fibers;
+static ucontext_t tg_scheduler;
+static tg_fiber* tg_current = nullptr;
+static unsigned long long tg_progress = 0;  // arrivals and ends, to tell a stuck block
+static void (*tg_body)(void*) = nullptr;
+static void* tg_body_arg = nullptr;
+static void tg_yield() { swapcontext(&tg_current->context, &tg_scheduler); }
+struct tg_barrier {
+  explicit tg_barrier(unsigned n) : n(n) {}
+  void wait() {
+    ++tg_progress;
+    const unsigned long long gen = generation;
+    if (++arrived == n) {
+      arrived = 0;
+      ++generation;
+      return;
+    }
+    while (generation == gen) tg_yield();
+  }
+  unsigned n, arrived = 0;
+  unsigned long long generation = 0;
+};
+static tg_barrier* tg_block_barrier;
+static std::vector<tg_barrier>* tg_warp_barriers;
+static unsigned long long tg_lane_slots[1024];
+static inline void __syncthreads() { tg_block_barrier->wait(); }
+template <class T>
+static T tg_exchange(T v, unsigned from_lane, bool inside) {
+  const unsigned t = tg_tid;
+  tg_barrier& warp = (*tg_warp_barriers)[t / 32];
+  unsigned long long bits = 0;
+  memcpy(&bits, &v, sizeof v);
+  tg_lane_slots[t] = bits;
+  warp.wait();
+  T r = v;
+  if (inside) memcpy(&r, &tg_lane_slots[tg_tid / 32 * 32 + from_lane], sizeof r);
+  warp.wait();
+  return r;
+}
+template <class T>
+static T __shfl_down_sync(unsigned, T v, int off) {
+  const unsigned lane = tg_tid % 32;
+  return tg_exchange(v, lane + off, lane + off < 32);
+}
+template <class T>
+static T __shfl_sync(unsigned, T v, int src) {
+  return tg_exchange(v, static_cast<unsigned>(src), true);
+}
+static inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) {
+  const unsigned long long old = *p;
+  *p = old + v;
+  return old;
+}
+static inline unsigned atomicAdd(unsigned* p, unsigned v) {
+  const unsigned old = *p;
+  *p = old + v;
+  return old;
+}
+static inline unsigned long long __umul64hi(unsigned long long a, unsigned long long b) {
+  return static_cast<unsigned long long>((static_cast<unsigned __int128>(a) * b) >> 64);
+}
+static inline double __longlong_as_double(long long v) {
+  double d;
+  memcpy(&d, &v, sizeof d);
+  return d;
+}
+static inline float4 make_float4(float x, float y, float z, float w) {
+  float4 r;
+  r.x = x, r.y = y, r.z = z, r.w = w;
+  return r;
+}
+static void tg_fiber_main() {
+  tg_body(tg_body_arg);
+  tg_current->done = true;
+  ++tg_progress;
+  swapcontext(&tg_current->context, &tg_scheduler);  // never resumed
+}
+// One block: every thread from the start, in turn, until all are done; a round in which none
+// arrives anywhere nor ends is a block stuck (on a GPU: hung), which marks the library stuck.
+static void tg_run_block(unsigned n) {
+  if (tg_fibers.size() < n) tg_fibers.resize(n);
+  for (unsigned t = 0; t < n; ++t) {
+    tg_fiber& f = tg_fibers[t];
+    f.stack.resize(256 * 1024);
+    f.done = false;
+    getcontext(&f.context);
+    f.context.uc_stack.ss_sp = f.stack.data();
+    f.context.uc_stack.ss_size = f.stack.size();
+    f.context.uc_link = nullptr;
+    makecontext(&f.context, tg_fiber_main, 0);
+  }
+  for (;;) {
+    bool live = false;
+    const unsigned long long before = tg_progress;
+    for (unsigned t = 0; t < n; ++t) {
+      tg_fiber& f = tg_fibers[t];
+      if (f.done) continue;
+      live = true;
+      tg_current = &f;
+      tg_tid = t;
+      threadIdx = dim3(t % blockDim.x, t / blockDim.x % blockDim.y, t / (blockDim.x * blockDim.y));
+      swapcontext(&tg_scheduler, &f.context);
+    }
+    if (!live) return;
+    if (tg_progress == before) {
+      tg_stuck = true;
+      return;
+    }
+  }
+}
+template <class F>
+static void tg_host_launch(dim3 grid, dim3 block, F f) {
+  if (tg_stuck) return;
+  gridDim = grid;
+  blockDim = block;
+  const unsigned n = block.x * block.y * block.z;
+  tg_barrier whole(n);
+  std::vector<tg_barrier> warps((n + 31) / 32, tg_barrier(32));
+  tg_block_barrier = &whole;
+  tg_warp_barriers = &warps;
+  tg_body = [](void* arg) { (*static_cast<F*>(arg))(); };
+  tg_body_arg = &f;
+  for (unsigned z = 0; z < grid.z; ++z)
+    for (unsigned y = 0; y < grid.y; ++y)
+      for (unsigned x = 0; x < grid.x && !tg_stuck; ++x) {
+        blockIdx = dim3(x, y, z);
+        tg_run_block(n);
+      }
+}
+extern "C" __attribute__((visibility("default"))) bool tg_host_stuck() { return tg_stuck; }
+)";
+
+// A library built from one translation unit: lookup by name; unloaded at the end.
+struct Library {
+  void* handle = nullptr;
+  ~Library() {
+    if (handle != nullptr) dlclose(handle);
+  }
+  template <class Fn>
+  Fn get(const std::string& name) const {
+    void* p = dlsym(handle, name.c_str());
+    REQUIRE_MESSAGE(p != nullptr, name);
+    return reinterpret_cast<Fn>(p);
+  }
+  // Whether a wait was given up (see the Note): the test has failed then.
+  bool stuck() const { return get<bool (*)()>("tg_host_stuck")(); }
+};
+
+inline std::string read_file(const std::filesystem::path& p) {
+  std::ifstream f(p, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(f), {});
+}
+
+// `unit` compiled with the host's compiler (TG_TEST_CXX) and `flags`, and loaded; false where
+// that compiler cannot be run (a GPU machine with the runtime only): the caller says so and
+// skips. A compile error fails the test, with the compiler's first lines. The library is kept
+// in the temporary directory under a hash of what made it, so that the test processes ctest
+// starts build it once; written under another name and renamed into place.
+inline bool build(const std::string& unit, const std::string& flags, Library& lib) {
+  const std::string cxx = TG_TEST_CXX;
+  if (std::system((cxx + " --version > /dev/null 2>&1").c_str()) != 0) return false;
+  namespace fs = std::filesystem;
+  uint64_t hash = 1469598103934665603ULL;  // FNV-1a
+  for (const std::string* part : {&unit, &flags, &cxx})
+    for (unsigned char c : *part) hash = (hash ^ c) * 1099511628211ULL;
+  const fs::path kept =
+      fs::temp_directory_path() / ("tg_host_cuda_" + std::to_string(hash) + ".so");
+  if (!fs::exists(kept)) {
+    std::random_device rd;
+    const fs::path dir = fs::temp_directory_path() /
+                         ("tg_host_cuda_" + std::to_string(getpid()) + "_" + std::to_string(rd()));
+    fs::create_directories(dir);
+    {
+      std::ofstream f(dir / "unit.cpp", std::ios::binary);
+      f << unit;
+    }
+    const std::string cmd = cxx + " -std=c++20 -fPIC -shared -w -fvisibility=hidden " + flags +
+                            " -o " + (dir / "unit.so").string() + " " +
+                            (dir / "unit.cpp").string() + " > " + (dir / "log").string() + " 2>&1";
+    const bool built = std::system(cmd.c_str()) == 0;
+    if (!built) MESSAGE("host compile failed: " << read_file(dir / "log").substr(0, 4000));
+    std::error_code ec;
+    if (built) fs::rename(dir / "unit.so", kept, ec);
+    fs::remove_all(dir, ec);
+    REQUIRE(built);
+  }
+  lib.handle = dlopen(kept.c_str(), RTLD_NOW | RTLD_LOCAL);
+  REQUIRE_MESSAGE(lib.handle != nullptr, dlerror());
+  return true;
+}
+
+}  // namespace tghost

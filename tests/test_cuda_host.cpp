@@ -1,0 +1,489 @@
+// The eager CUDA kernels (lib/backend/cuda/kernels.cu) compiled for the host and run here, on
+// CPU tensors, against the CPU backend (Note [CUDA code on the host], host_cuda.h): the real
+// kernels' code with their launch configurations, each block's threads as host threads. The
+// source is read as it is; each launch `k<<<grid, block, shared, stream>>>(args)` becomes a call
+// of the host's launcher, and CUB's radix sort a stable sort. Built only with the CUDA backend;
+// a machine without the host's compiler (a GPU machine with the runtime only) skips, saying so.
+#include <doctest/doctest.h>
+#include <tapegrad/tapegrad.h>
+
+#include <cctype>
+#include <cmath>
+#include <cstring>
+#include <random>
+
+#include "backend/backend.h"
+#include "backend/cuda/kernels.h"
+#include "backend/cuda/softmax_rows.h"
+#include "host_cuda.h"
+
+using namespace tg;
+using namespace tg::cuda_detail;
+
+namespace {
+
+// CUB's DeviceRadixSort::SortPairs as kernels.cu calls it: a stable sort of the pairs by the
+// keys' bits [begin_bit, end_bit).
+constexpr const char* kCubShim = R"(#include <algorithm>
+#include <numeric>
+namespace cub {
+struct DeviceRadixSort {
+  template <class K, class V, class N>
+  static cudaError_t SortPairs(void* temp, size_t& bytes, const K* keys_in, K* keys_out,
+                               const V* values_in, V* values_out, N n, int begin_bit, int end_bit,
+                               cudaStream_t = nullptr) {
+    if (temp == nullptr) {
+      bytes = 256;
+      return cudaSuccess;
+    }
+    const unsigned long long mask =
+        (end_bit >= 64 ? ~0ULL : ((1ULL << end_bit) - 1)) & ~((1ULL << begin_bit) - 1);
+    std::vector<long long> order(static_cast<size_t>(n));
+    std::iota(order.begin(), order.end(), 0LL);
+    std::stable_sort(order.begin(), order.end(), [&](long long a, long long b) {
+      return (keys_in[a] & mask) < (keys_in[b] & mask);
+    });
+    for (size_t i = 0; i < order.size(); ++i) {
+      keys_out[i] = keys_in[order[i]];
+      values_out[i] = values_in[order[i]];
+    }
+    return cudaSuccess;
+  }
+};
+}  // namespace cub
+)";
+
+// The launch functions of kernels.h, by name.
+constexpr const char* kEntries[] = {"launch_copy",         "launch_fill",
+                                    "launch_unary",        "launch_binary",
+                                    "launch_where",        "launch_iota",
+                                    "launch_random",       "launch_words",
+                                    "launch_reduce",       "reduce_workspace_bytes",
+                                    "launch_softmax_rows", "launch_check_indices",
+                                    "launch_index",        "index_workspace_bytes",
+                                    "launch_window"};
+
+// `k<<<a, b, c, d>>>(args)` → `tg_host_launch(a, b, [&] { k(args); })`.
+std::string host_launches(std::string src) {
+  for (size_t at = src.find("<<<"); at != std::string::npos; at = src.find("<<<")) {
+    size_t start = at;  // the kernel's name, template arguments included
+    int depth = 0;
+    while (start > 0) {
+      const char c = src[start - 1];
+      if (c == '>') {
+        ++depth;
+      } else if (c == '<') {
+        if (depth == 0) break;
+        --depth;
+      } else if (depth == 0 &&
+                 !(std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == ':')) {
+        break;
+      }
+      --start;
+    }
+    const size_t close = src.find(">>>", at);
+    REQUIRE(close != std::string::npos);
+    std::vector<std::string> config(1);
+    int parens = 0;
+    for (size_t i = at + 3; i < close; ++i) {
+      const char c = src[i];
+      parens += c == '(' ? 1 : c == ')' ? -1 : 0;
+      if (c == ',' && parens == 0)
+        config.emplace_back();
+      else
+        config.back() += c;
+    }
+    REQUIRE(config.size() == 4);
+    size_t open = close + 3;
+    REQUIRE(src[open] == '(');
+    size_t end = open;
+    for (int d = 0; end < src.size(); ++end) {
+      if (src[end] == '(') ++d;
+      if (src[end] == ')' && --d == 0) break;
+    }
+    const std::string kernel = src.substr(start, at - start);
+    const std::string args = src.substr(open + 1, end - open - 1);
+    src.replace(start, end + 1 - start,
+                "tg_host_launch(dim3(" + config[0] + "), dim3(" + config[1] + "), [&] { " + kernel +
+                    "(" + args + "); })");
+  }
+  return src;
+}
+
+// kernels.cu for the host, with an entry that hands out its launch functions by name.
+std::string kernels_unit() {
+  std::string src = tghost::read_file(TG_TEST_SOURCE_DIR "/lib/backend/cuda/kernels.cu");
+  REQUIRE(!src.empty());
+  for (const char* line :
+       {"#include <cuda_runtime.h>", "#include <cub/device/device_radix_sort.cuh>"}) {
+    size_t at = src.find(line);
+    REQUIRE(at != std::string::npos);
+    src.erase(at, std::strlen(line));
+  }
+  std::string unit = std::string(tghost::kRuntime) + kCubShim + host_launches(src);
+  unit +=
+      "extern \"C\" __attribute__((visibility(\"default\"))) void* tg_host_entry(const char* n) {\n"
+      "  using namespace tg::cuda_detail;\n";
+  for (const char* e : kEntries)
+    unit += fmt::format("  if (strcmp(n, \"{0}\") == 0) return (void*)&{0};\n", e);
+  unit += "  return nullptr;\n}\n";
+  return unit;
+}
+
+struct Kernels {
+  tghost::Library lib;
+  bool built = false;
+  template <class Fn>
+  Fn get(const char* name) const {
+    auto entry = lib.get<void* (*)(const char*)>("tg_host_entry");
+    void* p = entry(name);
+    REQUIRE_MESSAGE(p != nullptr, name);
+    return reinterpret_cast<Fn>(p);
+  }
+};
+
+// Built once for the test run; nullptr where the host's compiler cannot be run.
+const Kernels* host_kernels() {
+  static Kernels* k = [] {
+    auto* r = new Kernels;
+    r->built = tghost::build(kernels_unit(),
+                             "-O1 -I" TG_TEST_SOURCE_DIR "/lib -I" TG_TEST_SOURCE_DIR
+                             "/include -isystem " TG_TEST_CUDA_INCLUDE,
+                             r->lib);
+    return r;
+  }();
+  if (!k->built) {
+    MESSAGE("the host's C++ compiler (" TG_TEST_CXX ") could not be run: case skipped");
+    return nullptr;
+  }
+  return k;
+}
+
+// Within a few ulps for floats (the host's libm against the CPU backend's vector kernels), NaN
+// where NaN; exactly otherwise.
+bool agree(const Tensor& got, const Tensor& want, double tol = -1) {
+  if (got.shape() != want.shape() || got.dtype() != want.dtype()) return false;
+  const bool fp = want.dtype() == kF32 || want.dtype() == kF64;
+  if (!fp) return got.to(kI64).to_vector<int64_t>() == want.to(kI64).to_vector<int64_t>();
+  if (tol < 0) tol = want.dtype() == kF32 ? 4e-6 : 1e-13;
+  auto a = got.to_vector<double>(), b = want.to_vector<double>();
+  for (size_t i = 0; i < a.size(); ++i) {
+    if ((std::isnan(a[i]) && std::isnan(b[i])) || a[i] == b[i]) continue;
+    if (!(std::abs(a[i] - b[i]) <= tol * std::max(1.0, std::abs(b[i])))) {
+      MESSAGE("element " << i << ": " << a[i] << " against " << b[i]);
+      return false;
+    }
+  }
+  return true;
+}
+
+const TensorImpl& I(const Tensor& t) { return *t.impl(); }
+char* D(const Tensor& t) { return t.impl()->data(); }
+
+}  // namespace
+
+TEST_CASE("cuda on the host: elementwise kernels give the CPU's values") {
+  const Kernels* k = host_kernels();
+  if (k == nullptr) return;
+  auto unary = k->get<decltype(&launch_unary)>("launch_unary");
+  auto binary = k->get<decltype(&launch_binary)>("launch_binary");
+  auto where = k->get<decltype(&launch_where)>("launch_where");
+  auto copy = k->get<decltype(&launch_copy)>("launch_copy");
+  auto fill = k->get<decltype(&launch_fill)>("launch_fill");
+  auto iota = k->get<decltype(&launch_iota)>("launch_iota");
+  Backend& cpu = cpu_backend();
+  manual_seed(5);
+  for (DType dt : {kF32, kF64}) {
+    CAPTURE(dtype_name(dt));
+    // Contiguous (f32: the four-at-a-time path, with a tail), transposed, broadcast.
+    Tensor x = randn({37, 29}, {.dtype = dt}) * 2;
+    Tensor xt = randn({29, 37}, {.dtype = dt}).t();
+    Tensor row = randn({29}, {.dtype = dt}).expand({37, 29});
+    Tensor one = randn({}, {.dtype = dt}).expand({37, 29});
+    for (OpKind op : {OpKind::Exp, OpKind::Tanh, OpKind::Neg, OpKind::Sigmoid, OpKind::Gelu,
+                      OpKind::Abs, OpKind::Relu, OpKind::Sqrt}) {
+      CAPTURE(op_name(op));
+      for (const Tensor& in : {x, xt}) {
+        Tensor got = empty({37, 29}, {.dtype = dt}), want = empty({37, 29}, {.dtype = dt});
+        unary(op, {}, make_strided({&I(got), &I(in)}), got.numel(), nullptr);
+        cpu.unary(op, I(want), I(in), {});
+        CHECK(agree(got, want));
+      }
+    }
+    for (OpKind op : {OpKind::Add, OpKind::Sub, OpKind::Mul, OpKind::Div, OpKind::Maximum}) {
+      CAPTURE(op_name(op));
+      for (const Tensor& b : {row, one, xt}) {
+        Tensor got = empty({37, 29}, {.dtype = dt}), want = empty({37, 29}, {.dtype = dt});
+        binary(op, make_strided({&I(got), &I(x), &I(b)}), got.numel(), nullptr);
+        cpu.binary(op, I(want), I(x), I(b));
+        CHECK(agree(got, want));
+      }
+    }
+    Tensor got = empty({37, 29}, {.dtype = kBool}), want = empty({37, 29}, {.dtype = kBool});
+    binary(OpKind::Lt, make_strided({&I(got), &I(x), &I(row)}), got.numel(), nullptr);
+    cpu.binary(OpKind::Lt, I(want), I(x), I(row));
+    CHECK(agree(got, want));
+    Tensor w = empty({37, 29}, {.dtype = dt}), ww = empty({37, 29}, {.dtype = dt});
+    where(make_strided({&I(w), &I(got), &I(x), &I(xt)}), w.numel(), nullptr);
+    cpu.where(I(ww), I(want), I(x), I(xt));
+    CHECK(agree(w, ww));
+    // Conversions: saturating to integers, NaN to 0.
+    Tensor big = x * 1e10;
+    for (DType to : {kI32, kI64, kBool, kF32, kF64}) {
+      Tensor c = empty({37, 29}, {.dtype = to}), cw = empty({37, 29}, {.dtype = to});
+      copy(make_strided({&I(c), &I(big)}), c.numel(), nullptr);
+      cpu.copy(I(cw), I(big));
+      CHECK(agree(c, cw));
+    }
+    Tensor f = empty({29, 37}, {.dtype = dt}).t(), fw = empty({37, 29}, {.dtype = dt});
+    fill(make_strided({&I(f)}), f.numel(), -2.5, -2, nullptr);
+    cpu.fill(I(fw), Scalar(-2.5));
+    CHECK(agree(f, fw));
+    Tensor r = empty({1000}, {.dtype = dt}), rw = empty({1000}, {.dtype = dt});
+    iota(D(r), dt, 1000, -3.0, 0.25, nullptr);
+    cpu.iota(I(rw), -3.0, 0.25);
+    CHECK(agree(r, rw));
+  }
+  CHECK_FALSE(k->lib.stuck());
+}
+
+TEST_CASE("cuda on the host: random draws are the CPU's numbers, bit for bit") {
+  const Kernels* k = host_kernels();
+  if (k == nullptr) return;
+  auto random = k->get<decltype(&launch_random)>("launch_random");
+  auto words = k->get<decltype(&launch_words)>("launch_words");
+  Backend& cpu = cpu_backend();
+  for (DType dt : {kF32, kF64, kI64}) {
+    for (int kind = 0; kind < 3; ++kind) {
+      if ((dt == kI64) != (kind == 2)) continue;
+      CAPTURE(dtype_name(dt));
+      CAPTURE(kind);
+      const RandomKind rk = kind == 0   ? RandomKind::Uniform
+                            : kind == 1 ? RandomKind::Normal
+                                        : RandomKind::Int;
+      const double a = kind == 2 ? -5 : 0.5, b = kind == 2 ? 1000 : 2.0;
+      for (int64_t n : {1, 7, 1001}) {
+        Tensor got = empty({n}, {.dtype = dt}), want = empty({n}, {.dtype = dt});
+        random(kind, D(got), dt, n, 42, 977, nullptr, a, b, nullptr);
+        cpu.random(rk, I(want), 42, 977, a, b);
+        CHECK(agree(got, want, 0));
+        // The same draw with its seed and offset read from a slot (a captured replay's).
+        Tensor slot = zeros({2}, {.dtype = kI64});
+        const int64_t w[2] = {42, 977};
+        words(reinterpret_cast<int64_t*>(D(slot)), w, 2, nullptr);
+        CHECK(slot.to_vector<int64_t>() == std::vector<int64_t>{42, 977});
+        Tensor from = empty({n}, {.dtype = dt});
+        random(kind, D(from), dt, n, 0, 0, reinterpret_cast<const int64_t*>(D(slot)), a, b,
+               nullptr);
+        CHECK(agree(from, want, 0));
+      }
+    }
+  }
+  // More words than one launch carries.
+  std::vector<int64_t> many(70);
+  for (size_t i = 0; i < many.size(); ++i) many[i] = static_cast<int64_t>(i * i) - 50;
+  Tensor dst = zeros({70}, {.dtype = kI64});
+  words(reinterpret_cast<int64_t*>(D(dst)), many.data(), 70, nullptr);
+  CHECK(dst.to_vector<int64_t>() == many);
+  CHECK_FALSE(k->lib.stuck());
+}
+
+TEST_CASE("cuda on the host: reductions on every kernel's shapes give the CPU's values") {
+  const Kernels* k = host_kernels();
+  if (k == nullptr) return;
+  auto reduce = k->get<decltype(&launch_reduce)>("launch_reduce");
+  auto workspace = k->get<decltype(&reduce_workspace_bytes)>("reduce_workspace_bytes");
+  Backend& cpu = cpu_backend();
+  manual_seed(9);
+  struct Case {
+    Shape shape;
+    int nreduced;
+    bool transposed;
+  };
+  // Warps (short rows), Block (long rows), Columns (a bias's gradient; in one part and in four),
+  // Pieces (few, very long rows), over contiguous and transposed inputs.
+  const Case cases[] = {{{40, 10}, 1, false},  {{3, 3000}, 1, false},  {{100, 40}, 1, true},
+                        {{64, 1024}, 1, true}, {{2, 65600}, 1, false}, {{6, 5, 7}, 2, false},
+                        {{1, 1}, 1, false},    {{40, 9, 3}, 2, true}};
+  // Every op in f32; the others' accumulators and index states with a few.
+  auto tested = [](DType dt, OpKind op) {
+    if (dt == kF32) return true;
+    if (dt == kF64) return op == OpKind::Sum || op == OpKind::Argmax;
+    if (dt == kI64) return op == OpKind::Sum || op == OpKind::Amin || op == OpKind::Argmax;
+    return op == OpKind::Sum;
+  };
+  for (const Case& c : cases) {
+    for (DType dt : {kF32, kF64, kI64, kBool}) {
+      Tensor x = dt == kBool  ? randint(0, 2, c.shape).to(kBool)
+                 : dt == kI64 ? randint(-50, 50, c.shape)
+                              : randn(c.shape, {.dtype = dt});
+      if (c.transposed) {
+        Shape flipped = c.shape;
+        std::swap(flipped[0], flipped[flipped.size() - 1]);
+        Tensor base = dt == kBool  ? randint(0, 2, flipped).to(kBool)
+                      : dt == kI64 ? randint(-50, 50, flipped)
+                                   : randn(flipped, {.dtype = dt});
+        x = base.transpose(0, -1);
+      }
+      Shape kept;
+      for (size_t d = 0; d + static_cast<size_t>(c.nreduced) < c.shape.size(); ++d)
+        kept.push_back(c.shape[d]);
+      for (OpKind op : {OpKind::Sum, OpKind::Amax, OpKind::Amin, OpKind::Argmax, OpKind::Argmin,
+                        OpKind::Prod}) {
+        if (!tested(dt, op) || (op == OpKind::Prod && c.shape.back() > 50)) continue;
+        CAPTURE(op_name(op));
+        CAPTURE(dtype_name(dt));
+        CAPTURE(c.shape[0]);
+        const bool arg = op == OpKind::Argmax || op == OpKind::Argmin;
+        const DType out_dt = arg || dt == kBool ? kI64 : dt;
+        // A sum of bools counts: read as i64, as the op does.
+        Tensor xin = dt == kBool ? x.to(kI64) : x;
+        Tensor got = empty(kept, {.dtype = out_dt}), want = empty(kept, {.dtype = out_dt});
+        ReduceGeom g = make_reduce_geom(I(got), I(xin), c.nreduced);
+        std::vector<char> ws(workspace(g) + 1);
+        reduce(op, xin.dtype(), D(xin), D(got), g, ws.data(), nullptr);
+        cpu.reduce(op, I(want), I(xin), c.nreduced);
+        CHECK(agree(got, want, dt == kF32 ? 1e-5 : 1e-12));
+      }
+    }
+  }
+  CHECK_FALSE(k->lib.stuck());
+}
+
+TEST_CASE("cuda on the host: softmax rows give the CPU's composite") {
+  const Kernels* k = host_kernels();
+  if (k == nullptr) return;
+  auto rows = k->get<decltype(&launch_softmax_rows)>("launch_softmax_rows");
+  Backend& cpu = cpu_backend();
+  manual_seed(10);
+  for (DType dt : {kF32, kF64}) {
+    for (const Shape& shape : {Shape{70, 10}, Shape{3, 3000}, Shape{4, 6, 33}}) {
+      Tensor x = randn(shape, {.dtype = dt}) * 4;
+      x.select(0, 1).fill_(-std::numeric_limits<double>::infinity());
+      for (OpKind op : {OpKind::Softmax, OpKind::LogSoftmax, OpKind::Logsumexp}) {
+        CAPTURE(op_name(op));
+        CAPTURE(dtype_name(dt));
+        CAPTURE(shape[1]);
+        Shape kept = shape;
+        kept.erase(kept.begin() + static_cast<int64_t>(kept.size()) - 1);
+        Tensor got = op == OpKind::Logsumexp ? empty(kept, {.dtype = dt}) : empty_like(x);
+        ReduceGeom g;
+        REQUIRE(make_softmax_geom(op, I(got), I(x), 1, g));
+        rows(op, dt, D(x), D(got), g, nullptr);
+        Tensor want = op == OpKind::Softmax      ? softmax(x, -1)
+                      : op == OpKind::LogSoftmax ? log_softmax(x, -1)
+                                                 : logsumexp(x, {-1});
+        CHECK(agree(got, want, dt == kF32 ? 2e-5 : 1e-12));
+      }
+    }
+  }
+  (void)cpu;
+  CHECK_FALSE(k->lib.stuck());
+}
+
+TEST_CASE("cuda on the host: gather, index_select and scatter_add give the CPU's values") {
+  const Kernels* k = host_kernels();
+  if (k == nullptr) return;
+  auto index = k->get<decltype(&launch_index)>("launch_index");
+  auto workspace = k->get<decltype(&index_workspace_bytes)>("index_workspace_bytes");
+  auto check = k->get<decltype(&launch_check_indices)>("launch_check_indices");
+  Backend& cpu = cpu_backend();
+  manual_seed(12);
+  for (DType dt : {kF32, kF64, kI64, kI32}) {
+    CAPTURE(dtype_name(dt));
+    Tensor x =
+        dt == kI64 || dt == kI32 ? randint(-9, 9, {40, 7}).to(dt) : randn({40, 7}, {.dtype = dt});
+    Tensor idx = randint(-7, 7, {40, 5});  // gather along dim 1 (negative: from the end)
+    Tensor rows = randint(0, 40, {300});   // index_select / scatter rows, repeated
+    auto run = [&](OpKind op, const Tensor& out, const Tensor& src, int dim, const Tensor& ix,
+                   const int64_t* skip) {
+      const TensorImpl& space = op == OpKind::ScatterAdd ? I(src) : I(out);
+      IndexGeom g = make_index_geom(op, I(out), I(src), dim, I(ix));
+      std::vector<char> ws(workspace(op, dt, g, space.numel) + 256);
+      void* w = ws.data() + (256 - reinterpret_cast<uintptr_t>(ws.data()) % 256) % 256;
+      CHECK(index(op, dt, D(out), D(src), reinterpret_cast<const int64_t*>(D(ix)), g, space.numel,
+                  w, ws.size() - 256, skip, nullptr) == cudaSuccess);
+    };
+    Tensor got = empty({40, 5}, {.dtype = dt}), want = empty({40, 5}, {.dtype = dt});
+    run(OpKind::Gather, got, x, 1, idx, nullptr);
+    cpu.index(OpKind::Gather, I(want), I(x), 1, I(idx));
+    CHECK(agree(got, want, 0));
+    Tensor sel = empty({300, 7}, {.dtype = dt}), selw = empty({300, 7}, {.dtype = dt});
+    run(OpKind::IndexSelect, sel, x, 0, rows, nullptr);
+    cpu.index(OpKind::IndexSelect, I(selw), I(x), 0, I(rows));
+    CHECK(agree(sel, selw, 0));
+    // scatter_add of 300 rows into 40 (floats: sorted, no atomics; integers: atomics), onto a
+    // base, into a transposed output.
+    Tensor src =
+        dt == kI64 || dt == kI32 ? randint(-9, 9, {300, 7}).to(dt) : randn({300, 7}, {.dtype = dt});
+    Tensor ix2 = rows.unsqueeze(1).expand({300, 7}).contiguous();
+    Tensor acc = x.t().contiguous().t(), accw = x.clone();
+    run(OpKind::ScatterAdd, acc, src, 0, ix2, nullptr);
+    cpu.index(OpKind::ScatterAdd, I(accw), I(src), 0, I(ix2));
+    CHECK(agree(acc, accw, dt == kF32 ? 1e-5 : 1e-12));
+    // Checked on the device: a bad index sets the flag, and with it as `skip` nothing is written.
+    Tensor bad = idx.clone();
+    bad.select(0, 3).select(0, 2).fill_(7);
+    Tensor flag = zeros({2}, {.dtype = kI64});
+    check(make_strided({&I(bad)}), bad.numel(), 7, reinterpret_cast<int64_t*>(D(flag)), nullptr);
+    CHECK(flag.to_vector<int64_t>() == std::vector<int64_t>{1, 7});
+    Tensor untouched = zeros({40, 5}, {.dtype = dt});
+    run(OpKind::Gather, untouched, x, 1, bad, reinterpret_cast<const int64_t*>(D(flag)));
+    CHECK(agree(untouched, zeros({40, 5}, {.dtype = dt}), 0));
+    Tensor base = x.clone();
+    Tensor bad_rows = ix2.clone();
+    bad_rows.select(0, 299).select(0, 6).fill_(40);
+    Tensor flag2 = zeros({2}, {.dtype = kI64});
+    check(make_strided({&I(bad_rows)}), bad_rows.numel(), 40, reinterpret_cast<int64_t*>(D(flag2)),
+          nullptr);
+    CHECK(flag2.to_vector<int64_t>() == std::vector<int64_t>{1, 40});
+    run(OpKind::ScatterAdd, base, src, 0, bad_rows, reinterpret_cast<const int64_t*>(D(flag2)));
+    CHECK(agree(base, x, 0));
+    // Good indices leave the flag as it was.
+    Tensor clean = zeros({2}, {.dtype = kI64});
+    check(make_strided({&I(idx)}), idx.numel(), 7, reinterpret_cast<int64_t*>(D(clean)), nullptr);
+    CHECK(clean.to_vector<int64_t>() == std::vector<int64_t>{0, 0});
+  }
+  CHECK_FALSE(k->lib.stuck());
+}
+
+TEST_CASE("cuda on the host: im2col, col2im and pooling give the CPU's values") {
+  const Kernels* k = host_kernels();
+  if (k == nullptr) return;
+  auto window = k->get<decltype(&launch_window)>("launch_window");
+  Backend& cpu = cpu_backend();
+  manual_seed(13);
+  for (DType dt : {kF32, kF64}) {
+    CAPTURE(dtype_name(dt));
+    Tensor x = randn({2, 3, 9, 8}, {.dtype = dt});
+    Window2d w{3, 2, 2, 1, 1, 0, 2, 1};  // kh kw sh sw ph pw dh dw
+    const int64_t OH = w.out_h(9), OW = w.out_w(8), K = 3 * w.kh * w.kw;
+    Tensor cols = empty({2, K, OH * OW}, {.dtype = dt}),
+           colsw = empty({2, K, OH * OW}, {.dtype = dt});
+    window(OpKind::Im2col, dt, D(cols), D(x), nullptr,
+           make_window_geom(OpKind::Im2col, I(cols), I(x), w), nullptr);
+    cpu.window(OpKind::Im2col, I(colsw), I(x), w, nullptr);
+    CHECK(agree(cols, colsw, 0));
+    Tensor img = empty({2, 3, 9, 8}, {.dtype = dt}), imgw = empty({2, 3, 9, 8}, {.dtype = dt});
+    window(OpKind::Col2im, dt, D(img), D(cols), nullptr,
+           make_window_geom(OpKind::Col2im, I(img), I(cols), w), nullptr);
+    cpu.window(OpKind::Col2im, I(imgw), I(cols), w, nullptr);
+    CHECK(agree(img, imgw, dt == kF32 ? 1e-5 : 1e-12));
+    Window2d p{3, 3, 2, 2, 1, 1, 1, 1};
+    const int64_t ph = p.out_h(9), pw = p.out_w(8);
+    for (OpKind op : {OpKind::MaxPool2d, OpKind::AvgPool2d}) {
+      CAPTURE(op_name(op));
+      Tensor out = empty({2, 3, ph, pw}, {.dtype = dt}),
+             outw = empty({2, 3, ph, pw}, {.dtype = dt});
+      Tensor at = empty({2, 3, ph, pw}, {.dtype = kI64}),
+             atw = empty({2, 3, ph, pw}, {.dtype = kI64});
+      const bool max = op == OpKind::MaxPool2d;
+      window(op, dt, D(out), D(x), max ? reinterpret_cast<int64_t*>(D(at)) : nullptr,
+             make_window_geom(op, I(out), I(x), p), nullptr);
+      cpu.window(op, I(outw), I(x), p, max ? &I(atw) : nullptr);
+      CHECK(agree(out, outw, dt == kF32 ? 1e-6 : 1e-13));
+      if (max) CHECK(agree(at, atw, 0));
+    }
+  }
+  CHECK_FALSE(k->lib.stuck());
+}
