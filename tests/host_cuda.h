@@ -5,18 +5,20 @@
 #include <doctest/doctest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <random>
 #include <string>
+#include <vector>
 
 // Note [CUDA code on the host]
 // Kernel source (a generated fused kernel, or kernels.cu itself) is C++ but for a few CUDA names.
 // Defined here for the host, it compiles with the host's compiler into a shared library that the
 // test loads and calls. A launch runs the grid's blocks one after another; a block's threads are
-// fibers of the calling thread (ucontext), resumed in turn: a thread runs until it waits (at
+// fibers of the calling thread, resumed in turn: a thread runs until it waits (at
 // __syncthreads, or at a shuffle, which goes through its warp's slots between two waits of the
 // warp's 32 threads), and a wait ends when all its threads have arrived. So every interleaving
 // the code allows between waits is one a GPU could run, and a block whose threads disagree on
@@ -29,7 +31,7 @@
 namespace tghost {
 
 // Defined before the CUDA headers, which then keep these.
-inline constexpr const char* kRuntime = R"(#define __host__
+inline constexpr const char* kRuntime = R"tg(#define __host__
 #define __device__
 #define __global__
 #define __shared__ static
@@ -43,19 +45,70 @@ inline constexpr const char* kRuntime = R"(#define __host__
 static dim3 gridDim, blockDim, blockIdx, threadIdx;
 static unsigned tg_tid;  // threadIdx as one number
 static bool tg_stuck = false;
-// A block's threads are fibers of the calling thread, resumed in turn by tg_run_block.
+// A block's threads are fibers of the calling thread, resumed in turn by tg_run_block. On
+// x86-64 a switch saves the callee-saved registers on the fiber's stack and swaps stack pointers
+// (swapcontext would also make two system calls for the signal mask, at every switch).
+#if defined(__x86_64__)
+extern "C" void tg_switch(void** save_sp, void* load_sp);
+asm(R"(.text
+.globl tg_switch
+.hidden tg_switch
+.type tg_switch, @function
+tg_switch:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+.size tg_switch, .-tg_switch
+)");
+struct tg_context {
+  void* sp = nullptr;
+};
+static void tg_swap(tg_context& from, tg_context& to) { tg_switch(&from.sp, to.sp); }
+static void tg_start(tg_context& c, std::vector<char>& stack, void (*entry)()) {
+  auto top = reinterpret_cast<uintptr_t>(stack.data() + stack.size()) & ~uintptr_t{15};
+  auto* sp = reinterpret_cast<void**>(top);
+  *--sp = nullptr;                               // where entry's return address would be
+  *--sp = reinterpret_cast<void*>(entry);        // tg_switch's ret goes there
+  for (int r = 0; r < 6; ++r) *--sp = nullptr;  // the registers it pops
+  c.sp = sp;
+}
+#else
+struct tg_context {
+  ucontext_t uc;
+};
+static void tg_swap(tg_context& from, tg_context& to) { swapcontext(&from.uc, &to.uc); }
+static void tg_start(tg_context& c, std::vector<char>& stack, void (*entry)()) {
+  getcontext(&c.uc);
+  c.uc.uc_stack.ss_sp = stack.data();
+  c.uc.uc_stack.ss_size = stack.size();
+  c.uc.uc_link = nullptr;
+  makecontext(&c.uc, entry, 0);
+}
+#endif
 struct tg_fiber {
-  ucontext_t context;
+  tg_context context;
   std::vector<char> stack;
   bool done = false;
 };
 static std::vector<tg_fiber> tg_fibers;
-static ucontext_t tg_scheduler;
+static tg_context tg_scheduler;
 static tg_fiber* tg_current = nullptr;
 static unsigned long long tg_progress = 0;  // arrivals and ends, to tell a stuck block
 static void (*tg_body)(void*) = nullptr;
 static void* tg_body_arg = nullptr;
-static void tg_yield() { swapcontext(&tg_current->context, &tg_scheduler); }
+static void tg_yield() { tg_swap(tg_current->context, tg_scheduler); }
 struct tg_barrier {
   explicit tg_barrier(unsigned n) : n(n) {}
   void wait() {
@@ -124,7 +177,8 @@ static void tg_fiber_main() {
   tg_body(tg_body_arg);
   tg_current->done = true;
   ++tg_progress;
-  swapcontext(&tg_current->context, &tg_scheduler);  // never resumed
+  tg_swap(tg_current->context, tg_scheduler);  // never resumed
+  __builtin_trap();
 }
 // One block: every thread from the start, in turn, until all are done; a round in which none
 // arrives anywhere nor ends is a block stuck (on a GPU: hung), which marks the library stuck.
@@ -134,11 +188,7 @@ static void tg_run_block(unsigned n) {
     tg_fiber& f = tg_fibers[t];
     f.stack.resize(256 * 1024);
     f.done = false;
-    getcontext(&f.context);
-    f.context.uc_stack.ss_sp = f.stack.data();
-    f.context.uc_stack.ss_size = f.stack.size();
-    f.context.uc_link = nullptr;
-    makecontext(&f.context, tg_fiber_main, 0);
+    tg_start(f.context, f.stack, tg_fiber_main);
   }
   for (;;) {
     bool live = false;
@@ -150,7 +200,7 @@ static void tg_run_block(unsigned n) {
       tg_current = &f;
       tg_tid = t;
       threadIdx = dim3(t % blockDim.x, t / blockDim.x % blockDim.y, t / (blockDim.x * blockDim.y));
-      swapcontext(&tg_scheduler, &f.context);
+      tg_swap(tg_scheduler, f.context);
     }
     if (!live) return;
     if (tg_progress == before) {
@@ -179,7 +229,7 @@ static void tg_host_launch(dim3 grid, dim3 block, F f) {
       }
 }
 extern "C" __attribute__((visibility("default"))) bool tg_host_stuck() { return tg_stuck; }
-)";
+)tg";
 
 // A library built from one translation unit: lookup by name; unloaded at the end.
 struct Library {
@@ -207,13 +257,24 @@ inline std::string read_file(const std::filesystem::path& p) {
 // skips. A compile error fails the test, with the compiler's first lines. The library is kept
 // in the temporary directory under a hash of what made it, so that the test processes ctest
 // starts build it once; written under another name and renamed into place.
-inline bool build(const std::string& unit, const std::string& flags, Library& lib) {
+// `headers`: directories whose files the unit includes, which the hash covers too.
+inline bool build(const std::string& unit, const std::string& flags, Library& lib,
+                  const std::vector<std::string>& headers = {}) {
   const std::string cxx = TG_TEST_CXX;
   if (std::system((cxx + " --version > /dev/null 2>&1").c_str()) != 0) return false;
   namespace fs = std::filesystem;
   uint64_t hash = 1469598103934665603ULL;  // FNV-1a
-  for (const std::string* part : {&unit, &flags, &cxx})
-    for (unsigned char c : *part) hash = (hash ^ c) * 1099511628211ULL;
+  auto mix = [&](const std::string& part) {
+    for (unsigned char c : part) hash = (hash ^ c) * 1099511628211ULL;
+  };
+  for (const std::string* part : {&unit, &flags, &cxx}) mix(*part);
+  for (const std::string& dir : headers) {
+    std::vector<fs::path> files;
+    for (const auto& e : fs::directory_iterator(dir))
+      if (e.is_regular_file() && e.path().extension() == ".h") files.push_back(e.path());
+    std::sort(files.begin(), files.end());
+    for (const fs::path& f : files) mix(f.string() + read_file(f));
+  }
   const fs::path kept =
       fs::temp_directory_path() / ("tg_host_cuda_" + std::to_string(hash) + ".so");
   if (!fs::exists(kept)) {
@@ -239,5 +300,28 @@ inline bool build(const std::string& unit, const std::string& flags, Library& li
   REQUIRE_MESSAGE(lib.handle != nullptr, dlerror());
   return true;
 }
+
+// Generated kernels (each `extern "C" __global__ void <name>(const tg_params p)`), each in a
+// namespace of its own, launched on the host through tg_run_<k>(params, grid, block).
+inline bool build_generated(const std::vector<std::string>& sources, const std::string& name,
+                            Library& lib) {
+  std::string unit = kRuntime;
+  for (size_t k = 0; k < sources.size(); ++k) {
+    std::string src = sources[k];
+    const std::string c_linkage = "extern \"C\" __global__";
+    const size_t at = src.find(c_linkage);
+    REQUIRE(at != std::string::npos);
+    src.replace(at, c_linkage.size(), "__global__");
+    const std::string g = "g" + std::to_string(k);
+    unit += "namespace " + g + " {\n" + src + "}\n";
+    unit += "extern \"C\" __attribute__((visibility(\"default\"))) void tg_run_" +
+            std::to_string(k) + "(const void* p, unsigned grid, unsigned block) {\n" +
+            "  tg_host_launch(dim3(grid), dim3(block), [&] { " + g + "::" + name +
+            "(*static_cast<const " + g + "::tg_params*>(p)); });\n}\n";
+  }
+  return build(unit, "-O0 -ffp-contract=off -isystem " TG_TEST_CUDA_INCLUDE, lib);
+}
+
+using GeneratedRun = void (*)(const void* params, unsigned grid, unsigned block);
 
 }  // namespace tghost

@@ -463,26 +463,8 @@ TEST_CASE("cuda fused sums: the generated kernels compile with NVRTC for sm_90")
 
 namespace {
 
-// The generated kernels, each in a namespace of its own, launched on the host (Note [CUDA code on
-// the host], host_cuda.h) through tg_run_<k>(params, grid, block).
 bool compile_for_host(const std::vector<std::string>& sources, tghost::Library& lib) {
-  std::string unit = tghost::kRuntime;
-  for (size_t k = 0; k < sources.size(); ++k) {
-    std::string src = sources[k];
-    const std::string c_linkage = "extern \"C\" __global__";
-    size_t at = src.find(c_linkage);
-    REQUIRE(at != std::string::npos);
-    src.replace(at, c_linkage.size(), "__global__");
-    unit += fmt::format("namespace g{0} {{\n{1}}}\n", k, src);
-    unit += fmt::format(
-        "extern \"C\" __attribute__((visibility(\"default\"))) void tg_run_{0}(const void* p, "
-        "unsigned grid, unsigned block) {{\n"
-        "  tg_host_launch(dim3(grid), dim3(block), [&] {{\n"
-        "    g{0}::{1}(*static_cast<const g{0}::tg_params*>(p));\n"
-        "  }});\n}}\n",
-        k, kFusedKernelName);
-  }
-  return tghost::build(unit, "-O0 -ffp-contract=off -isystem " TG_TEST_CUDA_INCLUDE, lib);
+  return tghost::build_generated(sources, kFusedKernelName, lib);
 }
 
 using HostRun = void (*)(const void* params, unsigned grid, unsigned block);

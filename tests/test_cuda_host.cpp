@@ -13,9 +13,13 @@
 #include <random>
 
 #include "backend/backend.h"
+#include "backend/cuda/fused_source.h"
 #include "backend/cuda/kernels.h"
 #include "backend/cuda/softmax_rows.h"
+#include "core/check.h"
+#include "fused_steps.h"
 #include "host_cuda.h"
+#include "op_table.h"
 
 using namespace tg;
 using namespace tg::cuda_detail;
@@ -146,10 +150,12 @@ struct Kernels {
 const Kernels* host_kernels() {
   static Kernels* k = [] {
     auto* r = new Kernels;
-    r->built = tghost::build(kernels_unit(),
-                             "-O1 -I" TG_TEST_SOURCE_DIR "/lib -I" TG_TEST_SOURCE_DIR
-                             "/include -isystem " TG_TEST_CUDA_INCLUDE,
-                             r->lib);
+    const std::string src = TG_TEST_SOURCE_DIR;
+    r->built = tghost::build(
+        kernels_unit(),
+        "-O1 -I" + src + "/lib -I" + src + "/include -isystem " TG_TEST_CUDA_INCLUDE, r->lib,
+        {src + "/lib/backend/cuda", src + "/lib/backend/cpu", src + "/lib/backend",
+         src + "/lib/ops", src + "/lib/core", src + "/include/tapegrad"});
     return r;
   }();
   if (!k->built) {
@@ -485,5 +491,330 @@ TEST_CASE("cuda on the host: im2col, col2im and pooling give the CPU's values") 
       if (max) CHECK(agree(at, atw, 0));
     }
   }
+  CHECK_FALSE(k->lib.stuck());
+}
+
+namespace {
+
+// The CUDA backend's calls as cuda_backend.cpp makes them, each kernel launched on the host
+// through the compiled kernels.cu, on CPU memory; products stay the CPU's (cuBLAS is not here).
+// Handed to the ops through the trace hook, so that whole ops (composites, bprops) run on them.
+class HostCuda final : public Backend {
+ public:
+  explicit HostCuda(const Kernels& k)
+      : copy_(k.get<decltype(&launch_copy)>("launch_copy")),
+        fill_(k.get<decltype(&launch_fill)>("launch_fill")),
+        unary_(k.get<decltype(&launch_unary)>("launch_unary")),
+        binary_(k.get<decltype(&launch_binary)>("launch_binary")),
+        where_(k.get<decltype(&launch_where)>("launch_where")),
+        iota_(k.get<decltype(&launch_iota)>("launch_iota")),
+        random_(k.get<decltype(&launch_random)>("launch_random")),
+        reduce_(k.get<decltype(&launch_reduce)>("launch_reduce")),
+        reduce_ws_(k.get<decltype(&reduce_workspace_bytes)>("reduce_workspace_bytes")),
+        rows_(k.get<decltype(&launch_softmax_rows)>("launch_softmax_rows")),
+        check_(k.get<decltype(&launch_check_indices)>("launch_check_indices")),
+        index_(k.get<decltype(&launch_index)>("launch_index")),
+        index_ws_(k.get<decltype(&index_workspace_bytes)>("index_workspace_bytes")),
+        window_(k.get<decltype(&launch_window)>("launch_window")) {}
+  Backend& cpu = cpu_backend();
+  int64_t launches = 0;
+
+  void* allocate(size_t n) override { return cpu.allocate(n); }
+  void deallocate(void* p, size_t n) override { cpu.deallocate(p, n); }
+  void synchronize() override {}
+  void copy_from_host(const TensorImpl& d, const void* s) override { cpu.copy_from_host(d, s); }
+  void copy_to_host(void* d, const TensorImpl& s) override { cpu.copy_to_host(d, s); }
+  void copy(const TensorImpl& d, const TensorImpl& s) override {
+    ++launches;
+    copy_(make_strided({&d, &s}), d.numel, nullptr);
+  }
+  void fill(const TensorImpl& d, Scalar v) override {
+    ++launches;
+    fill_(make_strided({&d}), d.numel, v.to_double(), v.to_int(), nullptr);
+  }
+  void iota(const TensorImpl& d, double start, double step) override {
+    ++launches;
+    iota_(d.data(), d.dtype, d.numel, start, step, nullptr);
+  }
+  void random(RandomKind kind, const TensorImpl& d, uint64_t seed, uint64_t offset, double a,
+              double b) override {
+    ++launches;
+    int k = kind == RandomKind::Uniform ? 0 : kind == RandomKind::Normal ? 1 : 2;
+    random_(k, d.data(), d.dtype, d.numel, seed, offset, nullptr, a, b, nullptr);
+  }
+  void unary(OpKind k, const TensorImpl& o, const TensorImpl& x, const OpAttrs& a) override {
+    ++launches;
+    unary_(k, a, make_strided({&o, &x}), o.numel, nullptr);
+  }
+  void binary(OpKind k, const TensorImpl& o, const TensorImpl& a, const TensorImpl& b) override {
+    ++launches;
+    binary_(k, make_strided({&o, &a, &b}), o.numel, nullptr);
+  }
+  void where(const TensorImpl& o, const TensorImpl& c, const TensorImpl& a,
+             const TensorImpl& b) override {
+    ++launches;
+    where_(make_strided({&o, &c, &a, &b}), o.numel, nullptr);
+  }
+  void reduce(OpKind k, const TensorImpl& o, const TensorImpl& x, int n) override {
+    ++launches;
+    ReduceGeom g = make_reduce_geom(o, x, n);
+    std::vector<char> ws(reduce_ws_(g) + 1);
+    reduce_(k, x.dtype, x.data(), o.data(), g, ws.data(), nullptr);
+  }
+  bool rows_kernel = true;  // false: softmax and the rest run their composite
+  bool softmax_rows() const override { return rows_kernel; }
+  bool softmax_rows(OpKind kind, const TensorImpl& o, const TensorImpl& x, int n) override {
+    if (!rows_kernel) return false;
+    ReduceGeom g;
+    if (!make_softmax_geom(kind, o, x, n, g)) return false;
+    ++launches;
+    rows_(kind, x.dtype, x.data(), o.data(), g, nullptr);
+    return true;
+  }
+  void matmul(const TensorImpl& o, const TensorImpl& a, const TensorImpl& b) override {
+    cpu.matmul(o, a, b);
+  }
+  void index(OpKind kind, const TensorImpl& o, const TensorImpl& x, int dim,
+             const TensorImpl& ix) override {
+    ++launches;
+    const TensorImpl& target = kind == OpKind::ScatterAdd ? o : x;
+    const TensorImpl& space = kind == OpKind::ScatterAdd ? x : o;
+    const int64_t size = target.sizes.empty() ? 1 : target.sizes[dim];
+    if (ix.numel > 0) {
+      int64_t flag[2] = {0, 0};
+      check_(make_strided({&ix}), ix.numel, size, flag, nullptr);
+      TG_CHECK(flag[0] == 0, "{}: index {} is out of bounds for dim {} of size {}", op_name(kind),
+               flag[1], dim, size);
+    }
+    IndexGeom g = make_index_geom(kind, o, x, dim, ix);
+    std::vector<char> ws(index_ws_(kind, o.dtype, g, space.numel) + 256);
+    void* w = ws.data() + (256 - reinterpret_cast<uintptr_t>(ws.data()) % 256) % 256;
+    REQUIRE(index_(kind, o.dtype, o.data(), x.data(), reinterpret_cast<const int64_t*>(ix.data()),
+                   g, space.numel, w, ws.size() - 256, nullptr, nullptr) == cudaSuccess);
+  }
+  void window(OpKind kind, const TensorImpl& o, const TensorImpl& x, const Window2d& w,
+              const TensorImpl* indices) override {
+    ++launches;
+    window_(kind, o.dtype, o.data(), x.data(),
+            indices != nullptr ? reinterpret_cast<int64_t*>(indices->data()) : nullptr,
+            make_window_geom(kind, o, x, w), nullptr);
+  }
+
+ private:
+  decltype(&launch_copy) copy_;
+  decltype(&launch_fill) fill_;
+  decltype(&launch_unary) unary_;
+  decltype(&launch_binary) binary_;
+  decltype(&launch_where) where_;
+  decltype(&launch_iota) iota_;
+  decltype(&launch_random) random_;
+  decltype(&launch_reduce) reduce_;
+  decltype(&reduce_workspace_bytes) reduce_ws_;
+  decltype(&launch_softmax_rows) rows_;
+  decltype(&launch_check_indices) check_;
+  decltype(&launch_index) index_;
+  decltype(&index_workspace_bytes) index_ws_;
+  decltype(&launch_window) window_;
+};
+
+struct HostCudaHook final : TraceHook {
+  explicit HostCudaHook(const Kernels& k) : be(k) {}
+  HostCuda be;
+  Backend& backend(Device) override { return be; }
+  void on_allocate(const std::shared_ptr<Storage>&) override {}
+};
+
+// f() with every backend call of the ops going to `hook`'s backend.
+template <class F>
+auto through(HostCudaHook& hook, F f) {
+  struct Set {
+    explicit Set(HostCudaHook& h) { t_trace_hook = &h; }
+    ~Set() { t_trace_hook = nullptr; }
+  } set(hook);
+  return f();
+}
+
+bool close(const Tensor& got, const Tensor& want, double tol) {
+  if (got.shape() != want.shape() || got.dtype() != want.dtype()) return false;
+  auto a = got.to_vector<double>(), b = want.to_vector<double>();
+  for (size_t i = 0; i < a.size(); ++i) {
+    if ((std::isnan(a[i]) && std::isnan(b[i])) || a[i] == b[i]) continue;
+    if (!(std::abs(a[i] - b[i]) <= tol * (1 + std::abs(b[i])))) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+TEST_CASE("cuda on the host: every op-table sample, forward and gradient, gives the CPU's values") {
+  // test_cuda.cpp's first cases, with the GPU's kernels run here: each sample's op (composites
+  // and bprops included) with every backend call on the compiled kernels.cu, against the CPU.
+  const Kernels* k = host_kernels();
+  if (k == nullptr) return;
+  HostCudaHook hook(*k);
+  int checked = 0, gradients = 0;
+  for (const auto& row : tgtest::op_table()) {
+    for (DType dt : {kF32, kF64}) {
+      const double tol = dt == kF32 ? 1e-4 : 1e-10;
+      for (const auto& s : row.samples(dt)) {
+        CAPTURE(row.op);
+        CAPTURE(s.label);
+        CAPTURE(dtype_name(dt));
+        Tensor want = s.op(s.inputs);
+        Tensor got;
+        REQUIRE_NOTHROW(got = through(hook, [&] { return s.op(s.inputs); }));
+        CHECK_MESSAGE(close(got, want, tol), row.op << " [" << s.label << "]");
+        ++checked;
+        if (dt != kF64 || !s.differentiable) continue;
+        // The gradient of Σ v·op(x), through the kernels, against the CPU's.
+        std::vector<Tensor> x, wrt;
+        for (const Tensor& t : s.inputs) {
+          x.push_back(is_floating(t.dtype()) ? t.detach().requires_grad_() : t);
+          if (is_floating(t.dtype())) wrt.push_back(x.back());
+        }
+        if (wrt.empty()) continue;
+        auto grads = [&] {
+          Tensor out = s.op(x);
+          if (out.dtype() != kF64 || !out.requires_grad()) return std::vector<Tensor>{};
+          Tensor v = sin(arange(out.numel(), {.dtype = kF64})).reshape(out.shape());
+          return grad({(out * v).sum()}, wrt, {.allow_unused = true});
+        };
+        std::vector<Tensor> gw = grads(), gg = through(hook, grads);
+        REQUIRE(gw.size() == gg.size());
+        for (size_t i = 0; i < gw.size(); ++i) {
+          REQUIRE(gw[i].defined() == gg[i].defined());
+          if (gw[i].defined())
+            CHECK_MESSAGE(close(gg[i], gw[i], 1e-9), row.op << " [" << s.label << "] grad " << i);
+        }
+        ++gradients;
+      }
+    }
+  }
+  CHECK(checked > 300);
+  CHECK(gradients > 100);
+  CHECK(hook.be.launches > 1000);
+  CHECK_FALSE(k->lib.stuck());
+}
+
+TEST_CASE("cuda on the host: the softmax kernel gives its composite's bits") {
+  // Note [Softmax rows]: a traced graph records the composite, and FastCompile promises replays
+  // bitwise equal to eager runs; on CUDA eager runs take the kernel. So the kernel must give the
+  // composite's bits, with both on CUDA's kernels: checked here with both on kernels.cu.
+  const Kernels* k = host_kernels();
+  if (k == nullptr) return;
+  HostCudaHook hook(*k);
+  manual_seed(21);
+  const Shape shapes[] = {{64, 10}, {5, 1000}, {3, 2500}, {2, 7, 33}, {9, 1}};
+  for (DType dt : {kF32, kF64}) {
+    for (const Shape& shape : shapes) {
+      Tensor x = randn(shape, {.dtype = dt}) * 5;
+      if (shape[0] > 2) x.select(0, 2).fill_(-std::numeric_limits<double>::infinity());
+      Tensor xt = randn(shape, {.dtype = dt}).transpose(0, -1).contiguous().transpose(0, -1);
+      for (const Tensor& in : {x, xt}) {
+        for (int which = 0; which < 3; ++which) {
+          CAPTURE(which);
+          CAPTURE(dtype_name(dt));
+          CAPTURE(shape[0]);
+          auto f = [&] {
+            return which == 0   ? softmax(in, -1)
+                   : which == 1 ? log_softmax(in, -1)
+                                : logsumexp(in, {-1});
+          };
+          hook.be.rows_kernel = true;
+          const int64_t before = hook.be.launches;
+          Tensor kernel = through(hook, f);
+          const int64_t kernel_launches = hook.be.launches - before;
+          hook.be.rows_kernel = false;
+          Tensor composite = through(hook, f);
+          const int64_t composite_launches = hook.be.launches - before - kernel_launches;
+          CHECK(kernel_launches < composite_launches);
+          auto a = kernel.to(kF64).to_vector<double>(), b = composite.to(kF64).to_vector<double>();
+          CHECK(std::memcmp(a.data(), b.data(), a.size() * sizeof(double)) == 0);
+        }
+      }
+    }
+  }
+  CHECK_FALSE(k->lib.stuck());
+}
+
+TEST_CASE("cuda on the host: a generated fused sum gives its reference's bits") {
+  // Note [Generated fused sums]: on CUDA the reference is the group's generated kernel into a
+  // temporary, then reduce()'s kernel over it; the generated sum folds in reduce's order, so the
+  // two give the same bits. Both run here: the generated kernels compiled for the host, and
+  // kernels.cu's reduction.
+  const Kernels* k = host_kernels();
+  if (k == nullptr) return;
+  auto reduce = k->get<decltype(&launch_reduce)>("launch_reduce");
+  auto workspace = k->get<decltype(&reduce_workspace_bytes)>("reduce_workspace_bytes");
+  std::mt19937 rng(31);
+  const std::vector<OpKind> un = {OpKind::Exp, OpKind::Tanh, OpKind::Neg, OpKind::Sigmoid,
+                                  OpKind::Abs};
+  const std::vector<OpKind> bin = {OpKind::Add, OpKind::Sub, OpKind::Mul, OpKind::Maximum};
+  const std::vector<Shape> shapes = {{64, 10}, {7, 3, 40}, {3, 3000}, {5, 6, 41}, {33, 1024}};
+  struct Case {
+    std::vector<FusedStep> steps;
+    std::vector<Tensor> in;
+    Tensor sum, temp;
+    std::vector<int64_t> sum_params, temp_params;
+    int nreduced = 1;
+  };
+  std::vector<Case> cases;
+  std::vector<std::string> sources;
+  for (int trial = 0; trial < 20; ++trial) {
+    const DType dt = trial % 2 ? kF64 : kF32;
+    const Shape& shape = shapes[static_cast<size_t>(trial / 2) % shapes.size()];
+    Case c;
+    c.nreduced = shape.size() == 3 && trial % 4 >= 2 ? 2 : 1;
+    for (int j = 0; j < 3; ++j) {
+      Shape lead = shape;
+      lead.back() = 1;
+      Shape swapped = shape;
+      std::swap(swapped[0], swapped[swapped.size() - 1]);
+      const unsigned r = rng() % 3;
+      c.in.push_back(r == 0   ? randn(shape, {.dtype = dt})
+                     : r == 1 ? randn(lead, {.dtype = dt}).expand(shape)
+                              : randn(swapped, {.dtype = dt}).transpose(0, -1));
+    }
+    c.steps = tgtest::random_steps(rng, 3, 6, un, bin, dt);
+    Shape kept(shape.size() - static_cast<size_t>(c.nreduced));
+    for (size_t d = 0; d < kept.size(); ++d) kept[d] = shape[d];
+    c.sum = empty(kept, {.dtype = dt});
+    c.temp = empty(shape, {.dtype = dt});
+    std::vector<const TensorImpl*> in;
+    std::vector<DType> dts;
+    for (const Tensor& t : c.in) {
+      in.push_back(t.impl());
+      dts.push_back(dt);
+    }
+    const int lanes = fused_sum_lanes(c.sum.numel(), c.temp.numel() / c.sum.numel());
+    REQUIRE(lanes > 0);
+    int nkept = 0, nred = 0, ndim = 0;
+    c.sum_params = fused_sum_params(I(c.sum), in.data(), in.size(), c.nreduced, lanes, nkept, nred);
+    c.temp_params = fused_params(I(c.temp), in.data(), in.size(), ndim);
+    sources.push_back(*fused_sum_source(c.steps, dts, dt, nkept, nred));
+    sources.push_back(*fused_source(c.steps, dts, dt, ndim));
+    cases.push_back(std::move(c));
+  }
+  tghost::Library gen;
+  if (!tghost::build_generated(sources, kFusedKernelName, gen)) return;
+  for (size_t i = 0; i < cases.size(); ++i) {
+    Case& c = cases[i];
+    CAPTURE(i);
+    // As the backend launches them: 256 threads, enough blocks to cover the rows or elements.
+    const int64_t lanes = c.sum_params[2], rows_per_block = 256 / lanes;
+    gen.get<tghost::GeneratedRun>(fmt::format("tg_run_{}", 2 * i))(
+        c.sum_params.data(),
+        static_cast<unsigned>((c.sum.numel() + rows_per_block - 1) / rows_per_block), 256);
+    gen.get<tghost::GeneratedRun>(fmt::format("tg_run_{}", 2 * i + 1))(
+        c.temp_params.data(),
+        static_cast<unsigned>(std::min<int64_t>((c.temp.numel() + 255) / 256, 8)), 256);
+    Tensor want = empty_like(c.sum);
+    ReduceGeom g = make_reduce_geom(I(want), I(c.temp), c.nreduced);
+    std::vector<char> ws(workspace(g) + 1);
+    reduce(OpKind::Sum, c.temp.dtype(), D(c.temp), D(want), g, ws.data(), nullptr);
+    auto a = c.sum.to(kF64).to_vector<double>(), b = want.to(kF64).to_vector<double>();
+    CHECK(std::memcmp(a.data(), b.data(), a.size() * sizeof(double)) == 0);
+  }
+  CHECK_FALSE(gen.stuck());
   CHECK_FALSE(k->lib.stuck());
 }

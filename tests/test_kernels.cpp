@@ -158,3 +158,24 @@ TEST_CASE("op registry: names are unique and kinds index the table") {
     CHECK(op_info(info.kind).name == info.name);
   }
 }
+
+TEST_CASE("reductions and elementwise ops over empty tensors of several dims") {
+  // A dim of size 0 inside (4, 0), (0, 3, 2), (2, 0, 5): nothing to visit, and no position to
+  // compute (a division by that size once stopped the program).
+  for (const Shape& shape : {Shape{4, 0}, Shape{0, 3, 2}, Shape{2, 0, 5}}) {
+    CAPTURE(shape.size());
+    Tensor x = zeros(shape, {.dtype = kF64});
+    CHECK(x.sum().item<double>() == 0);
+    CHECK(x.prod().item<double>() == 1);
+    CHECK(std::isnan(x.mean().item<double>()));
+    CHECK((x.transpose(0, -1) * 2 + 1).numel() == 0);
+    Shape kept(shape.size() - 1);
+    for (size_t d = 0; d + 1 < shape.size(); ++d) kept[d] = shape[d];
+    Tensor partial = x.sum({-1});
+    CHECK(partial.shape() == kept);
+    CHECK(partial.abs().sum().item<double>() == 0);
+    Tensor g = x.clone().requires_grad_();
+    (g * g).sum().backward();
+    CHECK(g.grad().shape() == shape);
+  }
+}

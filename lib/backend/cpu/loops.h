@@ -36,12 +36,13 @@ Loop make_loop(std::initializer_list<const TensorImpl*> ops);
 // row-major order; `strides[k]` is operand k's inner stride in bytes.
 template <class Row>
 void loop_range(const Loop& L, int64_t begin, int64_t end, Row&& row) {
+  if (end <= begin) return;  // nothing; a dim of size 0 would divide below
   char* ptrs[kMaxOperands];
   int64_t inner[kMaxOperands];
   for (int k = 0; k < L.nops; ++k) inner[k] = L.ndim ? L.strides[k][0] : 0;
   if (L.ndim <= 1) {
     for (int k = 0; k < L.nops; ++k) ptrs[k] = L.base[k] + begin * inner[k];
-    if (end > begin) row(ptrs, inner, end - begin);
+    row(ptrs, inner, end - begin);
     return;
   }
   // Position of `begin` as a multi-index over the outer dims.
