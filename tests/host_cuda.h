@@ -252,8 +252,35 @@ inline std::string read_file(const std::filesystem::path& p) {
   return std::string(std::istreambuf_iterator<char>(f), {});
 }
 
+// The source tree and CUDA's headers, as built, or where the environment says
+// (TAPEGRAD_SOURCE_DIR, TAPEGRAD_CUDA_INCLUDE: the binaries carried to another machine).
+inline std::string source_dir() {
+  const char* v = std::getenv("TAPEGRAD_SOURCE_DIR");
+  return v != nullptr && *v != 0 ? v : TG_TEST_SOURCE_DIR;
+}
+inline std::string cuda_include() {
+  const char* v = std::getenv("TAPEGRAD_CUDA_INCLUDE");
+  return v != nullptr && *v != 0 ? v : TG_TEST_CUDA_INCLUDE;
+}
+
+// Whether this machine can build host libraries: the compiler runs and CUDA's headers are there.
+// Where not, says why (the case is then skipped).
+inline bool can_build() {
+  const std::string cxx = TG_TEST_CXX;
+  if (std::system((cxx + " --version > /dev/null 2>&1").c_str()) != 0) {
+    MESSAGE("the host's C++ compiler (" << cxx << ") could not be run: case skipped");
+    return false;
+  }
+  if (!std::filesystem::exists(cuda_include() + "/cuda_runtime_api.h")) {
+    MESSAGE("CUDA's headers are not in " << cuda_include()
+                                         << " (TAPEGRAD_CUDA_INCLUDE): case skipped");
+    return false;
+  }
+  return true;
+}
+
 // `unit` compiled with the host's compiler (TG_TEST_CXX) and `flags`, and loaded; false where
-// that compiler cannot be run (a GPU machine with the runtime only): the caller says so and
+// that cannot be done here (can_build(): a GPU machine with the runtime only), and the caller
 // skips. A compile error fails the test, with the compiler's first lines. The library is kept
 // in the temporary directory under a hash of what made it, so that the test processes ctest
 // starts build it once; written under another name and renamed into place.
@@ -261,7 +288,7 @@ inline std::string read_file(const std::filesystem::path& p) {
 inline bool build(const std::string& unit, const std::string& flags, Library& lib,
                   const std::vector<std::string>& headers = {}) {
   const std::string cxx = TG_TEST_CXX;
-  if (std::system((cxx + " --version > /dev/null 2>&1").c_str()) != 0) return false;
+  if (!can_build()) return false;
   namespace fs = std::filesystem;
   uint64_t hash = 1469598103934665603ULL;  // FNV-1a
   auto mix = [&](const std::string& part) {
@@ -319,7 +346,7 @@ inline bool build_generated(const std::vector<std::string>& sources, const std::
             "  tg_host_launch(dim3(grid), dim3(block), [&] { " + g + "::" + name +
             "(*static_cast<const " + g + "::tg_params*>(p)); });\n}\n";
   }
-  return build(unit, "-O0 -ffp-contract=off -isystem " TG_TEST_CUDA_INCLUDE, lib);
+  return build(unit, "-O0 -ffp-contract=off -isystem " + cuda_include(), lib);
 }
 
 using GeneratedRun = void (*)(const void* params, unsigned grid, unsigned block);

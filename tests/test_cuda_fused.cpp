@@ -653,8 +653,7 @@ TEST_CASE("cuda fused: the generated kernels, run on the host, give the referenc
   }
   tghost::Library lib;
   if (!compile_for_host(sources, lib)) {
-    MESSAGE("the host's C++ compiler (" TG_TEST_CXX ") could not be run: case skipped");
-    return;
+    return;  // can_build() said why
   }
   for (size_t k = 0; k < cases.size(); ++k) {
     HostCase& c = cases[k];
@@ -738,8 +737,7 @@ TEST_CASE("cuda fused sums: the generated kernels, run on the host, give the ref
   }
   tghost::Library lib;
   if (!compile_for_host(sources, lib)) {
-    MESSAGE("the host's C++ compiler (" TG_TEST_CXX ") could not be run: case skipped");
-    return;
+    return;  // can_build() said why
   }
   for (size_t k = 0; k < cases.size(); ++k) {
     SumCase& c = cases[k];
