@@ -51,4 +51,24 @@ inline std::vector<tg::FusedStep> random_steps(std::mt19937& rng, int ninputs, i
   return steps;
 }
 
+// An input of a fused sum over `shape`, as a group meets them: contiguous, broadcast along the
+// last dim (a row's max), or with the first and last dims swapped in memory; one draw of rng.
+inline tg::Tensor random_sum_input(std::mt19937& rng, const tg::Shape& shape, tg::DType dtype,
+                                   tg::Device device = tg::kCPU) {
+  switch (rng() % 3) {
+    case 0:
+      return tg::randn(shape, {.dtype = dtype}).to(device);
+    case 1: {
+      tg::Shape lead = shape;
+      lead.back() = 1;
+      return tg::randn(lead, {.dtype = dtype}).to(device).expand(shape);
+    }
+    default: {
+      tg::Shape swapped = shape;
+      std::swap(swapped[0], swapped[swapped.size() - 1]);
+      return tg::randn(swapped, {.dtype = dtype}).to(device).transpose(0, -1);
+    }
+  }
+}
+
 }  // namespace tgtest

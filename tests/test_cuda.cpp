@@ -438,25 +438,7 @@ TEST_CASE("cuda: generated fused sums give the reference's bits") {
       CAPTURE(str(shape));
       CAPTURE(nreduced);
       std::vector<Tensor> views;
-      for (int k = 0; k < 3; ++k) {
-        Tensor t;
-        Shape lead = shape;
-        lead.back() = 1;
-        switch (rng() % 3) {
-          case 0:
-            t = randn(shape, {.dtype = dt}).to(cuda());
-            break;
-          case 1:
-            t = randn(lead, {.dtype = dt}).to(cuda()).expand(shape);
-            break;  // a row's max
-          default: {
-            Shape swapped = shape;
-            std::swap(swapped[0], swapped[swapped.size() - 1]);
-            t = randn(swapped, {.dtype = dt}).to(cuda()).transpose(0, -1);
-          }
-        }
-        views.push_back(t);
-      }
+      for (int k = 0; k < 3; ++k) views.push_back(tgtest::random_sum_input(rng, shape, dt, cuda()));
       std::vector<FusedStep> steps = tgtest::random_steps(rng, 3, 6, un, bin, dt);
       Shape kept(shape.begin(), shape.end() - nreduced);
       TensorOptions o{.dtype = dt, .device = cuda()};

@@ -693,25 +693,7 @@ TEST_CASE("cuda fused sums: the generated kernels, run on the host, give the ref
     std::string dims;
     for (int64_t d : shape) dims += (dims.empty() ? "" : "x") + std::to_string(d);
     c.what = fmt::format("trial {}: {} over {} dims ({})", trial, dims, nreduced, dtype_name(dt));
-    for (int k = 0; k < 3; ++k) {
-      Tensor t;
-      Shape lead = shape;
-      lead.back() = 1;
-      switch (rng() % 3) {
-        case 0:
-          t = randn(shape, {.dtype = dt});
-          break;
-        case 1:
-          t = randn(lead, {.dtype = dt}).expand(shape);
-          break;
-        default: {
-          Shape swapped = shape;
-          std::swap(swapped[0], swapped[swapped.size() - 1]);
-          t = randn(swapped, {.dtype = dt}).transpose(0, -1);
-        }
-      }
-      c.inputs.push_back(t);
-    }
+    for (int k = 0; k < 3; ++k) c.inputs.push_back(tgtest::random_sum_input(rng, shape, dt));
     c.steps = tgtest::random_steps(rng, 3, 6, un, bin, dt);
     Shape kept(shape.size() - static_cast<size_t>(nreduced));
     for (size_t d = 0; d < kept.size(); ++d) kept[d] = shape[d];

@@ -771,16 +771,7 @@ TEST_CASE("cuda on the host: a generated fused sum gives its reference's bits") 
     const Shape& shape = shapes[static_cast<size_t>(trial / 2) % shapes.size()];
     Case c;
     c.nreduced = shape.size() == 3 && trial % 4 >= 2 ? 2 : 1;
-    for (int j = 0; j < 3; ++j) {
-      Shape lead = shape;
-      lead.back() = 1;
-      Shape swapped = shape;
-      std::swap(swapped[0], swapped[swapped.size() - 1]);
-      const unsigned r = rng() % 3;
-      c.in.push_back(r == 0   ? randn(shape, {.dtype = dt})
-                     : r == 1 ? randn(lead, {.dtype = dt}).expand(shape)
-                              : randn(swapped, {.dtype = dt}).transpose(0, -1));
-    }
+    for (int j = 0; j < 3; ++j) c.in.push_back(tgtest::random_sum_input(rng, shape, dt));
     c.steps = tgtest::random_steps(rng, 3, 6, un, bin, dt);
     Shape kept(shape.size() - static_cast<size_t>(c.nreduced));
     for (size_t d = 0; d < kept.size(); ++d) kept[d] = shape[d];
