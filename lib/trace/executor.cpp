@@ -539,11 +539,12 @@ std::string Executor::capture_summary() const {
                           : fmt::format("; {} index ops checked on the device, their flags read {}",
                                         flagged_nodes_.size(), fmt::join(reads, ", "));
   return fmt::format(
-      "replay: from the second call, {} of {} nodes run as {} {} (nodes {}); the rest one by "
-      "one{}; {} recordings so far, {} segments refused\n",
+      "replay: from the second call, {} of {} nodes run as {} {} (nodes {}){}{}; {} recordings "
+      "so far, {} segments refused\n",
       nodes, p.nodes.size(), segments_.size(),
       cuda ? "captured CUDA graphs" : "recorded segments (the CPU test stand-in)",
-      fmt::join(runs, ", "), flags, recordings, refused);
+      fmt::join(runs, ", "), nodes < p.nodes.size() ? "; the rest one by one" : "", flags,
+      recordings, refused);
 }
 
 std::vector<const void*> Executor::segment_key(const Segment& g) const {
