@@ -9,6 +9,9 @@
 // softmax, log_softmax and logsumexp in one kernel (lib/backend/cuda/softmax_rows.h, Note [Softmax
 // rows]): the steps, run lane after lane, give the CPU's composite on rows of every plan that
 // takes them, strided, with -inf, inf and NaN in them; the plans that split rows decline.
+// Products on cuBLAS (lib/backend/cuda/gemm_plan.h, Note [Products on cuBLAS]): the arguments the
+// backend gives cublas<t>gemmStridedBatched, run through that call's definition here, give the
+// CPU's product for every layout of the operands.
 // Plain C++: it runs on every machine, GPU or not.
 #include <doctest/doctest.h>
 #include <tapegrad/tapegrad.h>
@@ -21,6 +24,7 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "backend/cuda/gemm_plan.h"
 #include "backend/cuda/index_runs.h"
 #include "backend/cuda/reduce_plan.h"
 #include "backend/cuda/softmax_rows.h"
@@ -604,4 +608,86 @@ TEST_CASE("cuda softmax rows: the ops' path through a backend's kernel, forward 
     check_close(y, y_ref, 1e-12);
     check_close(g, g_ref, 1e-12);
   }
+}
+
+namespace {
+
+// cublas<t>gemmStridedBatched as its documentation defines it: column-major, per batch p,
+// C[p] (m × n, ldc) = op(A[p]) (m × k) · op(B[p]) (k × n), op(X) = X or Xᵀ; element (i, j) of a
+// column-major matrix with leading dimension ld at i + j·ld.
+void reference_gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const double* A, int64_t lda,
+                    int64_t sa, const double* B, int64_t ldb, int64_t sb, double* C, int64_t ldc,
+                    int64_t sc, int64_t batch) {
+  for (int64_t p = 0; p < batch; ++p)
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < n; ++j) {
+        double acc = 0;
+        for (int64_t l = 0; l < k; ++l) {
+          const double a = ta ? A[p * sa + l + i * lda] : A[p * sa + i + l * lda];
+          const double b = tb ? B[p * sb + j + l * ldb] : B[p * sb + l + j * ldb];
+          acc += a * b;
+        }
+        C[p * sc + i + j * ldc] = acc;
+      }
+}
+
+// A 3-D operand (batch × r × c) in one of the layouts products meet.
+Tensor product_operand(int64_t batch, int64_t r, int64_t c, int layout) {
+  switch (layout) {
+    case 0:
+      return randn({batch, r, c}, {.dtype = kF64});  // contiguous
+    case 1:
+      return randn({batch, c, r}, {.dtype = kF64}).transpose(1, 2);  // transposed
+    case 2:
+      return randn({batch, r, c + 3}, {.dtype = kF64}).slice(2, 1, c + 1);  // row stride > c
+    case 3:
+      return randn({1, r, c}, {.dtype = kF64}).expand({batch, r, c});  // shared batch
+    case 4:
+      return randn({c, batch, r}, {.dtype = kF64}).permute({1, 2, 0});  // batch inside
+    case 5:
+      return randn({batch, r, 1}, {.dtype = kF64}).expand({batch, r, c});  // no unit stride
+    case 6:
+      return randn({batch, r, 2 * c}, {.dtype = kF64}).slice(2, 0, 2 * c, 2);  // stride 2
+    default:
+      return randn({1, r, c}, {.dtype = kF64});  // a batch of one for all of out's
+  }
+}
+
+}  // namespace
+
+TEST_CASE("cuda products: cuBLAS's arguments give the CPU's product for every operand layout") {
+  std::mt19937 rng(41);
+  manual_seed(41);
+  int copied = 0, direct = 0;
+  for (int trial = 0; trial < 300; ++trial) {
+    const int64_t batch = 1 + rng() % 3, m = 1 + rng() % 5, k = 1 + rng() % 5, n = 1 + rng() % 5;
+    const int la = static_cast<int>(rng() % 8), lb = static_cast<int>(rng() % 8);
+    CAPTURE(trial);
+    CAPTURE(la);
+    CAPTURE(lb);
+    Tensor a = product_operand(batch, m, k, la), b = product_operand(batch, k, n, lb);
+    // As the backend does: an operand blas_view cannot take is copied contiguous.
+    auto usable = [](const Tensor& t) {
+      if (blas_view(t.size(1), t.size(2), t.stride(1), t.stride(2)).ok) return t;
+      return t.contiguous();
+    };
+    Tensor ua = usable(a), ub = usable(b);
+    (ua.is_alias_of(a) ? direct : copied) += 1;
+    Tensor got = zeros({std::max(a.size(0), b.size(0)), m, n}, {.dtype = kF64});
+    const GemmPlan p = plan_gemm(*got.impl(), *ua.impl(), *ub.impl());
+    CHECK(p.ld_out >= std::max<int64_t>(p.m, 1));
+    CHECK(p.ld_first >= std::max<int64_t>(p.trans_first ? p.k : p.m, 1));  // cuBLAS's bounds
+    CHECK(p.ld_second >= std::max<int64_t>(p.trans_second ? p.n : p.k, 1));
+    auto base = [](const Tensor& t) { return reinterpret_cast<const double*>(t.impl()->data()); };
+    reference_gemm(p.trans_first, p.trans_second, p.m, p.n, p.k, base(ub), p.ld_first,
+                   p.stride_first, base(ua), p.ld_second, p.stride_second,
+                   reinterpret_cast<double*>(got.impl()->data()), p.ld_out, p.stride_out, p.batch);
+    Tensor want = a.matmul(b);
+    auto x = got.to_vector<double>(), y = want.to_vector<double>();
+    REQUIRE(x.size() == y.size());
+    for (size_t i = 0; i < x.size(); ++i)
+      CHECK(std::abs(x[i] - y[i]) <= 1e-12 * (1 + std::abs(y[i])));
+  }
+  CHECK(direct > 100);  // most layouts go to cuBLAS as they are
+  CHECK(copied > 20);
 }

@@ -21,6 +21,7 @@
 
 #include "backend/backend.h"
 #include "backend/cuda/fused_source.h"
+#include "backend/cuda/gemm_plan.h"
 #include "backend/cuda/kernels.h"
 #include "backend/cuda/softmax_rows.h"
 #include "core/check.h"
@@ -184,21 +185,6 @@ size_t round_size(size_t n) {
   constexpr size_t kSmall = 512, kLarge = size_t{2} << 20;
   return n < (size_t{1} << 20) ? (n + kSmall - 1) / kSmall * kSmall
                                : (n + kLarge - 1) / kLarge * kLarge;
-}
-
-// A row-major (r × c) operand with element strides (rs, cs) as cuBLAS sees it: the column-major
-// matrix of its transpose (no op) or of itself (op T), with a leading dimension; or not at all.
-struct BlasView {
-  bool ok = false;
-  cublasOperation_t op = CUBLAS_OP_N;
-  int64_t ld = 0;
-};
-BlasView blas_view(int64_t r, int64_t c, int64_t rs, int64_t cs) {
-  if (c == 1) cs = 1;
-  if (r == 1) rs = std::max<int64_t>(c, 1);
-  if (cs == 1 && rs >= std::max<int64_t>(c, 1)) return {true, CUBLAS_OP_N, rs};
-  if (rs == 1 && cs >= std::max<int64_t>(r, 1)) return {true, CUBLAS_OP_T, cs};
-  return {};
 }
 
 class CudaBackend final : public Backend {
@@ -444,8 +430,7 @@ class CudaBackend final : public Backend {
 
   // --- products --------------------------------------------------------------------------------
 
-  // out (B×m×n, contiguous) = a (B×m×k) · b (B×k×n) through cuBLAS, which is column-major:
-  // outᵀ = bᵀ · aᵀ. An operand with no unit stride is copied contiguous first.
+  // out (B×m×n, contiguous) = a (B×m×k) · b (B×k×n) through cuBLAS (Note [Products on cuBLAS]).
   void matmul(const TensorImpl& out, const TensorImpl& a, const TensorImpl& b) override {
     enter("matmul");
     const int64_t B = out.sizes[0], m = out.sizes[1], n = out.sizes[2], k = a.sizes[2];
@@ -456,30 +441,33 @@ class CudaBackend final : public Backend {
     cublasHandle_t handle = blas_handle();
     std::shared_ptr<Storage> keep_a, keep_b;
     TensorImpl ca = contiguous_if_needed(a, keep_a), cb = contiguous_if_needed(b, keep_b);
-    BlasView va = blas_view(m, k, ca.strides[1], ca.strides[2]);
-    BlasView vb = blas_view(k, n, cb.strides[1], cb.strides[2]);
-    TG_INTERNAL_ASSERT(va.ok && vb.ok);
-    int64_t sa = ca.sizes[0] == 1 ? 0 : ca.strides[0], sb = cb.sizes[0] == 1 ? 0 : cb.strides[0];
-    const int mi = static_cast<int>(m), ni = static_cast<int>(n), ki = static_cast<int>(k);
+    const GemmPlan p = plan_gemm(out, ca, cb);  // Note [Products on cuBLAS], gemm_plan.h
+    TG_CHECK(p.ld_first <= INT_MAX && p.ld_second <= INT_MAX && B <= INT_MAX,
+             "matmul: operands with strides of {} and {} elements are too large for cuBLAS",
+             p.ld_first, p.ld_second);
+    const cublasOperation_t op_first = p.trans_first ? CUBLAS_OP_T : CUBLAS_OP_N;
+    const cublasOperation_t op_second = p.trans_second ? CUBLAS_OP_T : CUBLAS_OP_N;
+    auto i32 = [](int64_t v) { return static_cast<int>(v); };
     if (out.dtype == kF32) {
       TG_CUBLAS("matmul", blas().set_math_mode(handle, g_allow_tf32 ? CUBLAS_TF32_TENSOR_OP_MATH
                                                                      : CUBLAS_DEFAULT_MATH));
       const float one = 1, zero = 0;
-      TG_CUBLAS("matmul",
-                blas().sgemm(
-                    handle, vb.op, va.op, ni, mi, ki, &one,
-                    reinterpret_cast<const float*>(cb.data()), static_cast<int>(vb.ld), sb,
-                    reinterpret_cast<const float*>(ca.data()), static_cast<int>(va.ld), sa, &zero,
-                    reinterpret_cast<float*>(out.data()), ni, m * n, static_cast<int>(B)));
+      TG_CUBLAS("matmul", blas().sgemm(handle, op_first, op_second, i32(p.m), i32(p.n), i32(p.k),
+                                       &one, reinterpret_cast<const float*>(cb.data()),
+                                       i32(p.ld_first), p.stride_first,
+                                       reinterpret_cast<const float*>(ca.data()), i32(p.ld_second),
+                                       p.stride_second, &zero, reinterpret_cast<float*>(out.data()),
+                                       i32(p.ld_out), p.stride_out, i32(p.batch)));
     } else {
       TG_CHECK(out.dtype == kF64, "matmul on CUDA takes f32 or f64, got {}", out.dtype);
       const double one = 1, zero = 0;
-      TG_CUBLAS("matmul",
-                blas().dgemm(
-                    handle, vb.op, va.op, ni, mi, ki, &one,
-                    reinterpret_cast<const double*>(cb.data()), static_cast<int>(vb.ld), sb,
-                    reinterpret_cast<const double*>(ca.data()), static_cast<int>(va.ld), sa, &zero,
-                    reinterpret_cast<double*>(out.data()), ni, m * n, static_cast<int>(B)));
+      TG_CUBLAS(
+          "matmul",
+          blas().dgemm(handle, op_first, op_second, i32(p.m), i32(p.n), i32(p.k), &one,
+                       reinterpret_cast<const double*>(cb.data()), i32(p.ld_first), p.stride_first,
+                       reinterpret_cast<const double*>(ca.data()), i32(p.ld_second),
+                       p.stride_second, &zero, reinterpret_cast<double*>(out.data()), i32(p.ld_out),
+                       p.stride_out, i32(p.batch)));
     }
   }
 
