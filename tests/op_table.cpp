@@ -530,21 +530,22 @@ std::vector<OpRow> index_rows() {
                 return out;
               }}};
        }},
+      // Captured indices follow the input to its device (the CUDA tests run every sample there).
       {"index_select", [](DType dt) {
          Tensor idx = tensor<int64_t>({2, 0, 2, -1});
          return std::vector<Sample>{
-             view_sample("dim 0", input({3, 4}, dt, -1, 1), [idx](const Tensor& x) { return x.index_select(0, idx); },
+             view_sample("dim 0", input({3, 4}, dt, -1, 1), [idx](const Tensor& x) { return x.index_select(0, idx.to(x.device())); },
                          {4, 4}, [](const Idx& o) { return Idx{Idx{2, 0, 2, 2}[o[0]], o[1]}; }),
              view_sample("dim 1, non-contiguous", noncontig({2, 3}, dt, -1, 1),
-                         [idx](const Tensor& x) { return index_select(x, 1, idx); }, {2, 4},
+                         [idx](const Tensor& x) { return index_select(x, 1, idx.to(x.device())); }, {2, 4},
                          [](const Idx& o) { return Idx{o[0], Idx{2, 0, 2, 2}[o[1]]}; })};
        }},
       {"gather", [](DType dt) {
          Tensor idx = tensor<int64_t>({{0, 2}, {1, 1}, {2, 0}});
          return std::vector<Sample>{
-             view_sample("dim 1", input({3, 3}, dt, -1, 1), [idx](const Tensor& x) { return gather(x, 1, idx); },
+             view_sample("dim 1", input({3, 3}, dt, -1, 1), [idx](const Tensor& x) { return gather(x, 1, idx.to(x.device())); },
                          {3, 2}, [](const Idx& o) { int64_t t[3][2] = {{0, 2}, {1, 1}, {2, 0}}; return Idx{o[0], t[o[0]][o[1]]}; }),
-             view_sample("dim 0", input({3, 2}, dt, -1, 1), [idx](const Tensor& x) { return x.gather(0, idx); },
+             view_sample("dim 0", input({3, 2}, dt, -1, 1), [idx](const Tensor& x) { return x.gather(0, idx.to(x.device())); },
                          {3, 2}, [](const Idx& o) { int64_t t[3][2] = {{0, 2}, {1, 1}, {2, 0}}; return Idx{t[o[0]][o[1]], o[1]}; })};
        }},
       {"scatter_add", [](DType dt) {
@@ -557,7 +558,7 @@ std::vector<OpRow> index_rows() {
            return out;
          };
          return std::vector<Sample>{{"dim 0 with repeats", {input({3, 3}, dt, -1, 1, 1), input({3, 2}, dt, -1, 1, 2)},
-                                     [idx](const Inputs& in) { return scatter_add(in[0], 0, idx, in[1]); }, ref}};
+                                     [idx](const Inputs& in) { return scatter_add(in[0], 0, idx.to(in[0].device()), in[1]); }, ref}};
        }},
       {"to_dtype", [](DType dt) {
          DType other = dt == kF32 ? kF64 : kF32;

@@ -73,7 +73,7 @@ TEST_CASE("cuda: every op-table sample gives the CPU's values") {
         Tensor want = s.op(s.inputs);
         Tensor got;
         REQUIRE_NOTHROW(got = s.op(on(s.inputs, cuda())));
-        CHECK(got.device() == Device(cuda()));
+        if (row.op != "to_device") CHECK(got.device() == Device(cuda()));  // "to cpu" moves
         CHECK_MESSAGE(close(got, want, tol), row.op << " [" << s.label << "]");
         ++checked;
       }
@@ -105,7 +105,7 @@ TEST_CASE("cuda: gradients of every differentiable sample, f64 central differenc
       if (wrt.empty()) continue;
       Tensor out = s.op(x);
       if (out.dtype() != kF64 || !out.requires_grad()) continue;
-      Tensor v = randn(out.shape(), {.dtype = kF64}).to(cuda());
+      Tensor v = randn(out.shape(), {.dtype = kF64}).to(out.device());
       std::vector<Tensor> g = grad({(out * v).sum()}, wrt, {.allow_unused = true});
       double analytic = 0;
       for (size_t i = 0; i < wrt.size(); ++i)
@@ -120,7 +120,10 @@ TEST_CASE("cuda: gradients of every differentiable sample, f64 central differenc
         return (s.op(y) * v).sum().item<double>();
       };
       double numeric = (shifted(1) - shifted(-1)) / (2 * eps);
-      CHECK_MESSAGE(std::abs(numeric - analytic) <= 1e-5 + 1e-3 * std::abs(numeric),
+      // NaN where NaN (var of one element), as the forward comparison takes it.
+      const bool agree = (std::isnan(numeric) && std::isnan(analytic)) ||
+                         std::abs(numeric - analytic) <= 1e-5 + 1e-3 * std::abs(numeric);
+      CHECK_MESSAGE(agree,
                     row.op << " [" << s.label << "]: numeric " << numeric << ", analytic "
                            << analytic);
       ++checked;
@@ -505,5 +508,8 @@ TEST_CASE("cuda: f32 products stay f32 unless TF32 is allowed") {
   cuda::set_allow_tf32(true);
   Tensor fast = a.to(cuda()).matmul(b.to(cuda())).to(kF64);
   cuda::set_allow_tf32(false);
-  CHECK(close(fast, want, 2e-2));
+  // TF32 keeps 10 bits of each factor: sums of 512 products are off by a few hundredths, and
+  // visibly so (TF32 does take effect).
+  CHECK(close(fast, want, 1e-1));
+  CHECK_FALSE(close(fast, want, 1e-4));
 }

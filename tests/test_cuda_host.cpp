@@ -27,37 +27,6 @@ using namespace tg::cuda_detail;
 
 namespace {
 
-// CUB's DeviceRadixSort::SortPairs as kernels.cu calls it: a stable sort of the pairs by the
-// keys' bits [begin_bit, end_bit).
-constexpr const char* kCubShim = R"(#include <algorithm>
-#include <numeric>
-namespace cub {
-struct DeviceRadixSort {
-  template <class K, class V, class N>
-  static cudaError_t SortPairs(void* temp, size_t& bytes, const K* keys_in, K* keys_out,
-                               const V* values_in, V* values_out, N n, int begin_bit, int end_bit,
-                               cudaStream_t = nullptr) {
-    if (temp == nullptr) {
-      bytes = 256;
-      return cudaSuccess;
-    }
-    const unsigned long long mask =
-        (end_bit >= 64 ? ~0ULL : ((1ULL << end_bit) - 1)) & ~((1ULL << begin_bit) - 1);
-    std::vector<long long> order(static_cast<size_t>(n));
-    std::iota(order.begin(), order.end(), 0LL);
-    std::stable_sort(order.begin(), order.end(), [&](long long a, long long b) {
-      return (keys_in[a] & mask) < (keys_in[b] & mask);
-    });
-    for (size_t i = 0; i < order.size(); ++i) {
-      keys_out[i] = keys_in[order[i]];
-      values_out[i] = values_in[order[i]];
-    }
-    return cudaSuccess;
-  }
-};
-}  // namespace cub
-)";
-
 // The launch functions of kernels.h, by name.
 constexpr const char* kEntries[] = {"launch_copy",         "launch_fill",
                                     "launch_unary",        "launch_binary",
@@ -67,53 +36,6 @@ constexpr const char* kEntries[] = {"launch_copy",         "launch_fill",
                                     "launch_softmax_rows", "launch_check_indices",
                                     "launch_index",        "index_workspace_bytes",
                                     "launch_window"};
-
-// `k<<<a, b, c, d>>>(args)` → `tg_host_launch(a, b, [&] { k(args); })`.
-std::string host_launches(std::string src) {
-  for (size_t at = src.find("<<<"); at != std::string::npos; at = src.find("<<<")) {
-    size_t start = at;  // the kernel's name, template arguments included
-    int depth = 0;
-    while (start > 0) {
-      const char c = src[start - 1];
-      if (c == '>') {
-        ++depth;
-      } else if (c == '<') {
-        if (depth == 0) break;
-        --depth;
-      } else if (depth == 0 &&
-                 !(std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == ':')) {
-        break;
-      }
-      --start;
-    }
-    const size_t close = src.find(">>>", at);
-    REQUIRE(close != std::string::npos);
-    std::vector<std::string> config(1);
-    int parens = 0;
-    for (size_t i = at + 3; i < close; ++i) {
-      const char c = src[i];
-      parens += c == '(' ? 1 : c == ')' ? -1 : 0;
-      if (c == ',' && parens == 0)
-        config.emplace_back();
-      else
-        config.back() += c;
-    }
-    REQUIRE(config.size() == 4);
-    size_t open = close + 3;
-    REQUIRE(src[open] == '(');
-    size_t end = open;
-    for (int d = 0; end < src.size(); ++end) {
-      if (src[end] == '(') ++d;
-      if (src[end] == ')' && --d == 0) break;
-    }
-    const std::string kernel = src.substr(start, at - start);
-    const std::string args = src.substr(open + 1, end - open - 1);
-    src.replace(start, end + 1 - start,
-                "tg_host_launch(dim3(" + config[0] + "), dim3(" + config[1] + "), [&] { " + kernel +
-                    "(" + args + "); })");
-  }
-  return src;
-}
 
 // kernels.cu for the host, with an entry that hands out its launch functions by name.
 std::string kernels_unit() {
@@ -125,7 +47,7 @@ std::string kernels_unit() {
     REQUIRE(at != std::string::npos);
     src.erase(at, std::strlen(line));
   }
-  std::string unit = std::string(tghost::kRuntime) + kCubShim + host_launches(src);
+  std::string unit = std::string(tghost::kRuntime) + tghost::kCubShim + tghost::host_launches(src);
   unit +=
       "extern \"C\" __attribute__((visibility(\"default\"))) void* tg_host_entry(const char* n) {\n"
       "  using namespace tg::cuda_detail;\n";

@@ -119,7 +119,7 @@ Picked pick(const Tensor& log_probs, const Tensor& target, const CrossEntropyOpt
   Tensor idx = safe.unsqueeze(1);
   Tensor nll = -log_probs.gather(1, idx).squeeze(1);
   Tensor w = o.weight.defined() ? o.weight.to(log_probs.dtype()).index_select(0, safe.reshape({-1})).reshape(safe.shape())
-                                : ones(safe.shape(), {.dtype = log_probs.dtype()});
+                                : ones(safe.shape(), {.dtype = log_probs.dtype(), .device = log_probs.device()});
   w = where(ignored, 0.0, w);
   return {nll * w, w, ignored};
 }

@@ -1,0 +1,45 @@
+// The emulated GPU's own interface (Note [An emulated GPU], runtime.cpp): what its kernels, its
+// cuBLAS and its NVRTC (each a separate piece) ask of its runtime, and what its tests ask of it.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+
+extern "C" {
+// Queues `task` (taken over) on stream s as device work: it runs when the stream is drained,
+// with device memory readable; while s is being captured it goes into the graph instead.
+// `what` names it in messages.
+cudaError_t tgemu_submit(cudaStream_t s, const char* what, std::function<void()>* task);
+// A kernel launch: the configuration checked as a GPU checks it (cudaErrorInvalidConfiguration,
+// left for cudaGetLastError), then submitted.
+void tgemu_launch(cudaStream_t s, dim3 grid, dim3 block, std::function<void()>* body);
+// A kernel whose threads disagree on their waits, which hangs a GPU: a sticky error from then on.
+void tgemu_fault(const char* what);
+// Whether [p, p + n) lies inside one live device allocation.
+bool tgemu_is_device(const void* p, size_t n);
+// Whether s is being captured.
+bool tgemu_capturing(cudaStream_t s);
+}
+
+namespace tgemu {
+
+// What the emulator counted since the process began.
+struct Counts {
+  int64_t kernels = 0;         // kernel launches run
+  int64_t graph_launches = 0;  // cudaGraphLaunch calls
+  int64_t captured = 0;        // tasks recorded into graphs
+  int64_t syncs = 0;           // times the host waited for a stream
+  int64_t gemms = 0;           // cuBLAS products run
+  int64_t device_bytes = 0;    // bytes in live allocations
+};
+Counts counts();
+// The device's memory, as cudaMemGetInfo reports its total and cudaMalloc enforces it.
+void set_memory_limit(size_t bytes);
+size_t memory_limit();
+// The sticky fault, if any (tgemu_fault), for a test to fail on.
+const char* fault();
+
+}  // namespace tgemu

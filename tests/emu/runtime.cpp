@@ -1,0 +1,669 @@
+// The CUDA runtime of the emulated GPU (Note [An emulated GPU]): the calls the CUDA backend makes,
+// defined here and linked into the emulated-GPU test program in place of libcudart.
+#include <cuda_runtime_api.h>
+#include <dlfcn.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "emu.h"
+
+// Note [An emulated GPU]
+// The CUDA backend (lib/backend/cuda/cuda_backend.cpp) as it is, run on this machine: the test
+// program tapegrad_emu_tests links it against this runtime instead of libcudart, against
+// kernels.cu compiled for the host (its launches rewritten by make_kernels.cpp into
+// tgemu_launch, Note [CUDA code on the host]), and loads cublas.cpp and nvrtc.cpp where cuBLAS
+// and NVRTC would be (their directory is first on its library path). So the backend's own code
+// runs: the caching allocator, the copies and the pinned staging, the error paths, the index
+// checks, cuBLAS's arguments, NVRTC's loading and launching, and stream capture into graphs.
+// The emulation is strict where a GPU is strict and a host would not be:
+// - Device memory is one mapping the host cannot read or write (PROT_NONE) except while device
+//   work runs: host code that touches device memory faults here as it would on a GPU.
+// - Work is queued per stream and runs only when the host waits for it (cudaStreamSynchronize, a
+//   copy to pageable memory, cudaFree), so a missing wait reads stale memory here too; a copy from
+//   pageable memory takes its bytes at the call, as CUDA's staging does.
+// - Every copy and memset must lie inside one allocation, in the direction it says; launches are
+//   checked against the GPU's limits; new and freed device memory is filled with 0xCD bytes, so
+//   reading what was never written, or what was freed, gives garbage rather than zeros.
+// - While a stream is captured its work is recorded, not run; waiting for it, or a copy with
+//   pageable memory, invalidates the capture (cudaErrorStreamCaptureUnsupported, then
+//   cudaErrorStreamCaptureInvalidated at its end); a graph runs its recorded work at each launch.
+// - cuBLAS checks its arguments as documented, refuses a captured product without a workspace of
+//   the caller's (it would allocate), and rounds to TF32 when asked to.
+// What it is not: a model of timing, of concurrency between streams, of CUDA's math library (the
+// host's libm stands in) or of the memory model; kernels' own accesses are not bounds-checked.
+
+struct CUstream_st;
+struct CUgraph_st;
+
+namespace {
+
+struct Task {
+  std::string what;
+  std::shared_ptr<std::function<void()>> run;
+};
+
+}  // namespace
+
+struct CUgraph_st {
+  std::vector<Task> tasks;
+};
+struct CUgraphExec_st {
+  std::vector<Task> tasks;
+};
+struct CUstream_st {
+  std::deque<Task> pending;
+  CUgraph_st* capture = nullptr;
+  cudaStreamCaptureMode mode = cudaStreamCaptureModeGlobal;
+  bool invalidated = false;
+};
+struct CUlib_st {
+  void* so = nullptr;
+};
+// A generated kernel (nvrtc.cpp): runs `params` on the grid.
+struct CUkern_st {
+  void (*run)(const void* params, unsigned grid, unsigned block) = nullptr;
+  size_t params = 0;
+  bool (*stuck)() = nullptr;
+};
+
+namespace {
+
+constexpr size_t kArena = size_t{64} << 30;  // address space reserved for device memory
+constexpr size_t kAlign = 256;
+constexpr unsigned char kGarbage = 0xCD;
+
+struct Emu {
+  std::recursive_mutex mu;
+  char* arena = nullptr;
+  size_t high = 0;                          // bytes of the arena ever handed out
+  std::map<uintptr_t, size_t> live;         // device allocations: start → bytes
+  std::multimap<size_t, uintptr_t> holes;   // freed ranges: bytes → start
+  size_t limit = size_t{16} << 30;
+  size_t in_use = 0;
+  int open = 0;                             // device-work windows open (device memory readable)
+  std::map<uintptr_t, size_t> pinned;       // cudaMallocHost
+  std::vector<CUstream_st*> streams;
+  CUstream_st legacy;                       // stream 0
+  cudaError_t sticky = cudaSuccess;
+  std::string fault;
+  tgemu::Counts counts;
+  int device = 0;
+};
+
+Emu& emu() {
+  static Emu* e = [] {
+    auto* r = new Emu;
+    void* p = mmap(nullptr, kArena, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) {
+      std::fprintf(stderr, "emulated GPU: cannot reserve the device's address space\n");
+      std::abort();
+    }
+    r->arena = static_cast<char*>(p);
+    return r;
+  }();
+  return *e;
+}
+
+thread_local cudaError_t t_last = cudaSuccess;
+
+cudaError_t ret(cudaError_t e) {
+  if (e != cudaSuccess) t_last = e;
+  return e;
+}
+
+size_t page_round(size_t n) {
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  return (n + page - 1) / page * page;
+}
+
+// Device memory readable and writable by the host while a window is open (device work runs).
+struct Window {
+  Window() {  // also when nested: memory allocated since the outer one opened
+    Emu& e = emu();
+    ++e.open;
+    if (e.high > 0) mprotect(e.arena, page_round(e.high), PROT_READ | PROT_WRITE);
+  }
+  ~Window() {
+    Emu& e = emu();
+    if (--e.open == 0 && e.high > 0) mprotect(e.arena, page_round(e.high), PROT_NONE);
+  }
+  Window(const Window&) = delete;
+  Window& operator=(const Window&) = delete;
+};
+
+// The live allocation holding [p, p + n), if any: its start (0 where none).
+uintptr_t allocation_of(const void* p, size_t n) {
+  Emu& e = emu();
+  auto a = reinterpret_cast<uintptr_t>(p);
+  auto it = e.live.upper_bound(a);
+  if (it == e.live.begin()) return 0;
+  --it;
+  if (a < it->first || a + n > it->first + it->second) return 0;
+  return it->first;
+}
+bool in_arena(const void* p) {
+  Emu& e = emu();
+  auto a = reinterpret_cast<const char*>(p);
+  return a >= e.arena && a < e.arena + kArena;
+}
+bool is_pinned(const void* p, size_t n) {
+  Emu& e = emu();
+  auto a = reinterpret_cast<uintptr_t>(p);
+  auto it = e.pinned.upper_bound(a);
+  if (it == e.pinned.begin()) return false;
+  --it;
+  return a >= it->first && a + n <= it->first + it->second;
+}
+
+CUstream_st& stream_of(cudaStream_t s) { return s == nullptr ? emu().legacy : *s; }
+bool known(cudaStream_t s) {
+  if (s == nullptr) return true;
+  for (CUstream_st* k : emu().streams)
+    if (k == s) return true;
+  return false;
+}
+
+void run_tasks(std::deque<Task>& q) {
+  Emu& e = emu();
+  Window w;
+  while (!q.empty()) {
+    Task t = std::move(q.front());
+    q.pop_front();
+    if (e.sticky == cudaSuccess) (*t.run)();
+  }
+}
+
+// The host waits for stream s: its queued work runs.
+void drain(CUstream_st& s) {
+  ++emu().counts.syncs;
+  run_tasks(s.pending);
+}
+void drain_all() {
+  Emu& e = emu();
+  for (CUstream_st* s : e.streams) run_tasks(s->pending);
+  run_tasks(e.legacy.pending);
+}
+
+// What a capture cannot hold: the capture is invalidated, as CUDA does.
+cudaError_t unsupported_while_capturing(CUstream_st& s) {
+  s.invalidated = true;
+  return ret(cudaErrorStreamCaptureUnsupported);
+}
+
+cudaError_t submit(cudaStream_t stream, Task t) {
+  Emu& e = emu();
+  if (e.sticky != cudaSuccess) return ret(e.sticky);
+  if (!known(stream)) return ret(cudaErrorInvalidResourceHandle);
+  CUstream_st& s = stream_of(stream);
+  if (s.capture != nullptr) {
+    ++e.counts.captured;
+    s.capture->tasks.push_back(std::move(t));
+    return cudaSuccess;
+  }
+  s.pending.push_back(std::move(t));
+  if (stream == nullptr) drain_all();  // the legacy stream waits for the others, and they for it
+  return cudaSuccess;
+}
+
+Task task(const char* what, std::function<void()> f) {
+  return Task{what, std::make_shared<std::function<void()>>(std::move(f))};
+}
+
+}  // namespace
+
+// --- the emulator's own interface (emu.h) ------------------------------------------------------
+
+extern "C" cudaError_t tgemu_submit(cudaStream_t s, const char* what, std::function<void()>* f) {
+  std::lock_guard<std::recursive_mutex> lock(emu().mu);
+  std::unique_ptr<std::function<void()>> owned(f);
+  return submit(s, Task{what, std::shared_ptr<std::function<void()>>(std::move(owned))});
+}
+
+extern "C" void tgemu_launch(cudaStream_t s, dim3 grid, dim3 block, std::function<void()>* body) {
+  std::lock_guard<std::recursive_mutex> lock(emu().mu);
+  std::unique_ptr<std::function<void()>> owned(body);
+  const unsigned long long threads =
+      static_cast<unsigned long long>(block.x) * block.y * block.z;
+  if (grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.x > 0x7fffffffu || grid.y > 65535 ||
+      grid.z > 65535 || threads == 0 || threads > 1024 || block.x > 1024 || block.y > 1024 ||
+      block.z > 64) {
+    ret(cudaErrorInvalidConfiguration);
+    return;
+  }
+  std::shared_ptr<std::function<void()>> run(std::move(owned));
+  cudaError_t e = submit(s, Task{"kernel", std::make_shared<std::function<void()>>([run] {
+                                   ++emu().counts.kernels;
+                                   (*run)();
+                                 })});
+  (void)e;
+}
+
+extern "C" void tgemu_fault(const char* what) {
+  Emu& e = emu();
+  std::lock_guard<std::recursive_mutex> lock(e.mu);
+  if (e.sticky == cudaSuccess) {
+    e.sticky = cudaErrorLaunchFailure;
+    e.fault = what;
+    std::fprintf(stderr, "emulated GPU: %s\n", what);
+  }
+}
+
+extern "C" bool tgemu_is_device(const void* p, size_t n) {
+  std::lock_guard<std::recursive_mutex> lock(emu().mu);
+  return allocation_of(p, n) != 0;
+}
+
+extern "C" bool tgemu_capturing(cudaStream_t s) {
+  std::lock_guard<std::recursive_mutex> lock(emu().mu);
+  return known(s) && stream_of(s).capture != nullptr;
+}
+
+tgemu::Counts tgemu::counts() {
+  std::lock_guard<std::recursive_mutex> lock(emu().mu);
+  Counts c = emu().counts;
+  c.device_bytes = static_cast<int64_t>(emu().in_use);
+  return c;
+}
+void tgemu::set_memory_limit(size_t bytes) {
+  std::lock_guard<std::recursive_mutex> lock(emu().mu);
+  emu().limit = bytes;
+}
+size_t tgemu::memory_limit() { return emu().limit; }
+const char* tgemu::fault() { return emu().fault.empty() ? nullptr : emu().fault.c_str(); }
+
+// --- the runtime's calls ---------------------------------------------------------------------
+
+extern "C" {
+
+cudaError_t cudaGetDeviceCount(int* count) {
+  *count = 1;
+  return cudaSuccess;
+}
+
+cudaError_t cudaSetDevice(int device) {
+  if (device != 0) return ret(cudaErrorInvalidDevice);
+  emu().device = device;
+  return cudaSuccess;
+}
+
+cudaError_t cudaGetDevice(int* device) {
+  *device = emu().device;
+  return cudaSuccess;
+}
+
+// An H100's figures.
+cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) {
+  if (device != 0) return ret(cudaErrorInvalidDevice);
+  switch (attr) {
+    case cudaDevAttrComputeCapabilityMajor: *value = 9; return cudaSuccess;
+    case cudaDevAttrComputeCapabilityMinor: *value = 0; return cudaSuccess;
+    case cudaDevAttrMultiProcessorCount: *value = 132; return cudaSuccess;
+    case cudaDevAttrMaxThreadsPerBlock: *value = 1024; return cudaSuccess;
+    case cudaDevAttrWarpSize: *value = 32; return cudaSuccess;
+    default: return ret(cudaErrorInvalidValue);
+  }
+}
+
+cudaError_t cudaMemGetInfo(size_t* free, size_t* total) {
+  Emu& e = emu();
+  std::lock_guard<std::recursive_mutex> lock(e.mu);
+  *total = e.limit;
+  *free = e.limit > e.in_use ? e.limit - e.in_use : 0;
+  return cudaSuccess;
+}
+
+cudaError_t cudaMalloc(void** ptr, size_t size) {
+  Emu& e = emu();
+  std::lock_guard<std::recursive_mutex> lock(e.mu);
+  *ptr = nullptr;
+  if (e.sticky != cudaSuccess) return ret(e.sticky);
+  for (CUstream_st* s : e.streams)
+    if (s->capture != nullptr && s->mode != cudaStreamCaptureModeRelaxed)
+      return unsupported_while_capturing(*s);
+  if (size == 0) return cudaSuccess;
+  const size_t n = (size + kAlign - 1) / kAlign * kAlign;
+  if (n > e.limit || e.in_use + n > e.limit) return ret(cudaErrorMemoryAllocation);
+  uintptr_t at = 0;
+  auto hole = e.holes.lower_bound(n);
+  if (hole != e.holes.end()) {
+    at = hole->second;
+    const size_t rest = hole->first - n;
+    e.holes.erase(hole);
+    if (rest > 0) e.holes.emplace(rest, at + n);
+  } else {
+    if (e.high + n > kArena) return ret(cudaErrorMemoryAllocation);
+    at = reinterpret_cast<uintptr_t>(e.arena) + e.high;
+    e.high += n;
+  }
+  e.live.emplace(at, n);
+  e.in_use += n;
+  {
+    Window w;
+    std::memset(reinterpret_cast<void*>(at), kGarbage, n);
+  }
+  *ptr = reinterpret_cast<void*>(at);
+  return cudaSuccess;
+}
+
+cudaError_t cudaFree(void* ptr) {
+  Emu& e = emu();
+  std::lock_guard<std::recursive_mutex> lock(e.mu);
+  if (ptr == nullptr) return cudaSuccess;
+  auto it = e.live.find(reinterpret_cast<uintptr_t>(ptr));
+  if (it == e.live.end()) return ret(cudaErrorInvalidValue);
+  for (CUstream_st* s : e.streams)
+    if (s->capture != nullptr && s->mode != cudaStreamCaptureModeRelaxed)
+      return unsupported_while_capturing(*s);
+  drain_all();  // cudaFree waits for the device
+  const size_t n = it->second;
+  {
+    Window w;
+    std::memset(ptr, kGarbage, n);
+  }
+  e.holes.emplace(n, it->first);
+  e.live.erase(it);
+  e.in_use -= n;
+  return e.sticky != cudaSuccess ? ret(e.sticky) : cudaSuccess;
+}
+
+cudaError_t cudaMallocHost(void** ptr, size_t size) {
+  Emu& e = emu();
+  std::lock_guard<std::recursive_mutex> lock(e.mu);
+  *ptr = std::aligned_alloc(4096, page_round(size == 0 ? 1 : size));
+  if (*ptr == nullptr) return ret(cudaErrorMemoryAllocation);
+  e.pinned.emplace(reinterpret_cast<uintptr_t>(*ptr), size);
+  return cudaSuccess;
+}
+
+cudaError_t cudaFreeHost(void* ptr) {
+  Emu& e = emu();
+  std::lock_guard<std::recursive_mutex> lock(e.mu);
+  auto it = e.pinned.find(reinterpret_cast<uintptr_t>(ptr));
+  if (it == e.pinned.end()) return ret(cudaErrorInvalidValue);
+  drain_all();
+  e.pinned.erase(it);
+  std::free(ptr);
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned int) {
+  Emu& e = emu();
+  std::lock_guard<std::recursive_mutex> lock(e.mu);
+  *stream = new CUstream_st;
+  e.streams.push_back(*stream);
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamDestroy(cudaStream_t stream) {
+  Emu& e = emu();
+  std::lock_guard<std::recursive_mutex> lock(e.mu);
+  if (stream == nullptr || !known(stream)) return ret(cudaErrorInvalidResourceHandle);
+  if (stream->capture != nullptr) return ret(cudaErrorIllegalState);
+  drain(*stream);  // its work completes first
+  std::erase(e.streams, stream);
+  delete stream;
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
+  Emu& e = emu();
+  std::lock_guard<std::recursive_mutex> lock(e.mu);
+  if (!known(stream)) return ret(cudaErrorInvalidResourceHandle);
+  CUstream_st& s = stream_of(stream);
+  if (s.capture != nullptr) return unsupported_while_capturing(s);
+  if (stream == nullptr)
+    drain_all();
+  else
+    drain(s);
+  return e.sticky != cudaSuccess ? ret(e.sticky) : cudaSuccess;
+}
+
+cudaError_t cudaDeviceSynchronize() {
+  Emu& e = emu();
+  std::lock_guard<std::recursive_mutex> lock(e.mu);
+  for (CUstream_st* s : e.streams)
+    if (s->capture != nullptr) return unsupported_while_capturing(*s);
+  ++e.counts.syncs;
+  drain_all();
+  return e.sticky != cudaSuccess ? ret(e.sticky) : cudaSuccess;
+}
+
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t count, cudaMemcpyKind kind,
+                            cudaStream_t stream) {
+  Emu& e = emu();
+  std::lock_guard<std::recursive_mutex> lock(e.mu);
+  if (e.sticky != cudaSuccess) return ret(e.sticky);
+  if (!known(stream)) return ret(cudaErrorInvalidResourceHandle);
+  if (count == 0) return cudaSuccess;
+  const bool dst_dev = allocation_of(dst, count) != 0, src_dev = allocation_of(src, count) != 0;
+  // A pointer into device memory that overruns its allocation is neither side.
+  if ((!dst_dev && in_arena(dst)) || (!src_dev && in_arena(src))) return ret(cudaErrorInvalidValue);
+  if (kind == cudaMemcpyDefault)
+    kind = dst_dev ? (src_dev ? cudaMemcpyDeviceToDevice : cudaMemcpyHostToDevice)
+                   : (src_dev ? cudaMemcpyDeviceToHost : cudaMemcpyHostToHost);
+  const bool ok = (kind == cudaMemcpyHostToDevice && dst_dev && !src_dev) ||
+                  (kind == cudaMemcpyDeviceToHost && !dst_dev && src_dev) ||
+                  (kind == cudaMemcpyDeviceToDevice && dst_dev && src_dev) ||
+                  (kind == cudaMemcpyHostToHost && !dst_dev && !src_dev);
+  if (!ok) return ret(cudaErrorInvalidValue);
+  CUstream_st& s = stream_of(stream);
+  const void* host = kind == cudaMemcpyHostToDevice   ? src
+                     : kind == cudaMemcpyDeviceToHost ? static_cast<const void*>(dst)
+                                                      : nullptr;
+  const bool pageable = host != nullptr && !is_pinned(host, count);
+  if (s.capture != nullptr && (pageable || kind == cudaMemcpyHostToHost))
+    return unsupported_while_capturing(s);
+  if (kind == cudaMemcpyHostToDevice && pageable) {
+    // Staged at the call: the caller may reuse its buffer at once.
+    auto bytes = std::make_shared<std::vector<char>>(static_cast<const char*>(src),
+                                                     static_cast<const char*>(src) + count);
+    return submit(stream, task("copy to device",
+                               [dst, bytes] { std::memcpy(dst, bytes->data(), bytes->size()); }));
+  }
+  if (kind == cudaMemcpyDeviceToHost && pageable) {
+    // Returns once the copy is done: the stream's earlier work first.
+    drain(s);
+    if (e.sticky != cudaSuccess) return ret(e.sticky);
+    Window w;
+    std::memcpy(dst, src, count);
+    return cudaSuccess;
+  }
+  return submit(stream, task("copy", [dst, src, count] { std::memcpy(dst, src, count); }));
+}
+
+cudaError_t cudaMemcpy(void* dst, const void* src, size_t count, cudaMemcpyKind kind) {
+  std::lock_guard<std::recursive_mutex> lock(emu().mu);
+  cudaError_t r = cudaMemcpyAsync(dst, src, count, kind, nullptr);
+  if (r != cudaSuccess) return r;
+  return cudaStreamSynchronize(nullptr);
+}
+
+cudaError_t cudaMemsetAsync(void* ptr, int value, size_t count, cudaStream_t stream) {
+  Emu& e = emu();
+  std::lock_guard<std::recursive_mutex> lock(e.mu);
+  if (count == 0) return cudaSuccess;
+  if (allocation_of(ptr, count) == 0) return ret(cudaErrorInvalidValue);
+  return submit(stream, task("memset", [ptr, value, count] { std::memset(ptr, value, count); }));
+}
+
+cudaError_t cudaStreamBeginCapture(cudaStream_t stream, cudaStreamCaptureMode mode) {
+  Emu& e = emu();
+  std::lock_guard<std::recursive_mutex> lock(e.mu);
+  if (stream == nullptr) return ret(cudaErrorStreamCaptureUnsupported);
+  if (!known(stream)) return ret(cudaErrorInvalidResourceHandle);
+  if (stream->capture != nullptr) return ret(cudaErrorIllegalState);
+  stream->capture = new CUgraph_st;
+  stream->mode = mode;
+  stream->invalidated = false;
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamEndCapture(cudaStream_t stream, cudaGraph_t* graph) {
+  Emu& e = emu();
+  std::lock_guard<std::recursive_mutex> lock(e.mu);
+  *graph = nullptr;
+  if (stream == nullptr || !known(stream)) return ret(cudaErrorInvalidResourceHandle);
+  if (stream->capture == nullptr) return ret(cudaErrorIllegalState);
+  CUgraph_st* g = stream->capture;
+  stream->capture = nullptr;
+  if (stream->invalidated) {
+    delete g;
+    stream->invalidated = false;
+    return ret(cudaErrorStreamCaptureInvalidated);
+  }
+  *graph = g;
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamIsCapturing(cudaStream_t stream, cudaStreamCaptureStatus* status) {
+  std::lock_guard<std::recursive_mutex> lock(emu().mu);
+  if (!known(stream)) return ret(cudaErrorInvalidResourceHandle);
+  CUstream_st& s = stream_of(stream);
+  *status = s.capture == nullptr ? cudaStreamCaptureStatusNone
+            : s.invalidated      ? cudaStreamCaptureStatusInvalidated
+                                 : cudaStreamCaptureStatusActive;
+  return cudaSuccess;
+}
+
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t* exec, cudaGraph_t graph, unsigned long long) {
+  std::lock_guard<std::recursive_mutex> lock(emu().mu);
+  if (graph == nullptr) return ret(cudaErrorInvalidValue);
+  *exec = new CUgraphExec_st{graph->tasks};
+  return cudaSuccess;
+}
+
+cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t stream) {
+  Emu& e = emu();
+  std::lock_guard<std::recursive_mutex> lock(e.mu);
+  if (exec == nullptr) return ret(cudaErrorInvalidValue);
+  ++e.counts.graph_launches;
+  for (const Task& t : exec->tasks)
+    if (cudaError_t r = submit(stream, t); r != cudaSuccess) return r;
+  return cudaSuccess;
+}
+
+cudaError_t cudaGraphDestroy(cudaGraph_t graph) {
+  std::lock_guard<std::recursive_mutex> lock(emu().mu);
+  delete graph;
+  return cudaSuccess;
+}
+
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec) {
+  std::lock_guard<std::recursive_mutex> lock(emu().mu);
+  delete exec;
+  return cudaSuccess;
+}
+
+// A "cubin" of the emulated NVRTC (nvrtc.cpp) is "tgemu-so:" and the path of a shared library
+// built from the kernel's source for the host.
+cudaError_t cudaLibraryLoadData(cudaLibrary_t* library, const void* code, cudaJitOption*, void**,
+                                unsigned int, cudaLibraryOption*, void**, unsigned int) {
+  std::lock_guard<std::recursive_mutex> lock(emu().mu);
+  const auto* text = static_cast<const char*>(code);
+  constexpr const char* kMagic = "tgemu-so:";
+  if (text == nullptr || std::strncmp(text, kMagic, std::strlen(kMagic)) != 0)
+    return ret(cudaErrorInvalidKernelImage);
+  void* so = dlopen(text + std::strlen(kMagic), RTLD_NOW | RTLD_LOCAL);
+  if (so == nullptr) return ret(cudaErrorInvalidKernelImage);
+  *library = new CUlib_st{so};
+  return cudaSuccess;
+}
+
+cudaError_t cudaLibraryGetKernel(cudaKernel_t* kernel, cudaLibrary_t library, const char* name) {
+  std::lock_guard<std::recursive_mutex> lock(emu().mu);
+  if (library == nullptr) return ret(cudaErrorInvalidResourceHandle);
+  std::string entry = std::string("tgemu_run_") + name;
+  auto run = reinterpret_cast<void (*)(const void*, unsigned, unsigned)>(
+      dlsym(library->so, entry.c_str()));
+  auto size = reinterpret_cast<size_t (*)()>(dlsym(library->so, "tgemu_params_size"));
+  auto stuck = reinterpret_cast<bool (*)()>(dlsym(library->so, "tg_host_stuck"));
+  if (run == nullptr || size == nullptr || stuck == nullptr) return ret(cudaErrorSymbolNotFound);
+  *kernel = new CUkern_st{run, size(), stuck};
+  return cudaSuccess;
+}
+
+cudaError_t cudaLibraryUnload(cudaLibrary_t library) {
+  std::lock_guard<std::recursive_mutex> lock(emu().mu);
+  delete library;
+  return cudaSuccess;
+}
+
+// Generated kernels only (cudaLibraryGetKernel's): kernels.cu's launches go to tgemu_launch.
+// Their one parameter is a struct, copied at the launch as CUDA copies parameters.
+cudaError_t cudaLaunchKernel(const void* func, dim3 grid, dim3 block, void** args,
+                             size_t shared, cudaStream_t stream) {
+  std::lock_guard<std::recursive_mutex> lock(emu().mu);
+  const auto* k = static_cast<const CUkern_st*>(func);
+  if (k == nullptr || args == nullptr || shared > 48 * 1024) return ret(cudaErrorInvalidValue);
+  if (grid.y != 1 || grid.z != 1 || block.y != 1 || block.z != 1)
+    return ret(cudaErrorInvalidValue);  // generated kernels are one-dimensional
+  auto params = std::make_shared<std::vector<char>>(static_cast<const char*>(args[0]),
+                                                    static_cast<const char*>(args[0]) + k->params);
+  auto* body = new std::function<void()>([k, params, grid, block] {
+    k->run(params->data(), grid.x, block.x);
+    if (k->stuck()) tgemu_fault("a generated kernel's threads disagree on their waits");
+  });
+  const cudaError_t before = t_last;
+  t_last = cudaSuccess;
+  tgemu_launch(stream, grid, block, body);
+  const cudaError_t r = t_last;
+  if (r == cudaSuccess) t_last = before;
+  return r;
+}
+
+cudaError_t cudaGetLastError() {
+  Emu& e = emu();
+  if (e.sticky != cudaSuccess) return e.sticky;
+  cudaError_t r = t_last;
+  t_last = cudaSuccess;
+  return r;
+}
+
+cudaError_t cudaPeekAtLastError() {
+  Emu& e = emu();
+  return e.sticky != cudaSuccess ? e.sticky : t_last;
+}
+
+const char* cudaGetErrorName(cudaError_t error) {
+  switch (error) {
+    case cudaSuccess: return "cudaSuccess";
+    case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
+    case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
+    case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
+    case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
+    case cudaErrorInvalidKernelImage: return "cudaErrorInvalidKernelImage";
+    case cudaErrorInvalidResourceHandle: return "cudaErrorInvalidResourceHandle";
+    case cudaErrorIllegalState: return "cudaErrorIllegalState";
+    case cudaErrorSymbolNotFound: return "cudaErrorSymbolNotFound";
+    case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
+    case cudaErrorStreamCaptureUnsupported: return "cudaErrorStreamCaptureUnsupported";
+    case cudaErrorStreamCaptureInvalidated: return "cudaErrorStreamCaptureInvalidated";
+    default: return "cudaErrorUnknown";
+  }
+}
+
+const char* cudaGetErrorString(cudaError_t error) {
+  switch (error) {
+    case cudaSuccess: return "no error";
+    case cudaErrorInvalidValue: return "invalid argument";
+    case cudaErrorMemoryAllocation: return "out of memory";
+    case cudaErrorInvalidConfiguration: return "invalid configuration argument";
+    case cudaErrorLaunchFailure: return "unspecified launch failure";
+    case cudaErrorStreamCaptureUnsupported: return "operation not permitted when stream is capturing";
+    case cudaErrorStreamCaptureInvalidated: return "operation failed due to a previous error during capture";
+    default: return "emulated GPU error";
+  }
+}
+
+}  // extern "C"

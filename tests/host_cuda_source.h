@@ -1,0 +1,319 @@
+// CUDA device code as host C++ (Note [CUDA code on the host]): the runtime that defines CUDA's
+// names for the host, and the rewrite of kernel launches. No test framework here: the emulated
+// GPU's generator (tests/emu/) uses it too.
+#pragma once
+
+#include <cctype>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+// Note [CUDA code on the host]
+// Kernel source (a generated fused kernel, or kernels.cu itself) is C++ but for a few CUDA names.
+// Defined here for the host, it compiles with the host's compiler into a shared library that the
+// test loads and calls. A launch runs the grid's blocks one after another; a block's threads are
+// fibers of the calling thread, resumed in turn: a thread runs until it waits (at
+// __syncthreads, or at a shuffle, which goes through its warp's slots between two waits of the
+// warp's 32 threads), and a wait ends when all its threads have arrived. So every interleaving
+// the code allows between waits is one a GPU could run, and a block whose threads disagree on
+// the waits they make (which would hang a GPU) is found at once, in a round in which no thread
+// moves: the library is then marked stuck and the test fails instead of hanging.
+// What this checks: everything the code computes from its indices (geometry, grid-stride loops,
+// the combining trees, where results land), every expression's semantics for every dtype. What
+// it cannot: CUDA's math library (the host's libm stands in, so floats compare within a few
+// ulps), the memory model, timing, and anything of the runtime or cuBLAS.
+namespace tghost {
+
+// Defined before the CUDA headers, which then keep these.
+inline constexpr const char* kRuntime = R"tg(#define __host__
+#define __device__
+#define __global__
+#define __shared__ static
+#define __launch_bounds__(n)
+#include <cuda_runtime_api.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <ucontext.h>
+#include <cstdint>
+#include <vector>
+static dim3 gridDim, blockDim, blockIdx, threadIdx;
+static unsigned tg_tid;  // threadIdx as one number
+static bool tg_stuck = false;
+// A fiber's stack: allocated once and never cleared, so that only the pages a thread touches are
+// ever mapped (a block's 1024 cleared stacks would be 256 MB of writes).
+struct tg_stack {
+  char* base = nullptr;
+  size_t size = 256 * 1024;
+};
+// A block's threads are fibers of the calling thread, resumed in turn by tg_run_block. On
+// x86-64 a switch saves the callee-saved registers on the fiber's stack and swaps stack pointers
+// (swapcontext would also make two system calls for the signal mask, at every switch).
+#if defined(__x86_64__)
+extern "C" void tg_switch(void** save_sp, void* load_sp);
+asm(R"(.text
+.globl tg_switch
+.hidden tg_switch
+.type tg_switch, @function
+tg_switch:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+.size tg_switch, .-tg_switch
+)");
+struct tg_context {
+  void* sp = nullptr;
+};
+static void tg_swap(tg_context& from, tg_context& to) { tg_switch(&from.sp, to.sp); }
+static void tg_start(tg_context& c, tg_stack& stack, void (*entry)()) {
+  auto top = reinterpret_cast<uintptr_t>(stack.base + stack.size) & ~uintptr_t{15};
+  auto* sp = reinterpret_cast<void**>(top);
+  *--sp = nullptr;                               // where entry's return address would be
+  *--sp = reinterpret_cast<void*>(entry);        // tg_switch's ret goes there
+  for (int r = 0; r < 6; ++r) *--sp = nullptr;  // the registers it pops
+  c.sp = sp;
+}
+#else
+struct tg_context {
+  ucontext_t uc;
+};
+static void tg_swap(tg_context& from, tg_context& to) { swapcontext(&from.uc, &to.uc); }
+static void tg_start(tg_context& c, tg_stack& stack, void (*entry)()) {
+  getcontext(&c.uc);
+  c.uc.uc_stack.ss_sp = stack.base;
+  c.uc.uc_stack.ss_size = stack.size;
+  c.uc.uc_link = nullptr;
+  makecontext(&c.uc, entry, 0);
+}
+#endif
+struct tg_fiber {
+  tg_context context;
+  tg_stack stack;
+  bool done = false;
+};
+static std::vector<tg_fiber> tg_fibers;
+static tg_context tg_scheduler;
+static tg_fiber* tg_current = nullptr;
+static unsigned long long tg_progress = 0;  // arrivals and ends, to tell a stuck block
+static void (*tg_body)(void*) = nullptr;
+static void* tg_body_arg = nullptr;
+static void tg_yield() { tg_swap(tg_current->context, tg_scheduler); }
+struct tg_barrier {
+  explicit tg_barrier(unsigned n) : n(n) {}
+  void wait() {
+    ++tg_progress;
+    const unsigned long long gen = generation;
+    if (++arrived == n) {
+      arrived = 0;
+      ++generation;
+      return;
+    }
+    while (generation == gen) tg_yield();
+  }
+  unsigned n, arrived = 0;
+  unsigned long long generation = 0;
+};
+static tg_barrier* tg_block_barrier;
+static std::vector<tg_barrier>* tg_warp_barriers;
+static unsigned long long tg_lane_slots[1024];
+static inline void __syncthreads() { tg_block_barrier->wait(); }
+template <class T>
+static T tg_exchange(T v, unsigned from_lane, bool inside) {
+  const unsigned t = tg_tid;
+  tg_barrier& warp = (*tg_warp_barriers)[t / 32];
+  unsigned long long bits = 0;
+  memcpy(&bits, &v, sizeof v);
+  tg_lane_slots[t] = bits;
+  warp.wait();
+  T r = v;
+  if (inside) memcpy(&r, &tg_lane_slots[tg_tid / 32 * 32 + from_lane], sizeof r);
+  warp.wait();
+  return r;
+}
+template <class T>
+static T __shfl_down_sync(unsigned, T v, int off) {
+  const unsigned lane = tg_tid % 32;
+  return tg_exchange(v, lane + off, lane + off < 32);
+}
+template <class T>
+static T __shfl_sync(unsigned, T v, int src) {
+  return tg_exchange(v, static_cast<unsigned>(src), true);
+}
+static inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) {
+  const unsigned long long old = *p;
+  *p = old + v;
+  return old;
+}
+static inline unsigned atomicAdd(unsigned* p, unsigned v) {
+  const unsigned old = *p;
+  *p = old + v;
+  return old;
+}
+static inline unsigned long long __umul64hi(unsigned long long a, unsigned long long b) {
+  return static_cast<unsigned long long>((static_cast<unsigned __int128>(a) * b) >> 64);
+}
+static inline double __longlong_as_double(long long v) {
+  double d;
+  memcpy(&d, &v, sizeof d);
+  return d;
+}
+static inline float4 make_float4(float x, float y, float z, float w) {
+  float4 r;
+  r.x = x, r.y = y, r.z = z, r.w = w;
+  return r;
+}
+static void tg_fiber_main() {
+  tg_body(tg_body_arg);
+  tg_current->done = true;
+  ++tg_progress;
+  tg_swap(tg_current->context, tg_scheduler);  // never resumed
+  __builtin_trap();
+}
+// One block: every thread from the start, in turn, until all are done; a round in which none
+// arrives anywhere nor ends is a block stuck (on a GPU: hung), which marks the library stuck.
+static void tg_run_block(unsigned n) {
+  if (tg_fibers.size() < n) tg_fibers.resize(n);
+  for (unsigned t = 0; t < n; ++t) {
+    tg_fiber& f = tg_fibers[t];
+    if (f.stack.base == nullptr) f.stack.base = static_cast<char*>(malloc(f.stack.size));
+    f.done = false;
+    tg_start(f.context, f.stack, tg_fiber_main);
+  }
+  for (;;) {
+    bool live = false;
+    const unsigned long long before = tg_progress;
+    for (unsigned t = 0; t < n; ++t) {
+      tg_fiber& f = tg_fibers[t];
+      if (f.done) continue;
+      live = true;
+      tg_current = &f;
+      tg_tid = t;
+      threadIdx = dim3(t % blockDim.x, t / blockDim.x % blockDim.y, t / (blockDim.x * blockDim.y));
+      tg_swap(tg_scheduler, f.context);
+    }
+    if (!live) return;
+    if (tg_progress == before) {
+      tg_stuck = true;
+      return;
+    }
+  }
+}
+template <class F>
+static void tg_host_launch(dim3 grid, dim3 block, F f) {
+  if (tg_stuck) return;
+  gridDim = grid;
+  blockDim = block;
+  const unsigned n = block.x * block.y * block.z;
+  tg_barrier whole(n);
+  std::vector<tg_barrier> warps((n + 31) / 32, tg_barrier(32));
+  tg_block_barrier = &whole;
+  tg_warp_barriers = &warps;
+  tg_body = [](void* arg) { (*static_cast<F*>(arg))(); };
+  tg_body_arg = &f;
+  for (unsigned z = 0; z < grid.z; ++z)
+    for (unsigned y = 0; y < grid.y; ++y)
+      for (unsigned x = 0; x < grid.x && !tg_stuck; ++x) {
+        blockIdx = dim3(x, y, z);
+        tg_run_block(n);
+      }
+}
+extern "C" __attribute__((visibility("default"))) bool tg_host_stuck() { return tg_stuck; }
+)tg";
+
+// CUB's DeviceRadixSort::SortPairs as kernels.cu calls it: a stable sort of the pairs by the
+// keys' bits [begin_bit, end_bit).
+inline constexpr const char* kCubShim = R"(#include <algorithm>
+#include <numeric>
+namespace cub {
+struct DeviceRadixSort {
+  template <class K, class V, class N>
+  static cudaError_t SortPairs(void* temp, size_t& bytes, const K* keys_in, K* keys_out,
+                               const V* values_in, V* values_out, N n, int begin_bit, int end_bit,
+                               cudaStream_t = nullptr) {
+    if (temp == nullptr) {
+      bytes = 256;
+      return cudaSuccess;
+    }
+    const unsigned long long mask =
+        (end_bit >= 64 ? ~0ULL : ((1ULL << end_bit) - 1)) & ~((1ULL << begin_bit) - 1);
+    std::vector<long long> order(static_cast<size_t>(n));
+    std::iota(order.begin(), order.end(), 0LL);
+    std::stable_sort(order.begin(), order.end(), [&](long long a, long long b) {
+      return (keys_in[a] & mask) < (keys_in[b] & mask);
+    });
+    for (size_t i = 0; i < order.size(); ++i) {
+      keys_out[i] = keys_in[order[i]];
+      values_out[i] = values_in[order[i]];
+    }
+    return cudaSuccess;
+  }
+};
+}  // namespace cub
+)";
+
+// Every `k<<<a, b, c, d>>>(args)` of src → `tg_host_launch(a, b, [&] { k(args); })`, or with
+// `deferred` (the emulated GPU, tests/emu/) → `tg_emu_launch(a, b, d, [=] { k(args); })`, which
+// queues the launch on stream d with its arguments copied, as a launch copies them.
+inline std::string host_launches(std::string src, bool deferred = false) {
+  for (size_t at = src.find("<<<"); at != std::string::npos; at = src.find("<<<")) {
+    size_t start = at;  // the kernel's name, template arguments included
+    int depth = 0;
+    while (start > 0) {
+      const char c = src[start - 1];
+      if (c == '>') {
+        ++depth;
+      } else if (c == '<') {
+        if (depth == 0) break;
+        --depth;
+      } else if (depth == 0 &&
+                 !(std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == ':')) {
+        break;
+      }
+      --start;
+    }
+    const size_t close = src.find(">>>", at);
+    if (close == std::string::npos) throw std::runtime_error("host_launches: <<< without >>>");
+    std::vector<std::string> config(1);
+    int parens = 0;
+    for (size_t i = at + 3; i < close; ++i) {
+      const char c = src[i];
+      parens += c == '(' ? 1 : c == ')' ? -1 : 0;
+      if (c == ',' && parens == 0)
+        config.emplace_back();
+      else
+        config.back() += c;
+    }
+    if (config.size() != 4)
+      throw std::runtime_error("host_launches: a launch without its four arguments");
+    size_t open = close + 3;
+    if (src[open] != '(') throw std::runtime_error("host_launches: >>> not followed by (");
+    size_t end = open;
+    for (int d = 0; end < src.size(); ++end) {
+      if (src[end] == '(') ++d;
+      if (src[end] == ')' && --d == 0) break;
+    }
+    const std::string kernel = src.substr(start, at - start);
+    const std::string args = src.substr(open + 1, end - open - 1);
+    const std::string call = kernel + "(" + args + ");";
+    src.replace(start, end + 1 - start,
+                deferred ? "tg_emu_launch(dim3(" + config[0] + "), dim3(" + config[1] + "), " +
+                               config[3] + ", [=] { " + call + " })"
+                         : "tg_host_launch(dim3(" + config[0] + "), dim3(" + config[1] +
+                               "), [&] { " + call + " })");
+  }
+  return src;
+}
+
+}  // namespace tghost
