@@ -3,15 +3,18 @@
 // training workloads at batch 60 and 1024, and a traced step against eager at batch 1.
 // bench/torch_cuda.py times the same workloads in PyTorch on the same machine; run both:
 //   build/release/bench/bench_cuda && python3 bench/torch_cuda.py
-// Without a GPU it says so and exits 0.
+// Without a GPU it says so and exits 0. `--smoke` runs every workload once at small sizes and
+// checks the results instead of timing them: the emulated GPU's test (tests/emu) runs it so, and a
+// broken workload fails there rather than on a GPU machine's limited minutes.
 #include <cuda_runtime_api.h>
 #include <tapegrad/tapegrad.h>
 
 #include <algorithm>
 #include <chrono>
-#include <functional>
 #include <cmath>
 #include <cstdio>
+#include <functional>
+#include <string_view>
 #include <vector>
 
 #include "harness.h"
@@ -20,10 +23,31 @@ namespace F = tg::nn::functional;
 
 namespace {
 
+bool g_smoke = false;  // --smoke
+int g_failed = 0;      // checks failed in --smoke
+
+// --smoke: that a result is within tol * (1 + |want|) of the reference.
+void check(const char* what, const tg::Tensor& got, const tg::Tensor& want, double tol = 1e-4) {
+  if (!g_smoke) return;
+  auto a = got.to(tg::kCPU).to(tg::kF64).to_vector<double>();
+  auto b = want.to(tg::kCPU).to(tg::kF64).to_vector<double>();
+  bool ok = a.size() == b.size();
+  for (size_t i = 0; ok && i < a.size(); ++i)
+    ok = std::abs(a[i] - b[i]) <= tol * (1 + std::abs(b[i]));
+  std::printf("  check %-40s %s\n", what, ok ? "ok" : "FAILED");
+  if (!ok) ++g_failed;
+}
+
 // Median seconds per call over 7 trials, the device drained at the end of each trial (not after
 // each call: calls queue as they would in a program), exactly as bench/torch_cuda.py times.
 double gpu_time(const std::function<void()>& f, double seconds = 0.3) {
   using Clock = std::chrono::steady_clock;
+  if (g_smoke) {  // once: the code path, not the time
+    auto t0 = Clock::now();
+    f();
+    tg::cuda::synchronize();
+    return std::chrono::duration<double>(Clock::now() - t0).count();
+  }
   auto timed = [&](int64_t reps) {
     auto t0 = Clock::now();
     for (int64_t i = 0; i < reps; ++i) f();
@@ -56,7 +80,7 @@ double peak_bandwidth_gbs() {
 }
 
 void elementwise() {
-  const int64_t n = int64_t{1} << 24;
+  const int64_t n = g_smoke ? int64_t{1} << 12 : int64_t{1} << 24;
   tg::Tensor a = tg::randn({n}).to(tg::cuda()), b = tg::randn({n}).to(tg::cuda());
   double peak = peak_bandwidth_gbs();
   std::printf("\nElementwise, 16M f32 elements (peak bandwidth from the device: %.0f GB/s)\n", peak);
@@ -73,6 +97,11 @@ void elementwise() {
   auto fused = tg::trace([&](const tg::Tensor& x) { return tg::tanh(x * a + b) * 0.5 + 0.5; });
   fused(a);
   report("traced tanh(x*a+b)*.5+.5", gpu_time([&] { (void)fused(a); }), 16.0 * n);
+  tg::Tensor ca = a.to(tg::kCPU), cb = b.to(tg::kCPU);
+  check("add", a + b, ca + cb);
+  check("gelu", tg::gelu(a), tg::gelu(ca));
+  check("sum", a.sum(), ca.sum(), 1e-3);
+  check("traced tanh(x*a+b)*.5+.5", fused(a), tg::tanh(ca * ca + cb) * 0.5 + 0.5);
 }
 
 // Rows of a classifier (1024 × 10) and of a language model's head (512 × 32000): one kernel
@@ -80,7 +109,9 @@ void elementwise() {
 void softmax_rows() {
   std::printf("\nsoftmax rows, f32\n");
   std::printf("%-28s %12s %12s\n", "op", "us", "GB/s");
-  for (auto [rows, cols] : {std::pair<int64_t, int64_t>{1024, 10}, {512, 32000}}) {
+  const std::pair<int64_t, int64_t> full[] = {{1024, 10}, {512, 32000}},
+                                    small[] = {{64, 10}, {4, 3000}};
+  for (auto [rows, cols] : g_smoke ? small : full) {
     tg::Tensor x = tg::randn({rows, cols}).to(tg::cuda());
     const double n = static_cast<double>(rows * cols);
     auto report = [&](const char* op, double s, double bytes) {
@@ -96,12 +127,15 @@ void softmax_rows() {
     auto traced = tg::trace([](const tg::Tensor& t) { return tg::log_softmax(t, 1); });
     traced(x);
     report("traced log_softmax", gpu_time([&] { (void)traced(x); }), 8.0 * n);
+    check("log_softmax, eager and traced", traced(x), tg::log_softmax(x.to(tg::kCPU), 1));
+    check("softmax", tg::softmax(x, 1), tg::softmax(x.to(tg::kCPU), 1));
   }
 }
 
 void products() {
-  const int64_t n = 4096;
+  const int64_t n = g_smoke ? 64 : 4096;
   tg::Tensor a = tg::randn({n, n}).to(tg::cuda()), b = tg::randn({n, n}).to(tg::cuda());
+  check("matmul f32", a.matmul(b), a.to(tg::kCPU).matmul(b.to(tg::kCPU)));
   std::printf("\nmatmul %ldx%ldx%ld\n", static_cast<long>(n), static_cast<long>(n), static_cast<long>(n));
   double flop = 2.0 * n * n * n;
   for (bool tf32 : {false, true}) {
@@ -149,7 +183,9 @@ void training() {
   const Load loads[] = {{"MLP 784-500-10", {784, 500, 10}},
                         {"deep MLP 784-3x1000-10", {784, 1000, 1000, 1000, 10}}};
   for (const Load& load : loads) {
-    for (int64_t batch : {1, 60, 1024}) {
+    const int64_t full[] = {1, 60, 1024}, small[] = {1, 8};
+    for (int64_t batch :
+         g_smoke ? std::vector<int64_t>(small, small + 2) : std::vector<int64_t>(full, full + 3)) {
       tg::Tensor x = tg::randn({batch, 784}).to(tg::cuda());
       tg::Tensor y = tg::randint(0, 10, {batch}).to(tg::cuda());
       Model eager(load.widths), traced_model(load.widths);
@@ -157,6 +193,15 @@ void training() {
       auto traced = tg::trace([&](const tg::Tensor& xx, const tg::Tensor& yy) { return traced_model.step(xx, yy); });
       traced(x, y);
       double t = gpu_time([&] { traced(x, y); });
+      if (g_smoke) {  // as many steps on both: the same weights
+        eager.step(x, y);
+        std::vector<tg::Tensor> t, e;
+        for (size_t i = 0; i < eager.params.size(); ++i) {
+          t.push_back(traced_model.params[i].reshape({-1}));
+          e.push_back(eager.params[i].reshape({-1}));
+        }
+        check("traced step's weights are eager's", tg::cat(t), tg::cat(e));
+      }
       std::printf("%-24s batch %4ld %12.0f %12.0f %9.2fx\n", load.name, static_cast<long>(batch),
                   batch / e, batch / t, e / t);
     }
@@ -165,8 +210,16 @@ void training() {
 
 }  // namespace
 
-int main() {
+int main(int argc, char** argv) {
   bench::keep_freed_memory();
+  for (int i = 1; i < argc; ++i) {
+    if (std::string_view(argv[i]) == "--smoke") {
+      g_smoke = true;
+    } else {
+      std::fprintf(stderr, "usage: bench_cuda [--smoke]\n");
+      return 2;
+    }
+  }
   if (!tg::cuda::is_available()) {
     std::printf("bench_cuda: %s; nothing measured\n",
                 tg::cuda::is_built() ? "no CUDA GPU is present" : "tapegrad was built without CUDA");
@@ -179,5 +232,6 @@ int main() {
   softmax_rows();
   products();
   training();
-  return 0;
+  if (g_smoke) std::printf("\n%s\n", g_failed == 0 ? "all checks passed" : "SOME CHECKS FAILED");
+  return g_failed == 0 ? 0 : 1;
 }

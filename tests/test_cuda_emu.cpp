@@ -1,14 +1,185 @@
-// The CUDA backend on the emulated GPU (Note [An emulated GPU], emu/runtime.cpp): checks of the
-// emulator's own strictness, and of what only it can count (waits, graph launches).
+// The CUDA backend on the emulated GPU (Note [An emulated GPU], emu/runtime.cpp): what only the
+// emulator can see or arrange. The waits and graph launches of a traced training step, the pinned
+// staging of large copies, running out of memory at a size a test can reach, recordings that must
+// be dropped, and the emulator's own strictness (host code that reads device memory faults).
+// test_cuda.cpp's cases run here too, as on a GPU.
+#include <dlfcn.h>
 #include <doctest/doctest.h>
+#include <sys/wait.h>
 #include <tapegrad/tapegrad.h>
+#include <unistd.h>
 
+#include <cmath>
+#include <csignal>
+#include <cstring>
+
+#include "backend/backend.h"
 #include "emu/emu.h"
 
 using namespace tg;
 
-TEST_CASE("the emulated GPU is the one in use") {
-  CHECK(cuda::is_available());
-  Tensor a = ones({2, 3}, {.device = cuda()});
-  CHECK(a.sum().item<float>() == 6);
+namespace {
+
+bool same_bits(const Tensor& a, const Tensor& b) {
+  auto x = a.to(kCPU).to_vector<double>(), y = b.to(kCPU).to_vector<double>();
+  return x.size() == y.size() && std::memcmp(x.data(), y.data(), x.size() * sizeof(double)) == 0;
+}
+
+// Within tol * (1 + |want|), element by element.
+bool close(const Tensor& got, const Tensor& want, double tol) {
+  auto a = got.to(kCPU).to_vector<double>(), b = want.to(kCPU).to_vector<double>();
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i)
+    if (!(std::abs(a[i] - b[i]) <= tol * (1 + std::abs(b[i])))) return false;
+  return true;
+}
+
+// Whether the library loaded as `name` is the emulator's (it has `symbol`).
+bool emulated(const char* name, const char* symbol) {
+  void* h = dlopen(name, RTLD_NOW | RTLD_NOLOAD);
+  if (h == nullptr) return false;
+  const bool r = dlsym(h, symbol) != nullptr;
+  dlclose(h);
+  return r;
+}
+
+}  // namespace
+
+TEST_CASE("the emulated GPU: the backend's cuBLAS and NVRTC are the emulator's") {
+  REQUIRE(cuda::is_available());
+  Tensor a = randn({3, 4}).to(cuda()), b = randn({4, 2}).to(cuda());
+  CHECK(close(a.matmul(b), a.to(kCPU).matmul(b.to(kCPU)), 1e-5));
+  CHECK(emulated("libcublas.so.13", "tgemu_is_emulated_cublas"));
+  // A traced elementwise chain makes a generated kernel.
+  auto f = trace([](const Tensor& x) { return tanh(x * 2 + 1) * x; });
+  Tensor x = randn({1000}).to(cuda());
+  CHECK(close(f(x), tanh(x.to(kCPU) * 2 + 1) * x.to(kCPU), 1e-5));
+  CHECK(emulated("libnvrtc.so.13", "nvrtcCreateProgram"));
+  CHECK(tgemu::fault() == nullptr);
+}
+
+TEST_CASE("the emulated GPU: host code that reads device memory faults, as on a GPU") {
+  Tensor t = ones({1024}, {.device = cuda()});
+  cuda::synchronize();
+  auto* p = static_cast<volatile float*>(t.raw_data_ptr());
+  const pid_t child = fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    std::signal(SIGSEGV, SIG_DFL);  // not the test framework's handler: die of it
+    const float v = *p;             // a host read of device memory
+    _exit(v == 1.0f ? 0 : 1);
+  }
+  int status = 0;
+  REQUIRE(waitpid(child, &status, 0) == child);
+  CHECK(WIFSIGNALED(status));
+  CHECK(WTERMSIG(status) == SIGSEGV);
+  CHECK(t.sum().item<float>() == 1024);
+}
+
+TEST_CASE("the emulated GPU: a replayed training step is two graph launches and one wait") {
+  manual_seed(5);
+  std::vector<Tensor> params{(randn({20, 16}) * 0.1).to(cuda()).requires_grad_(),
+                             zeros({16}, {.device = cuda()}).requires_grad_(),
+                             (randn({16, 4}) * 0.1).to(cuda()).requires_grad_(),
+                             zeros({4}, {.device = cuda()}).requires_grad_()};
+  auto step = [&params](const Tensor& x, const Tensor& y) {
+    Tensor h = tanh(x.matmul(params[0]) + params[1]).matmul(params[2]) + params[3];
+    Tensor loss = nn::functional::cross_entropy(h, y);
+    auto grads = grad({loss}, params);
+    NoGradGuard no_grad;
+    for (size_t i = 0; i < params.size(); ++i) params[i].sub_(grads[i] * 0.1);
+    return loss;
+  };
+  auto traced = trace(step);
+  Tensor x = randn({8, 20}).to(cuda()), y = randint(0, 4, {8}).to(cuda());
+  for (int i = 0; i < 3; ++i) (void)traced(x, y);  // traced, recorded, replayed
+  cuda::synchronize();
+  const tgemu::Counts before = tgemu::counts();
+  Tensor loss = traced(x, y);
+  const tgemu::Counts after = tgemu::counts();
+  // Forward and backward, then the updates: the index ops' flags are read between them, the one
+  // wait (Note [Device-side arguments]); nothing is recorded again.
+  CHECK(after.graph_launches - before.graph_launches == 2);
+  CHECK(after.syncs - before.syncs == 1);
+  CHECK(after.captured == before.captured);
+  CHECK(std::isfinite(loss.item<float>()));
+  // Eager, the same step waits for the targets' bounds and for each index op's check.
+  const tgemu::Counts eager_before = tgemu::counts();
+  (void)step(x, y);
+  const int64_t eager_waits = tgemu::counts().syncs - eager_before.syncs;
+  MESSAGE("waits per step: eager " << eager_waits << ", replayed 1");
+  CHECK(eager_waits > 1);
+}
+
+TEST_CASE("the emulated GPU: large copies go through the pinned buffer, in stream order") {
+  manual_seed(6);
+  // 20 MiB: three pieces of the 8 MiB staging buffer each way.
+  Tensor x = randn({5 << 20});
+  const tgemu::Counts before = tgemu::counts();
+  Tensor d = x.to(cuda());
+  Tensor back = (d * 2 - 1).to(kCPU);  // the kernels queued before the copy run first
+  CHECK(tgemu::counts().pinned_copies - before.pinned_copies == 6);
+  CHECK(same_bits(back, x * 2 - 1));
+  // Small copies go straight from pageable memory, staged at the call.
+  Tensor small = arange(0, 100).to(kF32);
+  Tensor ds = small.to(cuda());
+  small.mul_(0);  // the caller's buffer reused at once
+  CHECK(same_bits(ds.to(kCPU), arange(0, 100).to(kF32)));
+}
+
+TEST_CASE("the emulated GPU: out of memory empties the cache and retries, then names the sizes") {
+  cuda::synchronize();
+  cuda::empty_cache();
+  const size_t limit = tgemu::memory_limit();
+  const int64_t base = tgemu::counts().device_bytes;
+  tgemu::set_memory_limit(static_cast<size_t>(base) + (size_t{64} << 20));
+  struct Restore {
+    size_t limit;
+    ~Restore() { tgemu::set_memory_limit(limit); }
+  } restore{limit};
+  {
+    Tensor a = empty({10 << 20}, {.device = cuda()});  // 40 MiB, cached when freed
+  }
+  CHECK(cuda::memory_stats().reserved >= (40 << 20));
+  // 48 MiB does not fit beside the cached 40: the cache is emptied and the allocation retried.
+  Tensor b = ones({12 << 20}, {.device = cuda()});
+  CHECK(b.sum().item<float>() == float(12 << 20));
+  CHECK(cuda::memory_stats().reserved < (100 << 20));
+  // 48 more cannot fit at all: an error with the sizes, and nothing lost.
+  try {
+    (void)empty({12 << 20}, {.device = cuda()});
+    FAIL("no tg::Error thrown");
+  } catch (const Error& e) {
+    std::string msg = e.what();
+    CAPTURE(msg);
+    CHECK(msg.find("CUDA out of memory on cuda:0: tried to allocate 50331648 bytes") !=
+          std::string::npos);
+    CHECK(msg.find("free of") != std::string::npos);
+  }
+  CHECK(b.sum().item<float>() == float(12 << 20));
+}
+
+TEST_CASE("the emulated GPU: a recording that must be dropped runs nothing and keeps no memory") {
+  Backend& gpu = cuda_backend(0);
+  Tensor x = randn({256}).to(cuda());
+  cuda::synchronize();
+  const int64_t allocated = cuda::memory_stats().allocated;
+  const tgemu::Counts before = tgemu::counts();
+  // Waiting for the device cannot be recorded: refused, so the recording is dropped.
+  auto work = gpu.capture([&] {
+    Tensor y = x * 3;
+    (void)y.sum().item<float>();
+  });
+  CHECK(work == nullptr);
+  CHECK(tgemu::counts().kernels == before.kernels);  // recorded, never run
+  CHECK(cuda::memory_stats().allocated == allocated);
+  // A recording that holds: nothing runs until it is launched, then all of it at each launch.
+  Tensor out = zeros({256}, {.device = cuda()});
+  auto ok = gpu.capture([&] { out.add_(x * 3); });
+  REQUIRE(ok != nullptr);
+  CHECK(same_bits(out, zeros({256})));
+  ok->launch();
+  ok->launch();
+  CHECK(close(out, x.to(kCPU) * 6, 1e-6));
+  CHECK(tgemu::fault() == nullptr);
 }

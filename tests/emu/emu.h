@@ -31,8 +31,8 @@ struct Counts {
   int64_t kernels = 0;         // kernel launches run
   int64_t graph_launches = 0;  // cudaGraphLaunch calls
   int64_t captured = 0;        // tasks recorded into graphs
-  int64_t syncs = 0;           // times the host waited for a stream
-  int64_t gemms = 0;           // cuBLAS products run
+  int64_t syncs = 0;           // times the host waited for a stream with work queued
+  int64_t pinned_copies = 0;   // copies between device and pinned host memory
   int64_t device_bytes = 0;    // bytes in live allocations
 };
 Counts counts();

@@ -79,7 +79,7 @@ struct CUkern_st {
 
 namespace {
 
-constexpr size_t kArena = size_t{64} << 30;  // address space reserved for device memory
+constexpr size_t kArena = size_t{16} << 30;  // address space reserved for device memory
 constexpr size_t kAlign = 256;
 constexpr unsigned char kGarbage = 0xCD;
 
@@ -89,7 +89,7 @@ struct Emu {
   size_t high = 0;                          // bytes of the arena ever handed out
   std::map<uintptr_t, size_t> live;         // device allocations: start → bytes
   std::multimap<size_t, uintptr_t> holes;   // freed ranges: bytes → start
-  size_t limit = size_t{16} << 30;
+  size_t limit = size_t{8} << 30;
   size_t in_use = 0;
   int open = 0;                             // device-work windows open (device memory readable)
   std::map<uintptr_t, size_t> pinned;       // cudaMallocHost
@@ -186,7 +186,7 @@ void run_tasks(std::deque<Task>& q) {
 
 // The host waits for stream s: its queued work runs.
 void drain(CUstream_st& s) {
-  ++emu().counts.syncs;
+  if (!s.pending.empty()) ++emu().counts.syncs;
   run_tasks(s.pending);
 }
 void drain_all() {
@@ -311,8 +311,27 @@ cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) 
     case cudaDevAttrMultiProcessorCount: *value = 132; return cudaSuccess;
     case cudaDevAttrMaxThreadsPerBlock: *value = 1024; return cudaSuccess;
     case cudaDevAttrWarpSize: *value = 32; return cudaSuccess;
+    case cudaDevAttrMemoryClockRate:
+      *value = 2619000;
+      return cudaSuccess;  // kHz
+    case cudaDevAttrGlobalMemoryBusWidth:
+      *value = 5120;
+      return cudaSuccess;  // bits
     default: return ret(cudaErrorInvalidValue);
   }
+}
+
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
+  if (device != 0) return ret(cudaErrorInvalidDevice);
+  *prop = cudaDeviceProp{};
+  std::snprintf(prop->name, sizeof prop->name, "emulated GPU (tapegrad's tests)");
+  prop->major = 9;
+  prop->minor = 0;
+  prop->multiProcessorCount = 132;
+  prop->totalGlobalMem = emu().limit;
+  prop->warpSize = 32;
+  prop->maxThreadsPerBlock = 1024;
+  return cudaSuccess;
 }
 
 cudaError_t cudaMemGetInfo(size_t* free, size_t* total) {
@@ -434,8 +453,8 @@ cudaError_t cudaDeviceSynchronize() {
   std::lock_guard<std::recursive_mutex> lock(e.mu);
   for (CUstream_st* s : e.streams)
     if (s->capture != nullptr) return unsupported_while_capturing(*s);
-  ++e.counts.syncs;
-  drain_all();
+  for (CUstream_st* s : e.streams) drain(*s);
+  drain(e.legacy);
   return e.sticky != cudaSuccess ? ret(e.sticky) : cudaSuccess;
 }
 
@@ -479,6 +498,7 @@ cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t count, cudaMemcpy
     std::memcpy(dst, src, count);
     return cudaSuccess;
   }
+  if (host != nullptr) ++e.counts.pinned_copies;
   return submit(stream, task("copy", [dst, src, count] { std::memcpy(dst, src, count); }));
 }
 
