@@ -21,7 +21,9 @@
 // What this checks: everything the code computes from its indices (geometry, grid-stride loops,
 // the combining trees, where results land), every expression's semantics for every dtype. What
 // it cannot: CUDA's math library (the host's libm stands in, so floats compare within a few
-// ulps), the memory model, timing, and anything of the runtime or cuBLAS.
+// ulps), the memory model and timing. The runtime and cuBLAS around the kernels are the emulated
+// GPU's part (Note [An emulated GPU], tests/emu/runtime.cpp), which compiles kernels.cu with
+// this runtime too, its launches queued on their streams.
 namespace tghost {
 
 // Defined before the CUDA headers, which then keep these.

@@ -534,9 +534,9 @@ struct HostCase {
 }  // namespace
 
 TEST_CASE("cuda fused: the generated kernels, run on the host, give the reference's values") {
-  // Note [CUDA code on the host] (host_cuda.h): one kernel per op and dtype (the op's step last, so
-  // that its value is the one stored), conversions between every pair of dtypes, and random
-  // groups over contiguous, broadcast and transposed views of 1 to 3 merged dims.
+  // Note [CUDA code on the host] (host_cuda_source.h): one kernel per op and dtype (the op's step
+  // last, so that its value is the one stored), conversions between every pair of dtypes, and
+  // random groups over contiguous, broadcast and transposed views of 1 to 3 merged dims.
   std::mt19937 rng(17);
   std::vector<HostCase> cases;
   const Shape shape{5, 37};
@@ -666,10 +666,10 @@ TEST_CASE("cuda fused: the generated kernels, run on the host, give the referenc
 }
 
 TEST_CASE("cuda fused sums: the generated kernels, run on the host, give the reference's sums") {
-  // Note [CUDA code on the host] (host_cuda.h), a block's threads as the host's threads: random
-  // groups summed over rows of a warp and of a block, one or two reduced dims, over broadcast,
-  // transposed and contiguous inputs, against the reference (the group into a temporary, then
-  // the CPU's reduce: another order of additions, so within rounding).
+  // Note [CUDA code on the host] (host_cuda_source.h), a block's threads as the host's threads:
+  // random groups summed over rows of a warp and of a block, one or two reduced dims, over
+  // broadcast, transposed and contiguous inputs, against the reference (the group into a temporary,
+  // then the CPU's reduce: another order of additions, so within rounding).
   std::mt19937 rng(23);
   const std::vector<OpKind> un = {OpKind::Exp,     OpKind::Tanh, OpKind::Neg,
                                   OpKind::Sigmoid, OpKind::Abs,  OpKind::Gelu};

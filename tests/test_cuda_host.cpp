@@ -1,5 +1,5 @@
 // The eager CUDA kernels (lib/backend/cuda/kernels.cu) compiled for the host and run here, on
-// CPU tensors, against the CPU backend (Note [CUDA code on the host], host_cuda.h): the real
+// CPU tensors, against the CPU backend (Note [CUDA code on the host], host_cuda_source.h): the real
 // kernels' code with their launch configurations, each block's threads as fibers. The source is
 // read as it is (from TAPEGRAD_SOURCE_DIR where set); each launch
 // `k<<<grid, block, shared, stream>>>(args)` becomes a call of the host's launcher, and CUB's

@@ -48,14 +48,18 @@ class Optimizer {
   // Calls f(param, grad, group, flat index) for every parameter that has a gradient, without
   // recording.
   template <class F> void for_each_param(F&& f);
-  // Each group's learning rate as a 0-d f64 tensor, refreshed from param_groups()[g].lr now
-  // and, inside a traced step, before every replay (so schedulers work on traced steps too).
+  // Each group's learning rate as a 0-d f64 tensor on the device of the group's first
+  // parameter, refreshed from param_groups()[g].lr now and, inside a traced step, before every
+  // replay (so schedulers work on traced steps too).
   std::vector<Tensor> lr_tensors();
+  // Group g's learning rate on `device` (a group whose parameters are on several devices has one
+  // per device), refreshed as lr_tensors()'.
+  Tensor lr_tensor(size_t g, Device device);
   const char* name_;
 
  private:
   double default_lr_, default_wd_;
-  std::vector<Tensor> lr_tensors_;
+  std::vector<std::vector<Tensor>> lr_tensors_;            // per group, one per device
   std::shared_ptr<int> alive_ = std::make_shared<int>(0);  // replay hooks outlive no optimizer
   std::vector<ParamGroup> groups_;
   std::vector<std::map<std::string, Tensor>> state_;

@@ -46,18 +46,30 @@ std::vector<Tensor> Optimizer::lr_tensors() {
   {
     NoTraceGuard outside_trace;  // state of the traced step, not part of it
     lr_tensors_.resize(groups_.size());
-    for (size_t g = 0; g < groups_.size(); ++g) {
-      if (!lr_tensors_[g].defined()) lr_tensors_[g] = zeros({}, {.dtype = kF64});
-      lr_tensors_[g].fill_(*groups_[g].lr);
-    }
+    for (size_t g = 0; g < groups_.size(); ++g)
+      for (Tensor& t : lr_tensors_[g]) t.fill_(*groups_[g].lr);
   }
   std::weak_ptr<int> alive = alive_;
   on_replay([this, alive] {
     if (!alive.lock()) return;
     for (size_t g = 0; g < groups_.size() && g < lr_tensors_.size(); ++g)
-      lr_tensors_[g].fill_(*groups_[g].lr);
+      for (Tensor& t : lr_tensors_[g]) t.fill_(*groups_[g].lr);
   });
-  return lr_tensors_;
+  std::vector<Tensor> out;
+  for (size_t g = 0; g < groups_.size(); ++g)
+    out.push_back(
+        lr_tensor(g, groups_[g].params.empty() ? Device(kCPU) : groups_[g].params[0].device()));
+  return out;
+}
+
+// Made where the parameters are, so that an update never mixes devices (on a GPU, also no copy
+// per step); made outside any trace, like the rest of the optimizer's state.
+Tensor Optimizer::lr_tensor(size_t g, Device device) {
+  if (lr_tensors_.size() < groups_.size()) lr_tensors_.resize(groups_.size());
+  for (const Tensor& t : lr_tensors_[g])
+    if (t.device() == device) return t;
+  NoTraceGuard outside_trace;
+  return lr_tensors_[g].emplace_back(full({}, *groups_[g].lr, {.dtype = kF64, .device = device}));
 }
 
 std::map<std::string, Tensor> Optimizer::state_dict() const {
@@ -99,10 +111,12 @@ void Optimizer::load_state_dict(const std::map<std::string, Tensor>& state) {
   size_t i = 0;
   for (auto& g : groups_)
     for (auto& p : g.params) {
-      for (auto& [k, v] : fresh[i])
+      for (auto& [k, v] : fresh[i]) {
         TG_CHECK(k == "step" || v.shape() == p.shape(),
                  "{}: load_state_dict: state.{}.{} has shape {}, its parameter {}", name_, i, k,
                  v.shape(), p.shape());
+        v = v.to(p.device());  // the state lives with its parameter
+      }
       ++i;
     }
   for (size_t g = 0; g < groups_.size(); ++g)

@@ -28,14 +28,15 @@ Tensor state_tensor(std::map<std::string, Tensor>& st, const char* name, Init in
 
 // Increments and returns the step count (a 0-d f64 tensor, as PyTorch keeps it). It stays a
 // tensor so that a traced step counts too.
-Tensor next_step(std::map<std::string, Tensor>& st) {
-  Tensor s = state_tensor(st, "step", [] { return zeros({}, {.dtype = kF64}); });
+Tensor next_step(std::map<std::string, Tensor>& st, const Tensor& param) {
+  Tensor s = state_tensor(st, "step",
+                          [&] { return zeros({}, {.dtype = kF64, .device = param.device()}); });
   return s.add_(1);
 }
 
 // 1 - beta^step, in f64 as PyTorch computes it.
 Tensor bias_correction(double beta, const Tensor& step) {
-  return 1 - pow(full({}, beta, {.dtype = kF64}), step);
+  return 1 - pow(full({}, beta, {.dtype = kF64, .device = step.device()}), step);
 }
 
 void check_range(double v, double lo, double hi, const char* what, const char* opt) {
@@ -55,7 +56,7 @@ SGD::SGD(std::vector<ParamGroup> groups, SGDOptions o)
 }
 
 void SGD::step() {
-  std::vector<Tensor> lrs = lr_tensors();
+  (void)lr_tensors();  // refreshed for this step
   for_each_param([&](Tensor& p, const Tensor& g, size_t gi, size_t i) {
     double wd = *param_groups()[gi].weight_decay;
     Tensor d = wd != 0 ? g + p * wd : g;
@@ -77,7 +78,7 @@ void SGD::step() {
       }
       d = options.nesterov ? d + buf * options.momentum : buf;
     }
-    p.sub_(d * lrs[gi]);
+    p.sub_(d * lr_tensor(gi, p.device()));
   });
 }
 
@@ -94,18 +95,20 @@ Adam::Adam(std::vector<ParamGroup> groups, AdamOptions o, bool decoupled, const 
 
 void Adam::step() {
   auto [b1, b2] = options.betas;
-  std::vector<Tensor> lrs = lr_tensors();
+  (void)lr_tensors();  // refreshed for this step
   for_each_param([&](Tensor& p, const Tensor& g, size_t gi, size_t i) {
-    const Tensor& lr = lrs[gi];
+    const Tensor lr = lr_tensor(gi, p.device());
     double wd = *param_groups()[gi].weight_decay;
     auto& st = state_of(i);
-    Tensor step = next_step(st);
+    Tensor step = next_step(st, p);
     Tensor m = state_tensor(st, "exp_avg", [&] { return zeros_like(p); });
     Tensor v = state_tensor(st, "exp_avg_sq", [&] { return zeros_like(p); });
     Tensor grad = g;
     if (wd != 0) {
-      if (decoupled_) p.mul_(1 - lr * wd);  // f64 0-d: the factor PyTorch computes
-      else grad = g + p * wd;
+      if (decoupled_)
+        p.mul_(1 - lr * wd);  // f64 0-d: the factor PyTorch computes
+      else
+        grad = g + p * wd;
     }
     m.mul_(b1).add_(grad, 1 - b1);  // PyTorch's own form: one fused pass each
     v.mul_(b2).addcmul_(grad, grad, 1 - b2);
@@ -137,12 +140,12 @@ RMSprop::RMSprop(std::vector<ParamGroup> groups, RMSpropOptions o)
 
 void RMSprop::step() {
   double alpha = options.alpha;
-  std::vector<Tensor> lrs = lr_tensors();
+  (void)lr_tensors();  // refreshed for this step
   for_each_param([&](Tensor& p, const Tensor& g, size_t gi, size_t i) {
-    const Tensor& lr = lrs[gi];
+    const Tensor lr = lr_tensor(gi, p.device());
     double wd = *param_groups()[gi].weight_decay;
     auto& st = state_of(i);
-    next_step(st);
+    next_step(st, p);
     Tensor grad = wd != 0 ? g + p * wd : g;
     Tensor sq = state_tensor(st, "square_avg", [&] { return zeros_like(p); });
     sq.mul_(alpha).add_(grad * grad * (1 - alpha));
@@ -175,12 +178,12 @@ Adagrad::Adagrad(std::vector<ParamGroup> groups, AdagradOptions o)
 }
 
 void Adagrad::step() {
-  std::vector<Tensor> lrs = lr_tensors();
+  (void)lr_tensors();  // refreshed for this step
   for_each_param([&](Tensor& p, const Tensor& g, size_t gi, size_t i) {
-    const Tensor& lr = lrs[gi];
+    const Tensor lr = lr_tensor(gi, p.device());
     double wd = *param_groups()[gi].weight_decay;
     auto& st = state_of(i);
-    Tensor step = next_step(st);
+    Tensor step = next_step(st, p);
     Tensor grad = wd != 0 ? g + p * wd : g;
     Tensor sum = state_tensor(st, "sum", [&] { return full_like(p, options.initial_accumulator_value); });
     sum.add_(grad * grad);

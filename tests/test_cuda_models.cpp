@@ -1,0 +1,298 @@
+// Models on CUDA against the same models on the CPU: layers, losses and their gradients, every
+// optimizer's steps eager and traced, and weight files written from the GPU. Without a GPU each
+// case says so and skips; the emulated GPU (tests/emu) runs them too.
+#include <doctest/doctest.h>
+#include <tapegrad/tapegrad.h>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <functional>
+#include <string>
+
+using namespace tg;
+namespace F = tg::nn::functional;
+
+namespace {
+
+bool have_gpu() {
+  if (cuda::is_available()) return true;
+  std::string why = cuda::is_built() ? "built with CUDA, but no GPU is present: CUDA case skipped"
+                                     : "built without CUDA: CUDA case skipped";
+  MESSAGE(why);
+  return false;
+}
+
+// Within tol * (1 + |want|), element by element, on the same shape.
+bool close(const Tensor& got, const Tensor& want, double tol) {
+  if (got.shape() != want.shape()) return false;
+  auto a = got.to(kCPU).to(kF64).to_vector<double>(),
+       b = want.to(kCPU).to(kF64).to_vector<double>();
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (std::isnan(a[i]) && std::isnan(b[i])) continue;
+    if (!(std::abs(a[i] - b[i]) <= tol * (1 + std::abs(b[i])))) {
+      MESSAGE("element " << i << ": " << a[i] << " against " << b[i]);
+      return false;
+    }
+  }
+  return true;
+}
+
+// The same module twice from one seed: one stays on the CPU, one goes to the GPU.
+template <class M, class Make>
+std::pair<M, M> twins(Make make) {
+  manual_seed(11);
+  M cpu = make();
+  manual_seed(11);
+  M gpu = make();
+  gpu.to(cuda());
+  return {cpu, gpu};
+}
+
+// Every parameter of a against b's, and their gradients.
+void same_params(const nn::Module& a, const nn::Module& b, double tol, bool grads = true) {
+  auto pa = a.named_parameters(), pb = b.named_parameters();
+  REQUIRE(pa.size() == pb.size());
+  for (size_t i = 0; i < pa.size(); ++i) {
+    CAPTURE(pa[i].first);
+    CHECK(pa[i].second.device() == Device(cuda()));
+    CHECK(close(pa[i].second, pb[i].second, tol));
+    if (grads && pb[i].second.grad().defined()) {
+      REQUIRE(pa[i].second.grad().defined());
+      CHECK(pa[i].second.grad().device() == Device(cuda()));
+      CHECK(close(pa[i].second.grad(), pb[i].second.grad(), tol));
+    }
+  }
+}
+
+}  // namespace
+
+TEST_CASE("cuda: layers give the CPU's outputs and gradients") {
+  if (!have_gpu()) return;
+  manual_seed(1);
+  struct Case {
+    const char* name;
+    std::function<nn::Sequential()> make;
+    Tensor x;
+  };
+  const Case cases[] = {
+      {"mlp",
+       [] {
+         return nn::Sequential{nn::Linear(12, 16), nn::Tanh(), nn::Linear(16, 5)};
+       },
+       randn({7, 12})},
+      {"cnn",
+       [] {
+         return nn::Sequential{nn::Conv2d(3, 4, 3, {.padding = 1}),
+                               nn::BatchNorm2d(4),
+                               nn::ReLU(),
+                               nn::MaxPool2d(2),
+                               nn::Conv2d(4, 6, 3, {.stride = 2}),
+                               nn::AdaptiveAvgPool2d(1),
+                               nn::Flatten(),
+                               nn::Linear(6, 3)};
+       },
+       randn({2, 3, 10, 10})},
+      {"norms and pooling",
+       [] {
+         return nn::Sequential{nn::LayerNorm({5, 6}), nn::AvgPool2d(2), nn::Flatten(),
+                               nn::BatchNorm1d(12),   nn::Dropout(0.3), nn::Linear(12, 2)};
+       },
+       randn({4, 2, 5, 6})},
+  };
+  for (const Case& c : cases) {
+    CAPTURE(std::string(c.name));
+    for (bool training : {true, false}) {
+      CAPTURE(training);
+      auto [cpu, gpu] = twins<nn::Sequential>(c.make);
+      cpu.train(training);
+      gpu.train(training);
+      // Dropout draws from the same Philox stream on both devices.
+      manual_seed(2);
+      Tensor want = cpu(c.x);
+      manual_seed(2);
+      Tensor got = gpu(c.x.to(cuda()));
+      CHECK(got.device() == Device(cuda()));
+      CHECK(close(got, want, 1e-4));
+      (want * want).sum().backward();
+      (got * got).sum().backward();
+      same_params(gpu, cpu, 1e-3);
+      // Buffers too (BatchNorm's running statistics).
+      auto bg = gpu.state_dict(), bc = cpu.state_dict();
+      for (auto& [k, v] : bc) {
+        CAPTURE(k);
+        CHECK(bg.at(k).device() == Device(cuda()));
+        CHECK(close(bg.at(k), v, 1e-4));
+      }
+    }
+  }
+}
+
+TEST_CASE("cuda: an embedding and recurrent layers give the CPU's outputs and gradients") {
+  if (!have_gpu()) return;
+  auto [ce, ge] = twins<nn::Embedding>([] { return nn::Embedding(10, 4); });
+  Tensor idx = tensor<int64_t>({3, 1, 9, 3, 0});
+  Tensor want = ce(idx), got = ge(idx.to(cuda()));
+  CHECK(close(got, want, 1e-6));
+  want.sum().backward();
+  got.sum().backward();
+  same_params(ge, ce, 1e-6);
+  Tensor x = randn({5, 3, 4});  // (time, batch, features)
+  for (int kind = 0; kind < 3; ++kind) {
+    CAPTURE(kind);
+    nn::RNNOptions o{.num_layers = 2};
+    auto run = [&](auto make) {
+      auto [cpu, gpu] = twins<decltype(make())>(make);
+      Tensor w = cpu(x), g = gpu(x.to(cuda()));
+      CHECK(g.device() == Device(cuda()));
+      CHECK(close(g, w, 1e-4));
+      w.pow(2).sum().backward();
+      g.pow(2).sum().backward();
+      same_params(gpu, cpu, 1e-3);
+    };
+    if (kind == 0) run([&] { return nn::RNN(4, 6, o); });
+    if (kind == 1) run([&] { return nn::GRU(4, 6, o); });
+    if (kind == 2) run([&] { return nn::LSTM(4, 6, o); });
+  }
+}
+
+TEST_CASE("cuda: losses give the CPU's values and gradients") {
+  if (!have_gpu()) return;
+  manual_seed(3);
+  Tensor logits = randn({6, 5}), target = tensor<int64_t>({0, 4, 2, -100, 1, 4});
+  Tensor probs = sigmoid(randn({6, 5})), soft = softmax(randn({6, 5}), 1);
+  Tensor weight = rand({5}) + 0.5, y = randn({6, 5});
+  using Loss = std::function<Tensor(const Tensor& x, Device d)>;
+  const std::pair<const char*, Loss> losses[] = {
+      {"cross_entropy",
+       [&](const Tensor& x, Device d) { return F::cross_entropy(x, target.to(d)); }},
+      {"cross_entropy, weights, smoothing, sum",
+       [&](const Tensor& x, Device d) {
+         return F::cross_entropy(
+             x, target.to(d),
+             {.weight = weight.to(d), .reduction = F::Reduction::Sum, .label_smoothing = 0.1});
+       }},
+      {"cross_entropy, probabilities",
+       [&](const Tensor& x, Device d) { return F::cross_entropy(x, soft.to(d)); }},
+      {"nll_loss",
+       [&](const Tensor& x, Device d) {
+         return F::nll_loss(log_softmax(x, 1), target.to(d), {.weight = weight.to(d)});
+       }},
+      {"mse_loss", [&](const Tensor& x, Device d) { return F::mse_loss(x, y.to(d)); }},
+      {"huber_loss", [&](const Tensor& x, Device d) { return F::huber_loss(x, y.to(d)); }},
+      {"binary_cross_entropy",
+       [&](const Tensor& x, Device d) { return F::binary_cross_entropy(sigmoid(x), probs.to(d)); }},
+      {"binary_cross_entropy_with_logits",
+       [&](const Tensor& x, Device d) {
+         return F::binary_cross_entropy_with_logits(x, probs.to(d));
+       }},
+  };
+  for (const auto& [name, loss] : losses) {
+    CAPTURE(std::string(name));
+    Tensor xc = logits.clone().requires_grad_(), xg = logits.to(cuda()).requires_grad_();
+    Tensor want = loss(xc, kCPU), got = loss(xg, cuda());
+    CHECK(got.device() == Device(cuda()));
+    CHECK(close(got, want, 1e-5));
+    want.backward();
+    got.backward();
+    CHECK(close(xg.grad(), xc.grad(), 1e-5));
+  }
+}
+
+TEST_CASE("cuda: every optimizer's steps equal the CPU's, eager and traced") {
+  if (!have_gpu()) return;
+  using Make = std::function<std::unique_ptr<optim::Optimizer>(std::vector<Tensor>)>;
+  const std::pair<const char*, Make> optimizers[] = {
+      {"SGD", [](auto p) { return std::make_unique<optim::SGD>(p, optim::SGDOptions{.lr = 0.1}); }},
+      {"SGD, Nesterov momentum, weight decay",
+       [](auto p) {
+         return std::make_unique<optim::SGD>(
+             p,
+             optim::SGDOptions{.lr = 0.1, .momentum = 0.9, .weight_decay = 0.01, .nesterov = true});
+       }},
+      {"Adam",
+       [](auto p) { return std::make_unique<optim::Adam>(p, optim::AdamOptions{.lr = 0.01}); }},
+      {"Adam, amsgrad",
+       [](auto p) {
+         return std::make_unique<optim::Adam>(p, optim::AdamOptions{.lr = 0.01, .amsgrad = true});
+       }},
+      {"AdamW",
+       [](auto p) { return std::make_unique<optim::AdamW>(p, optim::AdamWOptions{.lr = 0.01}); }},
+      {"RMSprop, centered, momentum",
+       [](auto p) {
+         return std::make_unique<optim::RMSprop>(
+             p, optim::RMSpropOptions{.lr = 0.01, .momentum = 0.5, .centered = true});
+       }},
+      {"Adagrad",
+       [](auto p) {
+         return std::make_unique<optim::Adagrad>(
+             p, optim::AdagradOptions{.lr = 0.1, .lr_decay = 0.01});
+       }},
+  };
+  manual_seed(4);
+  Tensor x = randn({16, 6}), y = randint(0, 3, {16});
+  for (const auto& [name, make] : optimizers) {
+    CAPTURE(std::string(name));
+    for (bool traced : {false, true}) {
+      CAPTURE(traced);
+      auto [cpu, gpu] = twins<nn::Sequential>([] {
+        return nn::Sequential{nn::Linear(6, 8), nn::Tanh(), nn::Linear(8, 3)};
+      });
+      auto oc = make(cpu.parameters()), og = make(gpu.parameters());
+      auto step = [](nn::Sequential& m, optim::Optimizer& o) {
+        return [&m, &o](const Tensor& xb, const Tensor& yb) {
+          o.zero_grad();
+          Tensor loss = F::cross_entropy(m(xb), yb);
+          loss.backward();
+          o.step();
+          return loss;
+        };
+      };
+      std::function<Tensor(const Tensor&, const Tensor&)> sc = step(cpu, *oc), sg = step(gpu, *og);
+      if (traced) sg = trace(sg);
+      Tensor xg = x.to(cuda()), yg = y.to(cuda());
+      for (int i = 0; i < 4; ++i) {
+        CAPTURE(i);
+        Tensor lc = sc(x, y), lg = sg(xg, yg);
+        CHECK(close(lg, lc, 1e-5));
+      }
+      same_params(gpu, cpu, 1e-4, /*grads=*/false);
+      // The optimizer's state lives with the parameters.
+      for (auto& [k, v] : og->state_dict())
+        if (k.rfind("state.", 0) == 0) {
+          CAPTURE(k);
+          CHECK(v.device() == Device(cuda()));
+          CHECK(close(v, oc->state_dict().at(k), 1e-4));
+        }
+    }
+  }
+}
+
+TEST_CASE("cuda: weights saved from the GPU load on the CPU, and back") {
+  if (!have_gpu()) return;
+  auto [cpu, gpu] = twins<nn::Sequential>([] {
+    return nn::Sequential{nn::Linear(5, 4), nn::BatchNorm1d(4), nn::Linear(4, 2)};
+  });
+  gpu(randn({8, 5}).to(cuda()));  // running statistics move on the GPU only
+  const std::string path =
+      (std::filesystem::temp_directory_path() / "tg_cuda_weights.safetensors").string();
+  gpu.save(path);
+  cpu.load(path);
+  std::filesystem::remove(path);
+  for (auto& [k, v] : gpu.state_dict()) {
+    CAPTURE(k);
+    CHECK(close(cpu.state_dict().at(k), v, 0));
+    CHECK(cpu.state_dict().at(k).device() == Device(kCPU));
+  }
+  // And a CPU state into the GPU model: the tensors stay on the GPU.
+  for (auto& p : cpu.parameters()) {
+    NoGradGuard g;
+    p.mul_(2);
+  }
+  gpu.load_state_dict(cpu.state_dict());
+  for (auto& [k, v] : cpu.state_dict()) {
+    CAPTURE(k);
+    CHECK(gpu.state_dict().at(k).device() == Device(cuda()));
+    CHECK(close(gpu.state_dict().at(k), v, 0));
+  }
+}
