@@ -2,6 +2,7 @@
 // optimizer's steps eager and traced, and weight files written from the GPU. Without a GPU each
 // case says so and skips; the emulated GPU (tests/emu) runs them too.
 #include <doctest/doctest.h>
+#include <tapegrad/format.h>
 #include <tapegrad/tapegrad.h>
 
 #include <cmath>
@@ -295,4 +296,83 @@ TEST_CASE("cuda: weights saved from the GPU load on the CPU, and back") {
     CHECK(gpu.state_dict().at(k).device() == Device(cuda()));
     CHECK(close(gpu.state_dict().at(k), v, 0));
   }
+}
+
+TEST_CASE("cuda: a graph traced on the GPU saves to a file that runs on the CPU") {
+  if (!have_gpu()) return;
+  auto [cpu, gpu] = twins<nn::Sequential>(
+      [] { return nn::Sequential{nn::Linear(6, 8), nn::Tanh(), nn::Linear(8, 3)}; });
+  optim::Adam og(gpu.parameters(), {.lr = 0.01});
+  auto step = trace([&](const Tensor& x, const Tensor& y) {
+    og.zero_grad();
+    Tensor loss = F::cross_entropy(gpu(x), y);
+    loss.backward();
+    og.step();
+    return loss;
+  });
+  manual_seed(5);
+  Tensor x = randn({16, 6}), y = randint(0, 3, {16});
+  for (int i = 0; i < 3; ++i) (void)step(x.to(cuda()), y.to(cuda()));
+  const std::string path =
+      (std::filesystem::temp_directory_path() / "tg_cuda_step.tgraph").string();
+  step.save(path);
+  TracedFunction loaded = load_traced(path);
+  std::filesystem::remove(path);
+  // The file's copy of the state goes on from where the GPU's model is, on the CPU.
+  for (int i = 0; i < 2; ++i) {
+    CAPTURE(i);
+    Tensor want = step(x.to(cuda()), y.to(cuda()));
+    std::vector<Tensor> got = loaded(x, y);
+    REQUIRE(got.size() == 1);
+    CHECK(got[0].device() == Device(kCPU));
+    CHECK(close(got[0], want, 1e-5));
+  }
+}
+
+TEST_CASE("cuda: Jacobians, Hessians and products of them give the CPU's") {
+  if (!have_gpu()) return;
+  manual_seed(6);
+  Tensor x = randn({4}, {.dtype = kF64}), v = randn({4}, {.dtype = kF64});
+  auto f = [](const Tensor& t) { return tanh(t * t.sum()) + t.pow(3) * 0.5; };
+  auto s = [](const Tensor& t) { return (t.exp() * t).sum() + t.sum() * t.sum(); };
+  auto constant = [](const Tensor& t) { return ones_like(t) * 3; };  // x does not reach it
+  Tensor xg = x.to(cuda()), vg = v.to(cuda());
+  CHECK(close(jacobian(f, xg), jacobian(f, x), 1e-12));
+  CHECK(jacobian(f, xg).device() == Device(cuda()));
+  CHECK(close(jacobian(constant, xg), jacobian(constant, x), 0));
+  CHECK(jacobian(constant, xg).device() == Device(cuda()));
+  CHECK(close(hessian(s, xg), hessian(s, x), 1e-12));
+  CHECK(close(vjp(f, xg, vg), vjp(f, x, v), 1e-12));
+  CHECK(close(jvp(f, xg, vg), jvp(f, x, v), 1e-12));
+  CHECK(close(hvp(s, xg, vg), hvp(s, x, v), 1e-12));
+}
+
+TEST_CASE("cuda: gradient clipping, tensor files and printing take CUDA tensors") {
+  if (!have_gpu()) return;
+  manual_seed(7);
+  std::vector<Tensor> pc{randn({5, 3}).requires_grad_(), randn({3}).requires_grad_()}, pg;
+  for (const Tensor& p : pc) pg.push_back(p.detach().to(cuda()).requires_grad_());
+  for (size_t i = 0; i < pc.size(); ++i) {
+    (pc[i] * pc[i] * 4).sum().backward();
+    (pg[i] * pg[i] * 4).sum().backward();
+  }
+  CHECK(std::abs(nn::utils::clip_grad_norm_(pg, 1.0) - nn::utils::clip_grad_norm_(pc, 1.0)) < 1e-4);
+  nn::utils::clip_grad_value_(pg, 0.05);
+  nn::utils::clip_grad_value_(pc, 0.05);
+  for (size_t i = 0; i < pc.size(); ++i) CHECK(close(pg[i].grad(), pc[i].grad(), 1e-5));
+  namespace fs = std::filesystem;
+  const std::string npy = (fs::temp_directory_path() / "tg_cuda.npy").string();
+  const std::string st = (fs::temp_directory_path() / "tg_cuda.safetensors").string();
+  save_npy(npy, pg[0].detach());
+  save_safetensors(st, {{"w", pg[0].detach()}, {"b", pg[1].detach()}});
+  CHECK(close(load_npy(npy), pc[0], 0));
+  CHECK(close(load_safetensors(st).at("b"), pc[1], 0));
+  fs::remove(npy);
+  fs::remove(st);
+  Tensor t = arange(0, 6).reshape({2, 3}).to(kF32);
+  std::string on_gpu = fmt::format("{}", t.to(cuda())), on_cpu = fmt::format("{}", t);
+  CAPTURE(on_gpu);
+  CHECK(on_gpu.find("cuda:0") != std::string::npos);
+  CHECK(on_gpu.find("[[0.0, 1.0, 2.0],") != std::string::npos);
+  CHECK(on_cpu.find("[[0.0, 1.0, 2.0],") != std::string::npos);
 }

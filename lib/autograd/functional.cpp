@@ -41,7 +41,8 @@ Tensor jacobian_impl(const TensorFn& f, const Tensor& x, const char* op) {
   Shape shape = y.shape();
   for (int64_t s : x.shape()) shape.push_back(s);
   int64_t m = y.numel();
-  if (m == 0 || x.numel() == 0 || !y.requires_grad()) return zeros(shape, {.dtype = x.dtype()});
+  if (m == 0 || x.numel() == 0 || !y.requires_grad())
+    return zeros(shape, {.dtype = x.dtype(), .device = x.device()});
   std::vector<Tensor> rows;
   Tensor basis = eye(m, std::nullopt, {.dtype = y.dtype(), .device = y.device()});
   for (int64_t i = 0; i < m; ++i) {
