@@ -1,11 +1,14 @@
 // An MLP on the scikit-learn digits set (1797 8x8 images, vendored in tests/data/): the whole
 // stack in a few seconds (CSV reader, DataLoader, nn, Adam, metrics). It runs in the test suite
 // and exits with status 1 when the test accuracy is under 95%.
-// Run: build/release/examples/digits [path/to/digits.csv.gz] [epochs]
+// Run: build/release/examples/digits [path/to/digits.csv.gz] [epochs] [--cuda]
+// (--cuda: the model, the batches and the updates on the GPU)
 #include <tapegrad/tapegrad.h>
 
 #include <cstdio>
 #include <cstdlib>
+#include <string_view>
+#include <vector>
 
 using namespace tg;
 namespace F = tg::nn::functional;
@@ -15,8 +18,15 @@ namespace F = tg::nn::functional;
 #endif
 
 int main(int argc, char** argv) try {
-  std::string path = argc > 1 ? argv[1] : TAPEGRAD_DIGITS;
-  int epochs = argc > 2 ? std::atoi(argv[2]) : 40;
+  Device device = kCPU;
+  std::vector<std::string> args;
+  for (int i = 1; i < argc; ++i)
+    if (std::string_view(argv[i]) == "--cuda")
+      device = cuda();
+    else
+      args.emplace_back(argv[i]);
+  std::string path = args.size() > 0 ? args[0] : TAPEGRAD_DIGITS;
+  int epochs = args.size() > 1 ? std::atoi(args[1].c_str()) : 40;
   manual_seed(0);
   Tensor all = data::read_csv(path).values;
   all = all.index_select(0, randperm(all.size(0)));  // a fixed shuffle, then 80% / 20%
@@ -28,14 +38,16 @@ int main(int argc, char** argv) try {
   data::TensorDataset train = split(0, n_train), test = split(n_train, all.size(0));
 
   nn::Sequential model{nn::Linear(64, 128), nn::ReLU(), nn::Linear(128, 10)};
+  model.to(device);  // before the optimizer takes its parameters
   optim::Adam opt(model.parameters(), {.lr = 3e-3});
   data::DataLoader loader(train, {.batch_size = 32, .shuffle = true, .seed = 1});
-  std::printf("digits: %lld training and %lld test images, model %s\n",
+  std::printf("digits: %lld training and %lld test images on %s, model %s\n",
               static_cast<long long>(train.size()), static_cast<long long>(test.size()),
-              model.str().c_str());
+              device.str().c_str(), model.str().c_str());
   for (int epoch = 1; epoch <= epochs; ++epoch) {
     data::Metrics m;
-    for (auto& [x, y] : loader) {
+    for (auto& [xb, yb] : loader) {
+      Tensor x = xb.to(device), y = yb.to(device);
       Tensor logits = model(x);
       Tensor loss = F::cross_entropy(logits, y);
       opt.zero_grad();
@@ -47,7 +59,8 @@ int main(int argc, char** argv) try {
   }
   NoGradGuard no_grad;
   model.eval();
-  double acc = double(data::count_correct(model(test.data), test.targets)) / double(test.size());
+  double acc = double(data::count_correct(model(test.data.to(device)), test.targets.to(device))) /
+               double(test.size());
   std::printf("test accuracy %.2f%% (target 95%%)\n", 100 * acc);
   return acc >= 0.95 ? 0 : 1;
 } catch (const tg::Error& e) {

@@ -1,11 +1,14 @@
 // LeNet-5 (the Caffe LeNet of the slides: two 5x5 convolutions with max pooling, three fully
 // connected layers) on Fashion-MNIST with Adam.
-// Run: build/release/examples/lenet_fashion [epochs] [data dir]
+// Run: build/release/examples/lenet_fashion [epochs] [data dir] [--cuda]
+// (--cuda: the model, the batches and the updates on the GPU)
 #include <tapegrad/tapegrad.h>
 
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <string_view>
+#include <vector>
 
 using namespace tg;
 namespace F = tg::nn::functional;
@@ -24,8 +27,15 @@ struct LeNet : nn::Module {
 };
 
 int main(int argc, char** argv) try {
-  int epochs = argc > 1 ? std::atoi(argv[1]) : 5;
-  std::string root = argc > 2 ? argv[2] : "/usr/share/datasets/fashion-mnist";
+  Device device = kCPU;
+  std::vector<std::string> args;
+  for (int i = 1; i < argc; ++i)
+    if (std::string_view(argv[i]) == "--cuda")
+      device = cuda();
+    else
+      args.emplace_back(argv[i]);
+  int epochs = args.size() > 0 ? std::atoi(args[0].c_str()) : 5;
+  std::string root = args.size() > 1 ? args[1] : "/usr/share/datasets/fashion-mnist";
   if (!std::filesystem::exists(root + "/train-images-idx3-ubyte.gz") &&
       !std::filesystem::exists(root + "/train-images-idx3-ubyte")) {
     std::printf("Fashion-MNIST is not in %s (apt-get install dataset-fashion-mnist)\n", root.c_str());
@@ -35,7 +45,8 @@ int main(int argc, char** argv) try {
   auto train = data::FashionMNIST(root, data::Split::Train);
   auto test = data::FashionMNIST(root, data::Split::Test);
   LeNet model;
-  std::printf("%s\n", model.summary(train.data.slice(0, 0, 64)).c_str());
+  model.to(device);  // before the optimizer takes its parameters
+  std::printf("%s\n", model.summary(train.data.slice(0, 0, 64).to(device)).c_str());
   optim::Adam opt(model.parameters(), {.lr = 2e-3});
   optim::StepLR schedule(opt, 2, 0.5);
   data::DataLoader loader(train, {.batch_size = 64, .shuffle = true, .seed = 1});
@@ -43,7 +54,8 @@ int main(int argc, char** argv) try {
     data::Metrics m;
     data::ProgressBar bar(loader.size(), fmt::format("epoch {}/{}", epoch, epochs));
     model.train();
-    for (auto& [x, y] : loader) {
+    for (auto& [xb, yb] : loader) {
+      Tensor x = xb.to(device), y = yb.to(device);
       Tensor logits = model(x);
       Tensor loss = F::cross_entropy(logits, y);
       opt.zero_grad();
@@ -59,7 +71,8 @@ int main(int argc, char** argv) try {
     model.eval();
     int64_t correct = 0;
     for (int64_t i = 0; i < test.size(); i += 1000)
-      correct += data::count_correct(model(test.data.slice(0, i, i + 1000)), test.targets.slice(0, i, i + 1000));
+      correct += data::count_correct(model(test.data.slice(0, i, i + 1000).to(device)),
+                                     test.targets.slice(0, i, i + 1000).to(device));
     double acc = double(correct) / double(test.size());
     std::printf("epoch %d: test accuracy %.2f%%\n", epoch, 100 * acc);
     if (epoch == epochs) return acc >= 0.88 ? 0 : 1;

@@ -33,8 +33,9 @@
 //   copy to pageable memory, cudaFree), so a missing wait reads stale memory here too; a copy from
 //   pageable memory takes its bytes at the call, as CUDA's staging does.
 // - Every copy and memset must lie inside one allocation, in the direction it says; launches are
-//   checked against the GPU's limits; new and freed device memory is filled with 0xCD bytes, so
-//   reading what was never written, or what was freed, gives garbage rather than zeros.
+//   checked against the GPU's limits; new and freed device memory is filled with 0xFF bytes (NaN
+//   in every float), so reading what was never written, or what was freed, shows rather than
+//   reading zeros.
 // - While a stream is captured its work is recorded, not run; waiting for it, or a copy with
 //   pageable memory, invalidates the capture (cudaErrorStreamCaptureUnsupported, then
 //   cudaErrorStreamCaptureInvalidated at its end); a graph runs its recorded work at each launch.
@@ -81,7 +82,8 @@ namespace {
 
 constexpr size_t kArena = size_t{16} << 30;  // address space reserved for device memory
 constexpr size_t kAlign = 256;
-constexpr unsigned char kGarbage = 0xCD;
+constexpr unsigned char kGarbage = 0xFF;   // NaN in every float, -1 in every integer
+constexpr size_t kHuge = size_t{2} << 20;  // windows cover whole huge pages
 
 struct Emu {
   std::recursive_mutex mu;
@@ -104,12 +106,17 @@ struct Emu {
 Emu& emu() {
   static Emu* e = [] {
     auto* r = new Emu;
-    void* p = mmap(nullptr, kArena, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    void* p = mmap(nullptr, kArena + kHuge, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                   -1, 0);
     if (p == MAP_FAILED) {
       std::fprintf(stderr, "emulated GPU: cannot reserve the device's address space\n");
       std::abort();
     }
-    r->arena = static_cast<char*>(p);
+    auto at = (reinterpret_cast<uintptr_t>(p) + kHuge - 1) / kHuge * kHuge;
+    r->arena = reinterpret_cast<char*>(at);
+    // Huge pages where the kernel gives them: a window then changes a few entries, not
+    // thousands (each a hypercall in some VMs).
+    (void)madvise(r->arena, kArena, MADV_HUGEPAGE);
     return r;
   }();
   return *e;
@@ -126,17 +133,18 @@ size_t page_round(size_t n) {
   const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
   return (n + page - 1) / page * page;
 }
+size_t huge_round(size_t n) { return (n + kHuge - 1) / kHuge * kHuge; }
 
 // Device memory readable and writable by the host while a window is open (device work runs).
 struct Window {
   Window() {  // also when nested: memory allocated since the outer one opened
     Emu& e = emu();
     ++e.open;
-    if (e.high > 0) mprotect(e.arena, page_round(e.high), PROT_READ | PROT_WRITE);
+    if (e.high > 0) mprotect(e.arena, huge_round(e.high), PROT_READ | PROT_WRITE);
   }
   ~Window() {
     Emu& e = emu();
-    if (--e.open == 0 && e.high > 0) mprotect(e.arena, page_round(e.high), PROT_NONE);
+    if (--e.open == 0 && e.high > 0) mprotect(e.arena, huge_round(e.high), PROT_NONE);
   }
   Window(const Window&) = delete;
   Window& operator=(const Window&) = delete;
