@@ -104,6 +104,22 @@ void elementwise() {
   check("traced tanh(x*a+b)*.5+.5", fused(a), tg::tanh(ca * ca + cb) * 0.5 + 0.5);
 }
 
+// 64 MiB between pageable host memory and the GPU, through the two halves of the pinned staging
+// memory (Note [Pinned staging]): what tensor.to() costs a program.
+void copies() {
+  const int64_t n = g_smoke ? int64_t{5} << 20 : int64_t{1} << 24;
+  tg::Tensor host = tg::randn({n});
+  tg::Tensor dev = host.to(tg::cuda());
+  std::printf("\nCopies, %ld MiB f32, pageable host memory\n", static_cast<long>(4 * n >> 20));
+  std::printf("%-28s %12s %12s\n", "copy", "ms", "GB/s");
+  auto report = [&](const char* name, double s) {
+    std::printf("%-28s %12.3f %12.1f\n", name, s * 1e3, 4.0 * n / s / 1e9);
+  };
+  report("to the GPU", gpu_time([&] { (void)host.to(tg::cuda()); }));
+  report("to the host", gpu_time([&] { (void)dev.to(tg::kCPU); }));
+  check("a round trip", dev.to(tg::kCPU), host, 0);
+}
+
 // Rows of a classifier (1024 × 10) and of a language model's head (512 × 32000): one kernel
 // each (Note [Softmax rows]); the bytes are one read and one write (logsumexp: one read).
 void softmax_rows() {
@@ -229,6 +245,7 @@ int main(int argc, char** argv) {
   cudaGetDeviceProperties(&prop, 0);
   std::printf("bench_cuda on %s\n", prop.name);
   elementwise();
+  copies();
   softmax_rows();
   products();
   training();

@@ -50,6 +50,18 @@ def elementwise():
     report("sum (1 read)", gpu_time(lambda: a.sum()), 4 * n)
 
 
+def copies():
+    # 64 MiB of f32 from pageable host memory to the GPU and back: tensor.to as a program calls it.
+    n = 1 << 24
+    host = torch.randn(n)
+    dev = host.to("cuda")
+    print("\nCopies, 64 MiB f32, pageable host memory")
+    print(f"{'copy':28s} {'ms':>12s} {'GB/s':>12s}")
+    for name, f in [("to the GPU", lambda: host.to("cuda")), ("to the host", lambda: dev.to("cpu"))]:
+        s = gpu_time(f)
+        print(f"{name:28s} {s * 1e3:12.3f} {4 * n / s / 1e9:12.1f}")
+
+
 def softmax_rows():
     print("\nsoftmax rows, f32")
     print(f"{'op':28s} {'us':>12s} {'GB/s':>12s}")
@@ -119,6 +131,7 @@ def training():
 if __name__ == "__main__":
     print(f"torch {torch.__version__} on {torch.cuda.get_device_name(0)}")
     elementwise()
+    copies()
     softmax_rows()
     products()
     training()

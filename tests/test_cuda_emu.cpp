@@ -113,7 +113,8 @@ TEST_CASE("the emulated GPU: a replayed training step is two graph launches and 
 
 TEST_CASE("the emulated GPU: large copies go through the pinned buffer, in stream order") {
   manual_seed(6);
-  // 20 MiB: three pieces of the 8 MiB staging buffer each way.
+  // 20 MiB: three pieces each way through the two 8 MiB halves of the staging memory, the third
+  // reusing the first half once its copy is done (Note [Pinned staging]).
   Tensor x = randn({5 << 20});
   const tgemu::Counts before = tgemu::counts();
   Tensor d = x.to(cuda());

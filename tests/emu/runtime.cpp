@@ -68,6 +68,12 @@ struct CUstream_st {
   cudaStreamCaptureMode mode = cudaStreamCaptureModeGlobal;
   bool invalidated = false;
 };
+// An event: what its latest record marks on its stream, and whether that has run.
+struct CUevent_st {
+  CUstream_st* stream = nullptr;  // where it was last recorded (nullptr: never)
+  uint64_t recorded = 0;          // records made
+  uint64_t reached = 0;           // records whose place in the stream has run
+};
 struct CUlib_st {
   void* so = nullptr;
 };
@@ -523,6 +529,49 @@ cudaError_t cudaMemsetAsync(void* ptr, int value, size_t count, cudaStream_t str
   if (count == 0) return cudaSuccess;
   if (allocation_of(ptr, count) == 0) return ret(cudaErrorInvalidValue);
   return submit(stream, task("memset", [ptr, value, count] { std::memset(ptr, value, count); }));
+}
+
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned int) {
+  std::lock_guard<std::recursive_mutex> lock(emu().mu);
+  *event = new CUevent_st;
+  return cudaSuccess;
+}
+
+cudaError_t cudaEventDestroy(cudaEvent_t event) {
+  std::lock_guard<std::recursive_mutex> lock(emu().mu);
+  if (event == nullptr) return ret(cudaErrorInvalidResourceHandle);
+  delete event;
+  return cudaSuccess;
+}
+
+// A marker in the stream's work: reached when the work before it has run.
+cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
+  Emu& e = emu();
+  std::lock_guard<std::recursive_mutex> lock(e.mu);
+  if (event == nullptr) return ret(cudaErrorInvalidResourceHandle);
+  if (!known(stream)) return ret(cudaErrorInvalidResourceHandle);
+  CUstream_st& s = stream_of(stream);
+  if (s.capture != nullptr) return unsupported_while_capturing(s);  // not used so here
+  event->stream = &s;
+  const uint64_t n = ++event->recorded;
+  return submit(stream, task("event", [event, n] { event->reached = n; }));
+}
+
+// Waits until the event's latest record is reached: the stream's work up to it runs.
+cudaError_t cudaEventSynchronize(cudaEvent_t event) {
+  Emu& e = emu();
+  std::lock_guard<std::recursive_mutex> lock(e.mu);
+  if (event == nullptr) return ret(cudaErrorInvalidResourceHandle);
+  if (event->stream == nullptr || event->reached == event->recorded) return cudaSuccess;
+  ++e.counts.syncs;
+  std::deque<Task>& q = event->stream->pending;
+  Window w;
+  while (event->reached != event->recorded && !q.empty()) {
+    Task t = std::move(q.front());
+    q.pop_front();
+    if (e.sticky == cudaSuccess) (*t.run)();
+  }
+  return e.sticky != cudaSuccess ? ret(e.sticky) : cudaSuccess;
 }
 
 cudaError_t cudaStreamBeginCapture(cudaStream_t stream, cudaStreamCaptureMode mode) {

@@ -286,8 +286,11 @@ class CudaBackend final : public Backend {
     TG_LAUNCHED("copy");
   }
 
-  // Large copies go through a pinned buffer, so the transfer runs at the bus's speed; small ones
-  // straight from pageable memory.
+  // Note [Pinned staging]
+  // Large copies go through pinned memory, so the transfer runs at the bus's speed; small ones
+  // straight from pageable memory. The pinned memory is two halves used in turn: the host fills
+  // (or empties) one while the GPU copies the other, so for a large tensor the host's memcpy and
+  // the bus overlap instead of taking turns. An event per half says when the GPU is done with it.
   void copy_from_host(const TensorImpl& dst, const void* src) override {
     refuse_while_capturing("copy to cuda");
     enter("copy to cuda");
@@ -300,13 +303,18 @@ class CudaBackend final : public Backend {
       return;
     }
     std::lock_guard<std::mutex> lock(pinned_mu_);
-    char* buf = pinned();
-    for (size_t done = 0; done < n; done += kPinnedBytes) {
-      size_t part = std::min(kPinnedBytes, n - done);
-      std::memcpy(buf, s + done, part);
-      TG_CUDA("copy to cuda", cudaMemcpyAsync(d + done, buf, part, cudaMemcpyHostToDevice, stream_));
-      TG_CUDA("copy to cuda", cudaStreamSynchronize(stream_));
+    pinned("copy to cuda");
+    for (size_t done = 0, k = 0; done < n; done += kPinnedBytes, ++k) {
+      const size_t part = std::min(kPinnedBytes, n - done), h = k % 2;
+      // The half's previous copy (two pieces ago) has left it.
+      if (k >= 2) TG_CUDA("copy to cuda", cudaEventSynchronize(pinned_done_[h]));
+      std::memcpy(pinned_half_[h], s + done, part);
+      TG_CUDA("copy to cuda",
+              cudaMemcpyAsync(d + done, pinned_half_[h], part, cudaMemcpyHostToDevice, stream_));
+      TG_CUDA("copy to cuda", cudaEventRecord(pinned_done_[h], stream_));
     }
+    // Done when the data is on the device, as for a small copy.
+    TG_CUDA("copy to cuda", cudaStreamSynchronize(stream_));
   }
 
   void copy_to_host(void* dst, const TensorImpl& src) override {
@@ -321,12 +329,21 @@ class CudaBackend final : public Backend {
       return;
     }
     std::lock_guard<std::mutex> lock(pinned_mu_);
-    char* buf = pinned();
-    for (size_t done = 0; done < n; done += kPinnedBytes) {
-      size_t part = std::min(kPinnedBytes, n - done);
-      TG_CUDA("copy to cpu", cudaMemcpyAsync(buf, s + done, part, cudaMemcpyDeviceToHost, stream_));
-      TG_CUDA("copy to cpu", cudaStreamSynchronize(stream_));
-      std::memcpy(d + done, buf, part);
+    pinned("copy to cpu");
+    // Piece k + 1 goes into one half while the host empties piece k out of the other.
+    auto start = [&](size_t k) {
+      const size_t done = k * kPinnedBytes, part = std::min(kPinnedBytes, n - done), h = k % 2;
+      TG_CUDA("copy to cpu",
+              cudaMemcpyAsync(pinned_half_[h], s + done, part, cudaMemcpyDeviceToHost, stream_));
+      TG_CUDA("copy to cpu", cudaEventRecord(pinned_done_[h], stream_));
+    };
+    const size_t pieces = (n + kPinnedBytes - 1) / kPinnedBytes;
+    start(0);
+    for (size_t k = 0; k < pieces; ++k) {
+      if (k + 1 < pieces) start(k + 1);
+      const size_t done = k * kPinnedBytes, part = std::min(kPinnedBytes, n - done), h = k % 2;
+      TG_CUDA("copy to cpu", cudaEventSynchronize(pinned_done_[h]));
+      std::memcpy(d + done, pinned_half_[h], part);
     }
   }
 
@@ -671,7 +688,7 @@ class CudaBackend final : public Backend {
 
   static constexpr size_t kBlasWorkspace = size_t{32} << 20;
   static constexpr size_t kPinnedFrom = size_t{1} << 20;   // bytes
-  static constexpr size_t kPinnedBytes = size_t{8} << 20;  // the staging buffer
+  static constexpr size_t kPinnedBytes = size_t{8} << 20;  // each half of the staging memory
 
   // Makes this device current and its stream and cuBLAS handle ready; a missing GPU is an error
   // that says so.
@@ -763,9 +780,16 @@ class CudaBackend final : public Backend {
     peak_ = std::max(peak_, allocated_);
   }
 
-  char* pinned() {
-    if (pinned_ == nullptr) TG_CUDA("copy", cudaMallocHost(&pinned_, kPinnedBytes));
-    return static_cast<char*>(pinned_);
+  // The two halves of the staging memory and their events, made at the first large copy.
+  void pinned(std::string_view op) {
+    if (pinned_ != nullptr) return;
+    for (cudaEvent_t& e : pinned_done_)
+      if (e == nullptr) TG_CUDA(op, cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    void* p = nullptr;
+    TG_CUDA(op, cudaMallocHost(&p, 2 * kPinnedBytes));
+    pinned_half_[0] = static_cast<char*>(p);
+    pinned_half_[1] = static_cast<char*>(p) + kPinnedBytes;
+    pinned_ = p;
   }
 
   // Every index checked before anything is written (as on the CPU): one flag read back.
@@ -825,7 +849,9 @@ class CudaBackend final : public Backend {
   std::unordered_set<void*> capture_live_;
   std::vector<std::pair<void*, size_t>> capture_freed_;
   std::mutex pinned_mu_;
-  void* pinned_ = nullptr;
+  void* pinned_ = nullptr;  // Note [Pinned staging]
+  char* pinned_half_[2] = {nullptr, nullptr};
+  cudaEvent_t pinned_done_[2] = {nullptr, nullptr};
 };
 
 constexpr int kMaxCudaDevices = 16;
