@@ -376,3 +376,31 @@ TEST_CASE("cuda: gradient clipping, tensor files and printing take CUDA tensors"
   CHECK(on_gpu.find("[[0.0, 1.0, 2.0],") != std::string::npos);
   CHECK(on_cpu.find("[[0.0, 1.0, 2.0],") != std::string::npos);
 }
+
+TEST_CASE("cuda: Mode::Debug replays a training step on the GPU, checking it node by node") {
+  if (!have_gpu()) return;
+  auto [cpu, gpu] = twins<nn::Sequential>([] {
+    return nn::Sequential{nn::Linear(6, 8), nn::Tanh(), nn::Linear(8, 3)};
+  });
+  optim::Adam oc(cpu.parameters(), {.lr = 0.01}), og(gpu.parameters(), {.lr = 0.01});
+  auto step_of = [](nn::Sequential& m, optim::Optimizer& o) {
+    return [&m, &o](const Tensor& x, const Tensor& y) {
+      o.zero_grad();
+      Tensor loss = F::cross_entropy(m(x), y);
+      loss.backward();
+      o.step();
+      return loss;
+    };
+  };
+  auto eager = step_of(cpu, oc);
+  auto debug = trace(step_of(gpu, og), {.mode = Mode::Debug});
+  manual_seed(12);
+  Tensor x = randn({16, 6}), y = randint(0, 3, {16});
+  for (int i = 0; i < 3; ++i) {
+    CAPTURE(i);
+    Tensor lg = debug(x.to(cuda()), y.to(cuda())), lc = eager(x, y);
+    CHECK(close(lg, lc, 1e-5));
+  }
+  // The state was put back between the two runs of each replay: the weights took one step each.
+  same_params(gpu, cpu, 1e-5, /*grads=*/false);
+}

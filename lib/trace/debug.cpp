@@ -30,12 +30,34 @@ std::vector<char> values_of(const Program& p) {
   return v;
 }
 
-// A byte copy of a storage (CPU), for putting state back.
-std::shared_ptr<Storage> copy_of(const Storage& s) {
-  TG_CHECK(s.device.is_cpu(), "trace: Mode::Debug runs on the CPU only for now");
-  auto c = allocate_storage(s.nbytes, s.device);
-  if (s.nbytes > 0) std::memcpy(c->data, s.data, s.nbytes);
+// A storage's bytes as a tensor of bytes over it (no copy), for the backend's copies.
+TensorImpl bytes_view(const std::shared_ptr<Storage>& s) {
+  TensorImpl t;
+  t.storage = s;
+  t.sizes = {static_cast<int64_t>(s->nbytes)};
+  t.strides = {1};
+  t.numel = static_cast<int64_t>(s->nbytes);
+  t.dtype = kBool;  // one byte per element
+  return t;
+}
+
+// A byte copy of a storage on the host (on a GPU too), for putting state back.
+std::vector<char> copy_of(const std::shared_ptr<Storage>& s) {
+  std::vector<char> c(s->nbytes);
+  if (s->nbytes == 0) return c;
+  if (s->device.is_cpu())
+    std::memcpy(c.data(), s->data, s->nbytes);
+  else
+    device_backend(s->device).copy_to_host(c.data(), bytes_view(s));
   return c;
+}
+
+void put_back(const std::shared_ptr<Storage>& s, const std::vector<char>& bytes) {
+  if (s->nbytes == 0) return;
+  if (s->device.is_cpu())
+    std::memcpy(s->data, bytes.data(), s->nbytes);
+  else
+    device_backend(s->device).copy_from_host(bytes_view(s), bytes.data());
 }
 
 void compare(const Tensor& want, const Tensor& got, const Node& n, size_t index) {
@@ -64,13 +86,13 @@ std::vector<Tensor> run_debug(const Program& reference, Executor& reference_exec
                               const Program& optimized, Executor& exec,
                               const std::vector<Tensor>& args) {
   // What the recorded graph may change, to put back before the optimized one runs.
-  std::vector<std::pair<std::shared_ptr<Storage>, std::shared_ptr<Storage>>> saved;
+  std::vector<std::pair<std::shared_ptr<Storage>, std::vector<char>>> saved;
   for (const Buffer& b : reference.buffers) {
     std::shared_ptr<Storage> s;
     if (b.kind == BufKind::State) s = b.state.lock();
     if (b.kind == BufKind::Temp && b.escaped) s = b.kept;
     if (b.kind == BufKind::Input) s = args[b.input].impl()->storage;
-    if (s) saved.emplace_back(s, copy_of(*s));
+    if (s) saved.emplace_back(s, copy_of(s));
   }
   uint64_t draws = random_offset();
   std::vector<char> ref_values = values_of(reference);
@@ -79,8 +101,7 @@ std::vector<Tensor> run_debug(const Program& reference, Executor& reference_exec
     int32_t b = reference.nodes[i].out.buf;
     if (ref_values[b]) expected[b] = out.clone();
   });
-  for (auto& [s, copy] : saved)
-    if (s->nbytes > 0) std::memcpy(s->data, copy->data, s->nbytes);
+  for (auto& [s, copy] : saved) put_back(s, copy);
   set_random_offset(draws);
   std::vector<char> opt_values = values_of(optimized);
   return exec.run_checked(args, [&](size_t i, const Tensor& out) {
