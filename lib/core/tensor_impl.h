@@ -25,6 +25,14 @@ struct Storage {
   Device device;
   std::atomic<uint64_t> version{0};
   bool owns_data = true;  // false: a slice of a traced graph's arena (Note [Memory plan])
+  // Note [Indices checked once]
+  // Where code has just checked, on the host, the i64 indices that fill this storage (eager
+  // cross_entropy reads its targets' bounds), it says so: every index lies in [0, index_bound)
+  // while `version` is index_version. A backend whose own check would wait for the device (CUDA)
+  // then skips it, for the gather and for the scatter of its gradient. Only set on storages the
+  // setter made and nothing else can reach; any in-place write bumps the version, ending it.
+  int64_t index_bound = -1;
+  uint64_t index_version = 0;
 };
 
 std::shared_ptr<Storage> allocate_storage(size_t nbytes, Device device);
@@ -72,6 +80,18 @@ struct TensorImpl {
   bool is_contiguous() const;
   void bump_version() { storage->version.fetch_add(1, std::memory_order_relaxed); }
 };
+
+// Note [Indices checked once]: mark t's storage as holding indices in [0, bound) only, and ask
+// whether it is known to (for a dim of `size`: [0, bound) within [-size, size)).
+inline void mark_indices_below(const TensorImpl& t, int64_t bound) {
+  t.storage->index_bound = bound;
+  t.storage->index_version = t.storage->version.load(std::memory_order_relaxed);
+}
+inline bool indices_known_within(const TensorImpl& t, int64_t size) {
+  const Storage& s = *t.storage;
+  return s.index_bound >= 0 && s.index_bound <= size &&
+         s.index_version == s.version.load(std::memory_order_relaxed);
+}
 
 // Row-major strides for a shape.
 Shape contiguous_strides(const Shape& sizes);

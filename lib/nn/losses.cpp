@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "core/check.h"
+#include "core/tensor_impl.h"
 #include "tapegrad/format.h"
 #include "tapegrad/nn/functional.h"
 #include "tapegrad/trace.h"
@@ -115,6 +116,9 @@ Picked pick(const Tensor& log_probs, const Tensor& target, const CrossEntropyOpt
     int64_t lo = b[0], hi = b[1];
     TG_CHECK(lo >= 0 && hi < classes, "{}: target {} is out of range for {} classes", op,
              lo < 0 ? lo : hi, classes);
+    // `safe` is this function's own: its gather and its gradient's scatter need not check again
+    // (on a GPU, each check waits for the device).
+    mark_indices_below(*safe.impl(), classes);
   }
   Tensor idx = safe.unsqueeze(1);
   Tensor nll = -log_probs.gather(1, idx).squeeze(1);

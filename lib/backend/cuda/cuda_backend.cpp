@@ -494,7 +494,9 @@ class CudaBackend final : public Backend {
              const TensorImpl& index) override {
     enter(op_name(kind));
     const TensorImpl& target = kind == OpKind::ScatterAdd ? out : x;
-    check_indices(index, target.sizes.empty() ? 1 : target.sizes[dim], op_name(kind), dim);
+    const int64_t size = target.sizes.empty() ? 1 : target.sizes[dim];
+    // Note [Indices checked once]: indices checked on the host already need no wait here.
+    if (!indices_known_within(index, size)) check_indices(index, size, op_name(kind), dim);
     run_index(kind, out, x, dim, index, nullptr);
   }
 
