@@ -291,6 +291,10 @@ class CudaBackend final : public Backend {
   // straight from pageable memory. The pinned memory is two halves used in turn: the host fills
   // (or empties) one while the GPU copies the other, so for a large tensor the host's memcpy and
   // the bus overlap instead of taking turns. An event per half says when the GPU is done with it.
+  // A copy to the device does not wait for it: CUDA takes a small copy's bytes from pageable
+  // memory before cudaMemcpyAsync returns (its staging), a large one's are in our halves, and
+  // what reads the tensor runs after the copy on the stream. So `x.to(tg::cuda())` in a training
+  // loop queues behind the previous step instead of waiting for it.
   void copy_from_host(const TensorImpl& dst, const void* src) override {
     refuse_while_capturing("copy to cuda");
     enter("copy to cuda");
@@ -299,22 +303,19 @@ class CudaBackend final : public Backend {
     const auto* s = static_cast<const char*>(src);
     if (n < kPinnedFrom) {
       TG_CUDA("copy to cuda", cudaMemcpyAsync(d, s, n, cudaMemcpyHostToDevice, stream_));
-      TG_CUDA("copy to cuda", cudaStreamSynchronize(stream_));
       return;
     }
     std::lock_guard<std::mutex> lock(pinned_mu_);
     pinned("copy to cuda");
     for (size_t done = 0, k = 0; done < n; done += kPinnedBytes, ++k) {
       const size_t part = std::min(kPinnedBytes, n - done), h = k % 2;
-      // The half's previous copy (two pieces ago) has left it.
-      if (k >= 2) TG_CUDA("copy to cuda", cudaEventSynchronize(pinned_done_[h]));
+      // The half's previous copy (two pieces ago, or an earlier call's) has left it.
+      TG_CUDA("copy to cuda", cudaEventSynchronize(pinned_done_[h]));
       std::memcpy(pinned_half_[h], s + done, part);
       TG_CUDA("copy to cuda",
               cudaMemcpyAsync(d + done, pinned_half_[h], part, cudaMemcpyHostToDevice, stream_));
       TG_CUDA("copy to cuda", cudaEventRecord(pinned_done_[h], stream_));
     }
-    // Done when the data is on the device, as for a small copy.
-    TG_CUDA("copy to cuda", cudaStreamSynchronize(stream_));
   }
 
   void copy_to_host(void* dst, const TensorImpl& src) override {
