@@ -36,11 +36,6 @@ struct Library {
   bool stuck() const { return get<bool (*)()>("tg_host_stuck")(); }
 };
 
-inline std::string read_file(const std::filesystem::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(f), {});
-}
-
 // The source tree and CUDA's headers, as built, or where the environment says
 // (TAPEGRAD_SOURCE_DIR, TAPEGRAD_CUDA_INCLUDE: the binaries carried to another machine).
 inline std::string source_dir() {
@@ -76,43 +71,12 @@ inline bool can_build() {
 // `headers`: directories whose files the unit includes, which the hash covers too.
 inline bool build(const std::string& unit, const std::string& flags, Library& lib,
                   const std::vector<std::string>& headers = {}) {
-  const std::string cxx = TG_TEST_CXX;
   if (!can_build()) return false;
-  namespace fs = std::filesystem;
-  uint64_t hash = 1469598103934665603ULL;  // FNV-1a
-  auto mix = [&](const std::string& part) {
-    for (unsigned char c : part) hash = (hash ^ c) * 1099511628211ULL;
-  };
-  for (const std::string* part : {&unit, &flags, &cxx}) mix(*part);
-  for (const std::string& dir : headers) {
-    std::vector<fs::path> files;
-    for (const auto& e : fs::directory_iterator(dir))
-      if (e.is_regular_file() && e.path().extension() == ".h") files.push_back(e.path());
-    std::sort(files.begin(), files.end());
-    for (const fs::path& f : files) mix(f.string() + read_file(f));
-  }
-  const fs::path kept =
-      fs::temp_directory_path() / ("tg_host_cuda_" + std::to_string(hash) + ".so");
-  if (!fs::exists(kept)) {
-    std::random_device rd;
-    const fs::path dir = fs::temp_directory_path() /
-                         ("tg_host_cuda_" + std::to_string(getpid()) + "_" + std::to_string(rd()));
-    fs::create_directories(dir);
-    {
-      std::ofstream f(dir / "unit.cpp", std::ios::binary);
-      f << unit;
-    }
-    const std::string cmd = cxx + " -std=c++20 -fPIC -shared -w -fvisibility=hidden " + flags +
-                            " -o " + (dir / "unit.so").string() + " " +
-                            (dir / "unit.cpp").string() + " > " + (dir / "log").string() + " 2>&1";
-    const bool built = std::system(cmd.c_str()) == 0;
-    if (!built) MESSAGE("host compile failed: " << read_file(dir / "log").substr(0, 4000));
-    std::error_code ec;
-    if (built) fs::rename(dir / "unit.so", kept, ec);
-    fs::remove_all(dir, ec);
-    REQUIRE(built);
-  }
-  lib.handle = dlopen(kept.c_str(), RTLD_NOW | RTLD_LOCAL);
+  std::string log;
+  const std::string path = compile_cached(unit, flags, TG_TEST_CXX, "tg_host_cuda_", log, headers);
+  if (path.empty()) MESSAGE("host compile failed: " << log.substr(0, 4000));
+  REQUIRE(!path.empty());
+  lib.handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
   REQUIRE_MESSAGE(lib.handle != nullptr, dlerror());
   return true;
 }

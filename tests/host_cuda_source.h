@@ -3,7 +3,16 @@
 // GPU's generator (tests/emu/) uses it too.
 #pragma once
 
+#include <unistd.h>
+
+#include <algorithm>
 #include <cctype>
+#include <cstdint>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <random>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -236,30 +245,36 @@ extern "C" __attribute__((visibility("default"))) bool tg_host_stuck() { return 
 
 // CUB's DeviceRadixSort::SortPairs as kernels.cu calls it: a stable sort of the pairs by the
 // keys' bits [begin_bit, end_bit).
+// (where the unit defines TG_CUB_RUN(stream, work), as the emulated GPU's does to queue it on the
+// stream; else it runs at once).
 inline constexpr const char* kCubShim = R"(#include <algorithm>
 #include <numeric>
+#ifndef TG_CUB_RUN
+#define TG_CUB_RUN(stream, work) ((work)(), cudaSuccess)
+#endif
 namespace cub {
 struct DeviceRadixSort {
   template <class K, class V, class N>
   static cudaError_t SortPairs(void* temp, size_t& bytes, const K* keys_in, K* keys_out,
                                const V* values_in, V* values_out, N n, int begin_bit, int end_bit,
-                               cudaStream_t = nullptr) {
+                               cudaStream_t stream = nullptr) {
     if (temp == nullptr) {
       bytes = 256;
       return cudaSuccess;
     }
-    const unsigned long long mask =
-        (end_bit >= 64 ? ~0ULL : ((1ULL << end_bit) - 1)) & ~((1ULL << begin_bit) - 1);
-    std::vector<long long> order(static_cast<size_t>(n));
-    std::iota(order.begin(), order.end(), 0LL);
-    std::stable_sort(order.begin(), order.end(), [&](long long a, long long b) {
-      return (keys_in[a] & mask) < (keys_in[b] & mask);
-    });
-    for (size_t i = 0; i < order.size(); ++i) {
-      keys_out[i] = keys_in[order[i]];
-      values_out[i] = values_in[order[i]];
-    }
-    return cudaSuccess;
+    return TG_CUB_RUN(stream, ([=] {
+      const unsigned long long mask =
+          (end_bit >= 64 ? ~0ULL : ((1ULL << end_bit) - 1)) & ~((1ULL << begin_bit) - 1);
+      std::vector<long long> order(static_cast<size_t>(n));
+      std::iota(order.begin(), order.end(), 0LL);
+      std::stable_sort(order.begin(), order.end(), [&](long long a, long long b) {
+        return (keys_in[a] & mask) < (keys_in[b] & mask);
+      });
+      for (size_t i = 0; i < order.size(); ++i) {
+        keys_out[i] = keys_in[order[i]];
+        values_out[i] = values_in[order[i]];
+      }
+    }));
   }
 };
 }  // namespace cub
@@ -316,6 +331,52 @@ inline std::string host_launches(std::string src, bool deferred = false) {
                                "), [&] { " + call + " })");
   }
   return src;
+}
+
+inline std::string read_file(const std::filesystem::path& p) {
+  std::ifstream f(p, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(f), {});
+}
+
+// `unit` compiled by `cxx` with `flags` into a shared library, kept in the temporary directory
+// under a hash of what made it (`headers`: directories whose .h files the unit includes, hashed
+// too), so that processes build it once; written under another name and renamed into place.
+// Returns the library's path, or empty with the compiler's output in `log`.
+inline std::string compile_cached(const std::string& unit, const std::string& flags,
+                                  const std::string& cxx, const std::string& prefix,
+                                  std::string& log, const std::vector<std::string>& headers = {}) {
+  namespace fs = std::filesystem;
+  uint64_t hash = 1469598103934665603ULL;  // FNV-1a
+  auto mix = [&](const std::string& part) {
+    for (unsigned char c : part) hash = (hash ^ c) * 1099511628211ULL;
+  };
+  for (const std::string* part : {&unit, &flags, &cxx}) mix(*part);
+  for (const std::string& dir : headers) {
+    std::vector<fs::path> files;
+    for (const auto& e : fs::directory_iterator(dir))
+      if (e.is_regular_file() && e.path().extension() == ".h") files.push_back(e.path());
+    std::sort(files.begin(), files.end());
+    for (const fs::path& f : files) mix(f.string() + read_file(f));
+  }
+  const fs::path kept = fs::temp_directory_path() / (prefix + std::to_string(hash) + ".so");
+  if (fs::exists(kept)) return kept.string();
+  std::random_device rd;
+  const fs::path dir =
+      fs::temp_directory_path() / (prefix + std::to_string(getpid()) + "_" + std::to_string(rd()));
+  fs::create_directories(dir);
+  {
+    std::ofstream f(dir / "unit.cpp", std::ios::binary);
+    f << unit;
+  }
+  const std::string cmd = cxx + " -std=c++20 -fPIC -shared -w -fvisibility=hidden " + flags +
+                          " -o " + (dir / "unit.so").string() + " " + (dir / "unit.cpp").string() +
+                          " > " + (dir / "log").string() + " 2>&1";
+  const bool built = std::system(cmd.c_str()) == 0;
+  if (!built) log = read_file(dir / "log");
+  std::error_code ec;
+  if (built) fs::rename(dir / "unit.so", kept, ec);
+  fs::remove_all(dir, ec);
+  return built ? kept.string() : std::string();
 }
 
 }  // namespace tghost

@@ -12,6 +12,7 @@
 
 #include "backend/backend.h"
 #include "fused_steps.h"
+#include "gpu_checks.h"
 #include "op_table.h"
 
 using namespace tg;
@@ -19,37 +20,10 @@ using namespace tgtest;
 
 namespace {
 
-bool have_gpu() {
-  if (cuda::is_available()) return true;
-  // A std::string: doctest prints a bare const char* from an expression as a pointer.
-  std::string why = cuda::is_built() ? "built with CUDA, but no GPU is present: CUDA case skipped"
-                                     : "built without CUDA: CUDA case skipped";
-  MESSAGE(why);
-  return false;
-}
-
 std::vector<Tensor> on(const std::vector<Tensor>& xs, Device d) {
   std::vector<Tensor> out;
   for (const Tensor& x : xs) out.push_back(x.to(d));
   return out;
-}
-
-// The largest |a - b| / (atol / rtol + |b|) scaled so that <= 1 passes; NaN matches NaN.
-bool close(const Tensor& got, const Tensor& want, double tol) {
-  if (got.shape() != want.shape() || got.dtype() != want.dtype()) return false;
-  auto a = got.to(kCPU).to_vector<double>(), b = want.to_vector<double>();
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (std::isnan(a[i]) && std::isnan(b[i])) continue;
-    if (a[i] == b[i]) continue;
-    if (!(std::abs(a[i] - b[i]) <= tol * (1 + std::abs(b[i])))) return false;
-  }
-  return true;
-}
-
-// The same bits (NaN included), element by element.
-bool same_bits(const Tensor& a, const Tensor& b) {
-  auto x = a.to(kCPU).to_vector<double>(), y = b.to(kCPU).to_vector<double>();
-  return x.size() == y.size() && std::memcmp(x.data(), y.data(), x.size() * sizeof(double)) == 0;
 }
 
 std::string str(const Shape& s) {

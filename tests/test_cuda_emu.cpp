@@ -17,24 +17,12 @@
 
 #include "backend/backend.h"
 #include "emu/emu.h"
+#include "gpu_checks.h"
 
 using namespace tg;
+using namespace tgtest;
 
 namespace {
-
-bool same_bits(const Tensor& a, const Tensor& b) {
-  auto x = a.to(kCPU).to_vector<double>(), y = b.to(kCPU).to_vector<double>();
-  return x.size() == y.size() && std::memcmp(x.data(), y.data(), x.size() * sizeof(double)) == 0;
-}
-
-// Within tol * (1 + |want|), element by element.
-bool close(const Tensor& got, const Tensor& want, double tol) {
-  auto a = got.to(kCPU).to_vector<double>(), b = want.to(kCPU).to_vector<double>();
-  if (a.size() != b.size()) return false;
-  for (size_t i = 0; i < a.size(); ++i)
-    if (!(std::abs(a[i] - b[i]) <= tol * (1 + std::abs(b[i])))) return false;
-  return true;
-}
 
 // Whether the library loaded as `name` is the emulator's (it has `symbol`).
 bool emulated(const char* name, const char* symbol) {

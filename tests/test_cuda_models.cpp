@@ -11,33 +11,13 @@
 #include <functional>
 #include <string>
 
+#include "gpu_checks.h"
+
 using namespace tg;
+using namespace tgtest;
 namespace F = tg::nn::functional;
 
 namespace {
-
-bool have_gpu() {
-  if (cuda::is_available()) return true;
-  std::string why = cuda::is_built() ? "built with CUDA, but no GPU is present: CUDA case skipped"
-                                     : "built without CUDA: CUDA case skipped";
-  MESSAGE(why);
-  return false;
-}
-
-// Within tol * (1 + |want|), element by element, on the same shape.
-bool close(const Tensor& got, const Tensor& want, double tol) {
-  if (got.shape() != want.shape()) return false;
-  auto a = got.to(kCPU).to(kF64).to_vector<double>(),
-       b = want.to(kCPU).to(kF64).to_vector<double>();
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (std::isnan(a[i]) && std::isnan(b[i])) continue;
-    if (!(std::abs(a[i] - b[i]) <= tol * (1 + std::abs(b[i])))) {
-      MESSAGE("element " << i << ": " << a[i] << " against " << b[i]);
-      return false;
-    }
-  }
-  return true;
-}
 
 // The same module twice from one seed: one stays on the CPU, one goes to the GPU.
 template <class M, class Make>

@@ -41,14 +41,8 @@ std::string kernel_name(const std::string& src) {
   return src.substr(start, end - start);
 }
 
-std::string read(const std::filesystem::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(f), {});
-}
-
 // The host's library for the program, built if not kept yet; false with the log on failure.
 bool build(_nvrtcProgram& prog, std::string& path) {
-  namespace fs = std::filesystem;
   const std::string name = kernel_name(prog.source);
   if (name.empty()) {
     prog.log = "emulated NVRTC: no extern \"C\" __global__ kernel taking (const ...) found";
@@ -59,34 +53,16 @@ bool build(_nvrtcProgram& prog, std::string& path) {
   std::string unit = std::string(tghost::kRuntime) + "#line 1 \"tg_fused.cu\"\n" + src + "\n";
   unit += "extern \"C\" __attribute__((visibility(\"default\"))) void tgemu_run_" + name +
           "(const void* p, unsigned grid, unsigned block) {\n  tg_host_launch(dim3(grid), "
-          "dim3(block), [&] { " + name + "(*static_cast<const tg_params*>(p)); });\n}\n"
+          "dim3(block), [&] { " +
+          name +
+          "(*static_cast<const tg_params*>(p)); });\n}\n"
           "extern \"C\" __attribute__((visibility(\"default\"))) unsigned long "
           "tgemu_params_size() { return sizeof(tg_params); }\n";
-  const std::string cxx = TGEMU_CXX;
   const std::string flags = std::string("-O0 -ffp-contract=off -isystem ") + TGEMU_CUDA_INCLUDE;
-  uint64_t hash = 1469598103934665603ULL;  // FNV-1a
-  for (const std::string* part : std::initializer_list<const std::string*>{&unit, &flags, &cxx})
-    for (unsigned char c : *part) hash = (hash ^ c) * 1099511628211ULL;
-  const fs::path kept = fs::temp_directory_path() / ("tgemu_kernel_" + std::to_string(hash) + ".so");
-  path = kept.string();
-  if (fs::exists(kept)) return true;
-  std::random_device rd;
-  const fs::path dir = fs::temp_directory_path() /
-                       ("tgemu_nvrtc_" + std::to_string(getpid()) + "_" + std::to_string(rd()));
-  fs::create_directories(dir);
-  {
-    std::ofstream f(dir / "unit.cpp", std::ios::binary);
-    f << unit;
-  }
-  const std::string cmd = cxx + " -std=c++20 -fPIC -shared -w -fvisibility=hidden " + flags +
-                          " -o " + (dir / "unit.so").string() + " " + (dir / "unit.cpp").string() +
-                          " > " + (dir / "log").string() + " 2>&1";
-  const bool built = std::system(cmd.c_str()) == 0;
-  if (!built) prog.log = "emulated NVRTC (the host's compiler):\n" + read(dir / "log");
-  std::error_code ec;
-  if (built) fs::rename(dir / "unit.so", kept, ec);
-  fs::remove_all(dir, ec);
-  return built;
+  std::string log;
+  path = tghost::compile_cached(unit, flags, TGEMU_CXX, "tgemu_kernel_", log);
+  if (path.empty()) prog.log = "emulated NVRTC (the host's compiler):\n" + log;
+  return !path.empty();
 }
 
 }  // namespace
