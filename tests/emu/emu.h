@@ -28,8 +28,10 @@ namespace tgemu {
 
 // What the emulator counted since the process began.
 struct Counts {
-  int64_t kernels = 0;         // kernel launches run
+  int64_t launches = 0;        // kernels and cuBLAS products queued one by one (not by a graph)
   int64_t graph_launches = 0;  // cudaGraphLaunch calls
+  int64_t graph_work = 0;      // kernels and products those launches queued
+  int64_t kernels_run = 0;     // kernels that ran, in graphs or not
   int64_t captured = 0;        // tasks recorded into graphs
   int64_t syncs = 0;           // times the host waited for a stream with work queued
   int64_t pinned_copies = 0;   // copies between device and pinned host memory

@@ -215,7 +215,9 @@ cudaError_t unsupported_while_capturing(CUstream_st& s) {
   return ret(cudaErrorStreamCaptureUnsupported);
 }
 
-cudaError_t submit(cudaStream_t stream, Task t) {
+// Device work queued on a stream (or recorded, while the stream is captured); `by_graph`: by a
+// graph's launch.
+cudaError_t submit(cudaStream_t stream, Task t, bool by_graph = false) {
   Emu& e = emu();
   if (e.sticky != cudaSuccess) return ret(e.sticky);
   if (!known(stream)) return ret(cudaErrorInvalidResourceHandle);
@@ -225,6 +227,8 @@ cudaError_t submit(cudaStream_t stream, Task t) {
     s.capture->tasks.push_back(std::move(t));
     return cudaSuccess;
   }
+  if (t.what == "kernel" || t.what == "gemm")
+    ++(by_graph ? e.counts.graph_work : e.counts.launches);
   s.pending.push_back(std::move(t));
   if (stream == nullptr) drain_all();  // the legacy stream waits for the others, and they for it
   return cudaSuccess;
@@ -257,7 +261,7 @@ extern "C" void tgemu_launch(cudaStream_t s, dim3 grid, dim3 block, std::functio
   }
   std::shared_ptr<std::function<void()>> run(std::move(owned));
   cudaError_t e = submit(s, Task{"kernel", std::make_shared<std::function<void()>>([run] {
-                                   ++emu().counts.kernels;
+                                   ++emu().counts.kernels_run;
                                    (*run)();
                                  })});
   (void)e;
@@ -626,7 +630,7 @@ cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t stream) {
   if (exec == nullptr) return ret(cudaErrorInvalidValue);
   ++e.counts.graph_launches;
   for (const Task& t : exec->tasks)
-    if (cudaError_t r = submit(stream, t); r != cudaSuccess) return r;
+    if (cudaError_t r = submit(stream, t, /*by_graph=*/true); r != cudaSuccess) return r;
   return cudaSuccess;
 }
 
