@@ -281,8 +281,8 @@ struct DeviceRadixSort {
 )";
 
 // Every `k<<<a, b, c, d>>>(args)` of src → `tg_host_launch(a, b, [&] { k(args); })`, or with
-// `deferred` (the emulated GPU, tests/emu/) → `tg_emu_launch(a, b, d, [=] { k(args); })`, which
-// queues the launch on stream d with its arguments copied, as a launch copies them.
+// `deferred` (the emulated GPU, tests/emu/) → `tg_emu_launch("k", a, b, d, [=] { k(args); })`,
+// which queues the launch on stream d with its arguments copied, as a launch copies them.
 inline std::string host_launches(std::string src, bool deferred = false) {
   for (size_t at = src.find("<<<"); at != std::string::npos; at = src.find("<<<")) {
     size_t start = at;  // the kernel's name, template arguments included
@@ -325,8 +325,8 @@ inline std::string host_launches(std::string src, bool deferred = false) {
     const std::string args = src.substr(open + 1, end - open - 1);
     const std::string call = kernel + "(" + args + ");";
     src.replace(start, end + 1 - start,
-                deferred ? "tg_emu_launch(dim3(" + config[0] + "), dim3(" + config[1] + "), " +
-                               config[3] + ", [=] { " + call + " })"
+                deferred ? "tg_emu_launch(\"" + kernel + "\", dim3(" + config[0] + "), dim3(" +
+                               config[1] + "), " + config[3] + ", [=] { " + call + " })"
                          : "tg_host_launch(dim3(" + config[0] + "), dim3(" + config[1] +
                                "), [&] { " + call + " })");
   }

@@ -108,6 +108,18 @@ TEST_CASE("the emulated GPU: a replayed training step is two graph launches and 
   MESSAGE("kernels and products per step: eager " << eager_work << ", replayed " << graph_work
                                                   << " in 2 graphs and " << loose << " alone");
   CHECK(graph_work + loose < eager_work);
+  // An update's number is made on the device once, not at every step (Note [Scalars on a GPU]):
+  // each parameter's `sub_(grad * 0.1)` is two kernels.
+  auto grads =
+      grad({nn::functional::cross_entropy(x.matmul(params[0]).tanh().matmul(params[2]), y)},
+           {params[0], params[2]});
+  const tgemu::Counts update_before = tgemu::counts();
+  {
+    NoGradGuard no_grad;
+    params[0].sub_(grads[0] * 0.1);
+    params[2].sub_(grads[1] * 0.1);
+  }
+  CHECK(tgemu::counts().launches - update_before.launches == 4);
   // Copying the batch to the GPU does not wait either (Note [Pinned staging]).
   Tensor xc = x.to(kCPU), yc = y.to(kCPU);
   const tgemu::Counts copies_before = tgemu::counts();

@@ -136,6 +136,8 @@ class Backend {
   // recording cannot hold: a wait for the device, a read of device memory by the host, memory
   // allocated in it and still held at its end. Nothing has run either way.
   virtual std::unique_ptr<CapturedWork> capture(const std::function<void()>& work);
+  // Whether the calling thread is inside capture() on this backend (its calls are recorded).
+  virtual bool capturing_here() const { return false; }
 
   // What lets a recording hold index ops and random draws (Note [Device-side arguments],
   // lib/trace/executor.cpp): calls that read what changes from call to call out of device memory

@@ -1,7 +1,10 @@
 // Shared op helpers: dims, broadcasting and type promotion.
 #include <algorithm>
 
+#include <cstring>
+
 #include "ops/ops_common.h"
+#include "tapegrad/trace.h"
 
 namespace tg {
 
@@ -93,7 +96,45 @@ DType result_type(std::initializer_list<TypeOperand> operands) {
 
 Tensor cast_if_needed(const Tensor& t, DType dtype) { return t.dtype() == dtype ? t : t.to(dtype); }
 
+// Note [Scalars on a GPU]
+// A C++ number in an op (x * 0.1, where(mask, 0, x)) becomes a 0-d tensor of the op's dtype on
+// the op's device. On a GPU that is a fill kernel per use, which an optimizer's update or a loss
+// pays at every step: there the tensor is kept, per thread, for the next use of the same number,
+// dtype and device (64 of them, the oldest replaced). These tensors never leave the ops that take
+// them as operands, so nothing writes them. While tracing, each is made afresh: the recorder must
+// see its fill, or the graph would read it as state. While the backend records (capture()), too:
+// a fill recorded would never run eagerly, and a recording must not read a tensor that the cache
+// may free.
 Tensor scalar_tensor(Scalar value, DType dtype, Device device) {
+  if (!device.is_cpu() && !is_tracing() && !backend_for(device).capturing_here()) {
+    struct Kept {
+      double d;
+      int64_t i;
+      Scalar::Kind kind;
+      DType dtype;
+      Device device;
+      Tensor t;
+    };
+    thread_local std::vector<Kept> kept;
+    thread_local size_t next = 0;
+    const double d = value.to_double();
+    const int64_t i = value.to_int();
+    for (const Kept& k : kept)
+      if (std::memcmp(&k.d, &d, sizeof d) == 0 && k.i == i && k.kind == value.kind() &&
+          k.dtype == dtype && k.device == device)
+        return k.t;
+    Tensor t = make_tensor({}, dtype, device);
+    backend_for(device).fill(impl_of(t), value);
+    constexpr size_t kKept = 64;
+    Kept entry{d, i, value.kind(), dtype, device, t};
+    if (kept.size() < kKept) {
+      kept.push_back(std::move(entry));
+    } else {
+      kept[next] = std::move(entry);
+      next = (next + 1) % kKept;
+    }
+    return t;
+  }
   Tensor t = make_tensor({}, dtype, device);
   backend_for(device).fill(impl_of(t), value);
   return t;

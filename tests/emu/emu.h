@@ -14,8 +14,9 @@ extern "C" {
 // `what` names it in messages.
 cudaError_t tgemu_submit(cudaStream_t s, const char* what, std::function<void()>* task);
 // A kernel launch: the configuration checked as a GPU checks it (cudaErrorInvalidConfiguration,
-// left for cudaGetLastError), then submitted.
-void tgemu_launch(cudaStream_t s, dim3 grid, dim3 block, std::function<void()>* body);
+// left for cudaGetLastError), then submitted. `name` says which kernel (TGEMU_LOG=1 prints it).
+void tgemu_launch(cudaStream_t s, dim3 grid, dim3 block, std::function<void()>* body,
+                  const char* name);
 // A kernel whose threads disagree on their waits, which hangs a GPU: a sticky error from then on.
 void tgemu_fault(const char* what);
 // Whether [p, p + n) lies inside one live device allocation.

@@ -17,18 +17,19 @@ namespace {
 constexpr const char* kEmuLaunch = R"tg(#include <functional>
 #include <algorithm>
 #include <numeric>
-extern "C" void tgemu_launch(cudaStream_t s, dim3 grid, dim3 block, std::function<void()>* body);
+extern "C" void tgemu_launch(cudaStream_t s, dim3 grid, dim3 block, std::function<void()>* body,
+                             const char* name);
 extern "C" cudaError_t tgemu_submit(cudaStream_t s, const char* what, std::function<void()>* task);
 extern "C" void tgemu_fault(const char* what);
 template <class F>
-static void tg_emu_launch(dim3 grid, dim3 block, cudaStream_t stream, F f) {
+static void tg_emu_launch(const char* name, dim3 grid, dim3 block, cudaStream_t stream, F f) {
   tgemu_launch(stream, grid, block, new std::function<void()>([grid, block, f] {
     tg_host_launch(grid, block, f);
     if (tg_stuck) {
       tg_stuck = false;
       tgemu_fault("a kernel's threads disagree on their waits (a GPU would hang)");
     }
-  }));
+  }), name);
 }
 // CUB's radix sort (host_cuda_source.h's), queued on its stream.
 #define TG_CUB_RUN(stream, work) \

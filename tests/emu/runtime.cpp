@@ -50,9 +50,19 @@ struct CUgraph_st;
 namespace {
 
 struct Task {
-  std::string what;
+  std::string what;  // "kernel", "gemm", "copy", ...
   std::shared_ptr<std::function<void()>> run;
+  std::string name = {};  // a kernel's
 };
+
+// TGEMU_LOG=1: every piece of device work is printed as it is queued or recorded.
+bool log_on() {
+  static const bool on = [] {
+    const char* v = std::getenv("TGEMU_LOG");
+    return v != nullptr && *v != 0 && *v != '0';
+  }();
+  return on;
+}
 
 }  // namespace
 
@@ -222,6 +232,12 @@ cudaError_t submit(cudaStream_t stream, Task t, bool by_graph = false) {
   if (e.sticky != cudaSuccess) return ret(e.sticky);
   if (!known(stream)) return ret(cudaErrorInvalidResourceHandle);
   CUstream_st& s = stream_of(stream);
+  if (log_on())
+    std::fprintf(stderr, "[emulated GPU] %s %s%s%s\n",
+                 s.capture != nullptr ? "record"
+                 : by_graph           ? "graph "
+                                      : "queue ",
+                 t.what.c_str(), t.name.empty() ? "" : " ", t.name.c_str());
   if (s.capture != nullptr) {
     ++e.counts.captured;
     s.capture->tasks.push_back(std::move(t));
@@ -248,7 +264,8 @@ extern "C" cudaError_t tgemu_submit(cudaStream_t s, const char* what, std::funct
   return submit(s, Task{what, std::shared_ptr<std::function<void()>>(std::move(owned))});
 }
 
-extern "C" void tgemu_launch(cudaStream_t s, dim3 grid, dim3 block, std::function<void()>* body) {
+extern "C" void tgemu_launch(cudaStream_t s, dim3 grid, dim3 block, std::function<void()>* body,
+                             const char* name) {
   std::lock_guard<std::recursive_mutex> lock(emu().mu);
   std::unique_ptr<std::function<void()>> owned(body);
   const unsigned long long threads =
@@ -263,7 +280,8 @@ extern "C" void tgemu_launch(cudaStream_t s, dim3 grid, dim3 block, std::functio
   cudaError_t e = submit(s, Task{"kernel", std::make_shared<std::function<void()>>([run] {
                                    ++emu().counts.kernels_run;
                                    (*run)();
-                                 })});
+                                 }),
+                                 name != nullptr ? name : ""});
   (void)e;
 }
 
@@ -697,7 +715,7 @@ cudaError_t cudaLaunchKernel(const void* func, dim3 grid, dim3 block, void** arg
   });
   const cudaError_t before = t_last;
   t_last = cudaSuccess;
-  tgemu_launch(stream, grid, block, body);
+  tgemu_launch(stream, grid, block, body, "generated");
   const cudaError_t r = t_last;
   if (r == cudaSuccess) t_last = before;
   return r;

@@ -593,6 +593,8 @@ class CudaBackend final : public Backend {
 
   // --- captured replays (Note [Captured replays], lib/trace/executor.cpp) ----------------------
 
+  bool capturing_here() const override { return recording_here(); }
+
   std::unique_ptr<CapturedWork> capture(const std::function<void()>& work) override {
     enter("capture");
     std::lock_guard<std::mutex> one(capture_mu_);  // one recording at a time
