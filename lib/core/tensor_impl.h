@@ -26,11 +26,13 @@ struct Storage {
   std::atomic<uint64_t> version{0};
   bool owns_data = true;  // false: a slice of a traced graph's arena (Note [Memory plan])
   // Note [Indices checked once]
-  // Where code has just checked, on the host, the i64 indices that fill this storage (eager
-  // cross_entropy reads its targets' bounds), it says so: every index lies in [0, index_bound)
-  // while `version` is index_version. A backend whose own check would wait for the device (CUDA)
-  // then skips it, for the gather and for the scatter of its gradient. Only set on storages the
-  // setter made and nothing else can reach; any in-place write bumps the version, ending it.
+  // Where code knows the i64 indices that fill this storage to be in range, it says so: every
+  // index lies in [0, index_bound) while `version` is index_version. Eager cross_entropy has just
+  // read its targets' bounds on the host; max pooling's kernel wrote positions in its input's
+  // plane. A backend whose own check would wait for the device (CUDA) then skips it, for the
+  // gather and for the scatter of its gradient, so an eager CNN step waits once, not three times.
+  // Only set on storages the setter made; any write through an op bumps the version, ending it
+  // (the CPU, where a host pointer could write without one, checks anyway: it costs no wait).
   int64_t index_bound = -1;
   uint64_t index_version = 0;
 };

@@ -208,6 +208,9 @@ std::pair<Tensor, Tensor> max_pool2d_with_indices(const Tensor& x, Size2 kernel,
     Shape shape{x4.size(0), x4.size(1), oh, ow};
     indices = make_tensor(shape, kI64, x4.device());
     Tensor out = window_forward(OpKind::MaxPool2d, x4, w, shape, &indices);
+    // Each is a position in its input's plane, so the gradient's scatter need not check them
+    // (Note [Indices checked once]).
+    mark_indices_below(impl_of(indices), x4.size(2) * x4.size(3));
     NodeAttrs attrs = window_attrs(w);
     if (rec.active()) attrs.extra = indices;  // the bprop scatters through them
     return rec.finish(OpKind::MaxPool2d, out, std::move(attrs));
