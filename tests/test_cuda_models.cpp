@@ -384,3 +384,26 @@ TEST_CASE("cuda: Mode::Debug replays a training step on the GPU, checking it nod
   // The state was put back between the two runs of each replay: the weights took one step each.
   same_params(gpu, cpu, 1e-5, /*grads=*/false);
 }
+
+TEST_CASE("cuda: a 0-d CPU tensor works beside a GPU tensor, as PyTorch's CPU scalars") {
+  if (!have_gpu()) return;
+  manual_seed(14);
+  Tensor s = tensor(2.5).requires_grad_();  // f64, 0-d, on the CPU
+  Tensor xc = randn({3, 4});
+  Tensor x = xc.to(cuda()).requires_grad_();
+  Tensor y = x * s + s;
+  CHECK(y.device() == Device(cuda()));
+  CHECK(y.dtype() == kF32);  // promotion as with the tensor on the GPU: 0-d f64 does not lift f32
+  CHECK(close(y, xc * 2.5 + 2.5, 1e-6));
+  y.sum().backward();
+  REQUIRE(s.grad().defined());
+  CHECK(s.grad().device() == Device(kCPU));  // the gradient goes back to the CPU tensor
+  CHECK(std::abs(s.grad().item<double>() - (xc.sum().item<double>() + 12)) < 1e-4);
+  CHECK(close(x.grad(), full({3, 4}, 2.5), 1e-6));
+  Tensor z = xc.to(cuda());
+  z.mul_(tensor(2.0f));
+  CHECK(close(z, xc * 2, 0));
+  // More than a scalar still has to be on one device.
+  CHECK_THROWS_WITH_AS((void)(x + tensor({1.0f, 2.0f, 3.0f, 4.0f})),
+                       doctest::Contains("expected all tensors on one device"), Error);
+}

@@ -48,7 +48,16 @@ Tensor binary_op(OpKind kind, const Tensor& a, const Tensor& b, Loc loc) {
   OpScope scope(name, loc);
   check_defined(a, name, "first operand");
   check_defined(b, name, "second operand");
-  return binary_impl(kind, a, b, result_type({operand(a), operand(b)}));
+  const DType promoted = result_type({operand(a), operand(b)});
+  // A 0-d CPU tensor beside a GPU tensor joins it there, as PyTorch takes CPU scalars: a copy
+  // that does not wait (Note [Pinned staging]), differentiable like any to().
+  if (a.device() != b.device()) {
+    if (a.dim() == 0 && a.device().is_cpu())
+      return binary_impl(kind, a.to(b.device()), b, promoted);
+    if (b.dim() == 0 && b.device().is_cpu())
+      return binary_impl(kind, a, b.to(a.device()), promoted);
+  }
+  return binary_impl(kind, a, b, promoted);
 }
 
 Tensor binary_op(OpKind kind, const Tensor& a, Scalar b, Loc loc) {

@@ -174,10 +174,15 @@ void inplace_with_grad(Tensor& self, OpKind kind, const Tensor& other, const cha
   rebase_history(self, result.to(self.dtype()));
 }
 
-Tensor& inplace_binary(Tensor& self, OpKind kind, const Tensor& other, Loc loc, const char* op) {
+Tensor& inplace_binary(Tensor& self, OpKind kind, const Tensor& other_in, Loc loc, const char* op) {
   OpScope scope(op, loc);
   check_defined(self, op);
-  check_defined(other, op, "other operand");
+  check_defined(other_in, op, "other operand");
+  // A 0-d CPU operand joins a GPU tensor there, as in binary_op.
+  const Tensor other =
+      other_in.device() != self.device() && other_in.dim() == 0 && other_in.device().is_cpu()
+          ? other_in.to(self.device())
+          : other_in;
   check_same_device(self, other, op);
   DType promoted = result_type({operand(self), operand(other)});
   DType compute = kind == OpKind::Div && !is_floating(promoted) ? kF32 : promoted;
