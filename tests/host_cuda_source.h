@@ -42,6 +42,12 @@ inline constexpr const char* kRuntime = R"tg(#define __host__
 #define __shared__ static
 #define __launch_bounds__(n)
 #include <cuda_runtime_api.h>
+// A conditional node's value, set by a kernel (the emulated GPU's runtime defines the hook).
+extern "C" __attribute__((weak)) void tgemu_set_conditional(unsigned long long handle,
+                                                           unsigned value);
+static inline void cudaGraphSetConditional(cudaGraphConditionalHandle handle, unsigned value) {
+  if (tgemu_set_conditional != nullptr) tgemu_set_conditional(handle, value);
+}
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>

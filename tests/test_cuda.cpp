@@ -334,9 +334,11 @@ TEST_CASE("cuda: a traced training step equals the eager one, and replays as CUD
     for (size_t i = 0; i < pe.size(); ++i) CHECK(close(pt[i], pe[i].to(kCPU), 1e-5));
   }
   CHECK(traced.num_compiles() == 1);
-  // From the second call every node runs in CUDA graphs (Note [Captured replays]), recorded once
-  // each: forward and backward, then the updates, cut where the flags of the gather and the
-  // scatter are read (Note [Device-side arguments]). Each call's loss is its own tensor.
+  // From the second call every node runs in CUDA graphs (Note [Captured replays]), recorded
+  // once: forward and backward, then the updates, cut where the flags of the gather and the
+  // scatter are read (Note [Device-side arguments]), launched as one graph whose conditional
+  // node runs the updates where the flags are clear (Note [Guarded updates]). Each call's loss
+  // is its own tensor.
   std::string summary = traced.pass_summary();
   CAPTURE(summary);
   CHECK(summary.find("captured CUDA graphs") != std::string::npos);
@@ -344,6 +346,7 @@ TEST_CASE("cuda: a traced training step equals the eager one, and replays as CUD
   CHECK(summary.find(fmt::format("{} of {} nodes run as 2 captured", nodes, nodes)) !=
         std::string::npos);
   CHECK(summary.find("2 index ops checked on the device") != std::string::npos);
+  CHECK(summary.find("the last two launched as one") != std::string::npos);
   CHECK(summary.find(" 0 segments refused") != std::string::npos);
   CHECK(summary.find(" 0 recordings so far") == std::string::npos);
   for (size_t i = 0; i + 1 < losses.size(); ++i)

@@ -66,7 +66,7 @@ TEST_CASE("the emulated GPU: host code that reads device memory faults, as on a 
   CHECK(t.sum().item<float>() == 1024);
 }
 
-TEST_CASE("the emulated GPU: a replayed training step is two graph launches and one wait") {
+TEST_CASE("the emulated GPU: a replayed training step is one graph launch and one wait") {
   manual_seed(5);
   std::vector<Tensor> params{(randn({20, 16}) * 0.1).to(cuda()).requires_grad_(),
                              zeros({16}, {.device = cuda()}).requires_grad_(),
@@ -87,12 +87,14 @@ TEST_CASE("the emulated GPU: a replayed training step is two graph launches and 
   const tgemu::Counts before = tgemu::counts();
   Tensor loss = traced(x, y);
   const tgemu::Counts after = tgemu::counts();
-  // Forward and backward, then the updates: the index ops' flags are read between them, the one
-  // wait (Note [Device-side arguments]); nothing is recorded again.
-  CHECK(after.graph_launches - before.graph_launches == 2);
+  // Forward and backward, then the updates in the body of a conditional node, which runs where
+  // the index ops' flags are clear (Note [Guarded updates]): one launch; the one wait is the
+  // host's read of the flags at the end of the call. Nothing is recorded again.
+  CHECK(after.graph_launches - before.graph_launches == 1);
   CHECK(after.syncs - before.syncs == 1);
   CHECK(after.captured == before.captured);
   CHECK(std::isfinite(loss.item<float>()));
+  CHECK(traced.pass_summary().find("the last two launched as one") != std::string::npos);
   // Eager, the same step waits once too: for the targets' bounds, read on the host, after which
   // the gather and its gradient's scatter need no check of their own (Note [Indices checked
   // once]).
@@ -106,7 +108,7 @@ TEST_CASE("the emulated GPU: a replayed training step is two graph launches and 
   const int64_t graph_work = after.graph_work - before.graph_work;
   const int64_t loose = after.launches - before.launches;
   MESSAGE("kernels and products per step: eager " << eager_work << ", replayed " << graph_work
-                                                  << " in 2 graphs and " << loose << " alone");
+                                                  << " in 1 graph and " << loose << " alone");
   CHECK(graph_work + loose < eager_work);
   // An update's number is made on the device once, not at every step (Note [Scalars on a GPU]):
   // each parameter's `sub_(grad * 0.1)` is two kernels.
@@ -136,6 +138,91 @@ TEST_CASE("the emulated GPU: a replayed training step is two graph launches and 
   CHECK_THROWS_WITH_AS(
       (void)nn::functional::cross_entropy(logits, tensor<int64_t>({0, 3, 1, 1}).to(cuda())),
       doctest::Contains("target 3 is out of range for 3 classes"), Error);
+}
+
+TEST_CASE("the emulated GPU: a conditional node that never runs its body is found and undone") {
+  // Were the device to drop the guard's decision, the updates would silently not run. The host
+  // reads, with the flags, a word only the body writes: clear flags and no mark mean the
+  // decision failed. That call's updates then run as they are, and the pair is refused, so
+  // later calls launch its two segments on their own (Note [Guarded updates]).
+  manual_seed(12);
+  std::vector<Tensor> pe{(randn({10, 8}) * 0.1).requires_grad_(),
+                         (randn({8, 4}) * 0.1).requires_grad_()};
+  std::vector<Tensor> pg;
+  for (const Tensor& p : pe) pg.push_back(p.detach().to(cuda()).requires_grad_());
+  auto step_with = [](std::vector<Tensor>& params) {
+    return [&params](const Tensor& x, const Tensor& y) {
+      Tensor loss = nn::functional::cross_entropy(tanh(x.matmul(params[0])).matmul(params[1]), y);
+      auto grads = grad({loss}, params);
+      NoGradGuard no_grad;
+      for (size_t i = 0; i < params.size(); ++i) params[i].sub_(grads[i] * 0.1);
+      return loss;
+    };
+  };
+  auto eager = step_with(pe);
+  auto traced = trace(step_with(pg));
+  struct Restore {
+    ~Restore() { tgemu::set_conditions_ignored(false); }
+  } restore;
+  for (int i = 0; i < 5; ++i) {
+    CAPTURE(i);
+    if (i == 2) tgemu::set_conditions_ignored(true);
+    Tensor x = randn({6, 10}), y = randint(0, 4, {6});
+    const tgemu::Counts before = tgemu::counts();
+    Tensor lt = traced(x.to(cuda()), y.to(cuda()));
+    const tgemu::Counts after = tgemu::counts();
+    Tensor le = eager(x, y);
+    CHECK(std::abs(lt.item<float>() - le.item<float>()) < 1e-5);
+    for (size_t k = 0; k < pe.size(); ++k) CHECK(close(pg[k], pe[k], 1e-5));
+    if (i == 2) CHECK(after.graph_launches - before.graph_launches == 1);
+    if (i == 4) CHECK(after.graph_launches - before.graph_launches == 2);
+  }
+  std::string summary = traced.pass_summary();
+  CAPTURE(summary);
+  CHECK(summary.find("the last two launched as one") == std::string::npos);
+  CHECK(summary.find(" 1 segments refused") != std::string::npos);
+}
+
+TEST_CASE("the emulated GPU: a replayed step with a bad target runs no update and says so") {
+  manual_seed(6);
+  std::vector<Tensor> params{(randn({10, 8}) * 0.1).to(cuda()).requires_grad_(),
+                             (randn({8, 4}) * 0.1).to(cuda()).requires_grad_()};
+  // With a penalty, an update that ran would move the weights even where the skipped gather
+  // and scatter left the loss's own gradient zero.
+  auto loss_of = [](const std::vector<Tensor>& p, const Tensor& x, const Tensor& y) {
+    return nn::functional::cross_entropy(tanh(x.matmul(p[0])).matmul(p[1]), y) +
+           (p[0] * p[0]).sum() * 0.5;
+  };
+  auto step = [&params, &loss_of](const Tensor& x, const Tensor& y) {
+    Tensor loss = loss_of(params, x, y);
+    auto grads = grad({loss}, params);
+    NoGradGuard no_grad;
+    for (size_t i = 0; i < params.size(); ++i) params[i].sub_(grads[i] * 0.1);
+    return loss;
+  };
+  auto traced = trace(step);
+  Tensor x = randn({6, 10}).to(cuda()), y = randint(0, 4, {6}).to(cuda());
+  for (int i = 0; i < 3; ++i) (void)traced(x, y);  // traced, recorded, replayed
+  std::vector<Tensor> kept;
+  for (const Tensor& p : params) kept.push_back(p.detach().clone());
+  Tensor bad = y.clone();
+  bad.select(0, 2).fill_(4);
+  const tgemu::Counts before = tgemu::counts();
+  CHECK_THROWS_WITH_AS((void)traced(x, bad), doctest::Contains("index 4 is out of bounds"), Error);
+  const tgemu::Counts after = tgemu::counts();
+  // The same one launch as a good step: the body of the conditional node did not run.
+  CHECK(after.graph_launches - before.graph_launches == 1);
+  CHECK(after.captured == before.captured);
+  for (size_t i = 0; i < params.size(); ++i) CHECK(close(params[i], kept[i], 0));
+  // The next good step runs the updates, as eager.
+  std::vector<Tensor> cpu;
+  for (const Tensor& k : kept) cpu.push_back(k.to(kCPU).requires_grad_());
+  Tensor want = loss_of(cpu, x.to(kCPU), y.to(kCPU));
+  auto grads = grad({want}, cpu);
+  Tensor got = traced(x, y);
+  CHECK(std::abs(got.item<float>() - want.item<float>()) < 1e-5);
+  for (size_t i = 0; i < params.size(); ++i)
+    CHECK(close(params[i], cpu[i].detach() - grads[i] * 0.1, 1e-5));
 }
 
 TEST_CASE("the emulated GPU: large copies go through the pinned buffer, in stream order") {
@@ -218,7 +305,8 @@ TEST_CASE("the emulated GPU: a recording that must be dropped runs nothing and k
 }
 
 TEST_CASE(
-    "the emulated GPU: a replayed Adam step with a scheduler is graphs and one wait, as eager") {
+    "the emulated GPU: a replayed Adam step with a scheduler is one launch and one wait, as "
+    "eager") {
   auto make = [] {
     manual_seed(8);
     return nn::Sequential{nn::Linear(6, 8), nn::Tanh(), nn::Linear(8, 3)};
@@ -250,8 +338,8 @@ TEST_CASE(
     sc.step();
     sg.step();
     CHECK(std::abs(lt.item<float>() - le.item<float>()) < 1e-5);
-    if (i >= 2) {  // replayed: the learning rate written before the graphs, no wait for it
-      CHECK(after.graph_launches - before.graph_launches == 2);
+    if (i >= 2) {  // replayed: the learning rate written before the graph, no wait for it
+      CHECK(after.graph_launches - before.graph_launches == 1);
       CHECK(after.syncs - before.syncs == 1);
     }
   }

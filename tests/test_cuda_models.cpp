@@ -403,7 +403,21 @@ TEST_CASE("cuda: a 0-d CPU tensor works beside a GPU tensor, as PyTorch's CPU sc
   Tensor z = xc.to(cuda());
   z.mul_(tensor(2.0f));
   CHECK(close(z, xc * 2, 0));
+  // where takes them too, as a value or as the condition; the gradient comes back to the CPU.
+  Tensor fill = tensor(-1.5).requires_grad_();
+  Tensor w = where(x > 0, x, fill);
+  CHECK(w.device() == Device(cuda()));
+  CHECK(close(w, where(xc > 0, xc, -1.5), 0));
+  w.sum().backward();
+  REQUIRE(fill.grad().defined());
+  CHECK(fill.grad().device() == Device(kCPU));
+  CHECK(fill.grad().item<double>() == doctest::Approx((xc <= 0).sum().item<double>()));
+  Tensor picked = where(tensor(true), xc.to(cuda()), x.detach() * 0);
+  CHECK(picked.device() == Device(cuda()));
+  CHECK(close(picked, xc, 0));
   // More than a scalar still has to be on one device.
   CHECK_THROWS_WITH_AS((void)(x + tensor({1.0f, 2.0f, 3.0f, 4.0f})),
+                       doctest::Contains("expected all tensors on one device"), Error);
+  CHECK_THROWS_WITH_AS((void)where(x > 0, x, tensor({1.0f, 2.0f, 3.0f, 4.0f})),
                        doctest::Contains("expected all tensors on one device"), Error);
 }

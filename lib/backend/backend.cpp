@@ -57,6 +57,11 @@ void Backend::fused(const std::vector<FusedStep>& steps, const TensorImpl& out,
 bool Backend::softmax_rows(OpKind, const TensorImpl&, const TensorImpl&, int) { return false; }
 
 std::unique_ptr<CapturedWork> Backend::capture(const std::function<void()>&) { return nullptr; }
+std::unique_ptr<CapturedWork> Backend::capture_guarded(const std::function<void()>&,
+                                                       const TensorImpl&,
+                                                       const std::function<void()>&) {
+  return nullptr;
+}
 
 void Backend::index_flagged(OpKind, const TensorImpl&, const TensorImpl&, int, const TensorImpl&,
                             const TensorImpl&) {

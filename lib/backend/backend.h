@@ -136,6 +136,14 @@ class Backend {
   // recording cannot hold: a wait for the device, a read of device memory by the host, memory
   // allocated in it and still held at its end. Nothing has run either way.
   virtual std::unique_ptr<CapturedWork> capture(const std::function<void()>& work);
+  // Records `first` and `then` as capture() does, into one piece of work whose launch runs
+  // `first`, then `then` only where the first word of every flag pair in `flags` (contiguous
+  // i64, as index_flagged writes them) is zero when `first` has run: the decision is the
+  // device's, so the host neither waits nor launches twice (Note [Guarded updates],
+  // lib/trace/executor.cpp). Nothing (nullptr) where the backend cannot, the default.
+  virtual std::unique_ptr<CapturedWork> capture_guarded(const std::function<void()>& first,
+                                                        const TensorImpl& flags,
+                                                        const std::function<void()>& then);
   // Whether the calling thread is inside capture() on this backend (its calls are recorded).
   virtual bool capturing_here() const { return false; }
 

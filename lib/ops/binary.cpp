@@ -124,7 +124,18 @@ Tensor operator~(At x) { return logical_not(x.t, x.loc); }
 // --- where --------------------------------------------------------------------------------------
 
 namespace {
-Tensor where_impl(const Tensor& cond, const Tensor& a, const Tensor& b, DType dtype) {
+// A 0-d CPU operand beside GPU ones joins them there, as in binary_op.
+Tensor joined(const Tensor& t, const Tensor& x, const Tensor& y) {
+  if (t.dim() != 0 || !t.device().is_cpu()) return t;
+  for (const Tensor* o : {&x, &y})
+    if (!o->device().is_cpu() && o->dim() > 0) return t.to(o->device());
+  for (const Tensor* o : {&x, &y})
+    if (!o->device().is_cpu()) return t.to(o->device());
+  return t;
+}
+Tensor where_impl(const Tensor& cond_in, const Tensor& a_in, const Tensor& b_in, DType dtype) {
+  Tensor cond = joined(cond_in, a_in, b_in), a = joined(a_in, cond_in, b_in),
+         b = joined(b_in, cond_in, a_in);
   check_same_device(cond, a, "where");
   check_same_device(a, b, "where");
   Shape shape = broadcast_shapes(broadcast_shapes(cond.shape(), a.shape(), "where"), b.shape(),

@@ -314,8 +314,9 @@ Executor::Executor(std::shared_ptr<const Program> program, const MemoryPlan& pla
 //     can see (state, a kept temp such as a parameter's .grad), and at the end of the call.
 //     A bad index then throws the eager error, named as the node's (rethrow_at), before any
 //     such write: the weights are as they were. Nodes between the op and the check point run
-//     on what the skipped op left, which nobody sees. A training step is two launches and one
-//     wait: forward and backward, the check, then the updates.
+//     on what the skipped op left, which nobody sees. A training step is forward and backward,
+//     the check, then the updates: one launch and one wait on CUDA, where the device makes the
+//     check (Note [Guarded updates]), else two launches with the wait between them.
 //   - a random draw takes fresh numbers at each call: its seed and Philox offset are taken from
 //     the generator on the host, in node order as an eager replay takes them, and written into
 //     its slot before the segment is launched (write_words: the values travel with the call);
@@ -388,6 +389,14 @@ void Executor::plan_capture() {
   capture_ = !segments_.empty();
   if (!capture_) return;
   plan_device_arguments(d);
+  // Note [Guarded updates]: the last two segments, where a check point alone parts them and
+  // the second runs to the end.
+  const size_t ns = segments_.size();
+  if (ns >= 2 && segments_[ns - 2].end == segments_[ns - 1].first &&
+      segments_[ns - 1].end == p.nodes.size() && segments_[ns - 2].flagged) {
+    guarded_.first = static_cast<int32_t>(ns - 2);
+    guarded_.then = static_cast<int32_t>(ns - 1);
+  }
   static_inputs_.resize(p.num_inputs);
   static_outputs_.resize(fresh_.size());
   for (size_t k = 0; k < fresh_.size(); ++k) {
@@ -443,8 +452,12 @@ void Executor::plan_device_arguments(Device d) {
     }
   }
   if (nflags > 0) {
-    flags_ = words_view(allocate_storage(static_cast<size_t>(nflags) * 16, d), 0, 2 * nflags);
-    be.fill(flags_, Scalar(0));
+    // One pair more: the word a guarded launch's second part writes (Note [Guarded updates]).
+    auto words = allocate_storage(static_cast<size_t>(nflags + 1) * 16, d);
+    flags_ = words_view(words, 0, 2 * nflags);
+    flags_and_ran_ = words_view(words, 0, 2 * nflags + 2);
+    ran_ = words_view(words, 2 * nflags, 2);
+    be.fill(flags_and_ran_, Scalar(0));
     for (int32_t k = 0; k < nflags; ++k)
       flag_slots_.push_back(words_view(flags_.storage, 2 * k, 2));
   }
@@ -492,8 +505,23 @@ void Executor::read_flags() {
   if (!flags_unread_) return;
   flags_unread_ = false;
   Backend& be = device_backend(flags_.storage->device);
-  std::vector<int64_t> host(static_cast<size_t>(flags_.numel));
-  be.copy_to_host(host.data(), flags_);
+  std::vector<int64_t> host(static_cast<size_t>(flags_and_ran_.numel));
+  be.copy_to_host(host.data(), flags_and_ran_);
+  const bool guarded = guard_launched_;
+  guard_launched_ = false;
+  bool clear = true;
+  for (size_t k = 0; k < flagged_nodes_.size(); ++k) clear = clear && host[2 * k] == 0;
+  if (guarded && clear && host[2 * flagged_nodes_.size()] != 1) {
+    // The second part of a guarded launch did not run with no flag set: the device's decision
+    // failed. The segments run on their own from now on, and this call's second part runs now,
+    // before anything reads what it writes (Note [Guarded updates]).
+    guarded_.refused = true;
+    guarded_.work.reset();
+    const Segment& b = segments_[static_cast<size_t>(guarded_.then)];
+    for (size_t j = b.first; j < b.end; ++j) exec_in_segment(j);
+    read_flags();
+    return;
+  }
   for (size_t k = 0; k < flagged_nodes_.size(); ++k) {
     if (host[2 * k] == 0) continue;
     be.fill(flags_, Scalar(0));
@@ -524,12 +552,22 @@ std::string Executor::capture_summary() const {
     refused += g.refused;
   }
   bool cuda = p.buffers[0].device.is_cuda();
+  // Note [Guarded updates]: while the pair is not refused, its check point is the device's.
+  const bool guard = guarded_.first >= 0 && !guarded_.refused;
+  const size_t guard_at = guard ? segments_[static_cast<size_t>(guarded_.then)].first : SIZE_MAX;
+  recordings += guarded_.recordings;
+  refused += guarded_.refused;
   // Where the flags of index ops checked on the device are read (Note [Device-side arguments]).
   std::vector<std::string> reads;
   bool pending = false;
   for (size_t i = 0; i <= p.nodes.size(); ++i) {
     if (check_before_[i] && pending) {
-      reads.push_back(i == p.nodes.size() ? "at the end" : fmt::format("before node {}", i));
+      reads.push_back(i == p.nodes.size() ? "at the end"
+                      : i == guard_at
+                          ? fmt::format("before node {} by the device (the nodes from there on "
+                                        "run only where none is set), then by the host at the end",
+                                        i)
+                          : fmt::format("before node {}", i));
       pending = false;
     }
     pending |= i < p.nodes.size() && flag_at_[i] >= 0;
@@ -539,12 +577,13 @@ std::string Executor::capture_summary() const {
                           : fmt::format("; {} index ops checked on the device, their flags read {}",
                                         flagged_nodes_.size(), fmt::join(reads, ", "));
   return fmt::format(
-      "replay: from the second call, {} of {} nodes run as {} {} (nodes {}){}{}; {} recordings "
-      "so far, {} segments refused\n",
+      "replay: from the second call, {} of {} nodes run as {} {} (nodes {}){}{}{}; {} "
+      "recording{} so far, {} segments refused\n",
       nodes, p.nodes.size(), segments_.size(),
       cuda ? "captured CUDA graphs" : "recorded segments (the CPU test stand-in)",
-      fmt::join(runs, ", "), nodes < p.nodes.size() ? "; the rest one by one" : "", flags,
-      recordings, refused);
+      fmt::join(runs, ", "), guard ? ", the last two launched as one" : "",
+      nodes < p.nodes.size() ? "; the rest one by one" : "", flags, recordings,
+      recordings == 1 ? "" : "s", refused);
 }
 
 std::vector<const void*> Executor::segment_key(const Segment& g) const {
@@ -590,6 +629,75 @@ void Executor::run_segment(Segment& g) {
   }
   write_random_slots(g);
   for (size_t j = g.first; j < g.end; ++j) exec_in_segment(j);
+}
+
+// Note [Guarded updates]
+// A traced training step is forward and backward, a check point (the index ops' flags read,
+// Note [Device-side arguments]), then the updates: two launches and, between them, a wait. Where
+// the backend can decide on the device (capture_guarded: a CUDA graph with a conditional node),
+// the two segments are recorded as one piece of work instead: the first, a kernel that sets the
+// condition where no flag is set, and the second as the body of an if-node. One launch, and no
+// wait before the updates: with a bad index they do not run, so the weights are as they were,
+// and the host, reading the flags at the end of the call as before, throws the op's error. The
+// pair is the program's last two segments, cut only by the check point, the second running to
+// the end (no host work could follow it before the end's read). Recorded, keyed and refused as a
+// segment is; refused, the two run as segments of their own. The CPU's test stand-in decides on
+// the host.
+// A decision the device failed to make must not pass for one: the updates would silently not
+// run. So the first part ends by writing 0 into a word after the flags, the second by writing 1,
+// and the host reads that word with the flags (the same copy). Flags clear and no 1: the second
+// part runs now, node by node, before the call returns, and the pair is refused from then on.
+bool Executor::flags_clear_on_host() const {
+  const auto* w = reinterpret_cast<const int64_t*>(flags_.data());
+  for (int64_t k = 0; k < flags_.numel; k += 2)
+    if (w[k] != 0) return false;
+  return true;
+}
+
+bool Executor::run_guarded() {
+  Guarded& q = guarded_;
+  if (q.first < 0 || q.refused || runs_ < 1) return false;
+  Segment& a = segments_[static_cast<size_t>(q.first)];
+  Segment& b = segments_[static_cast<size_t>(q.then)];
+  std::vector<const void*> key = segment_key(a), kb = segment_key(b);
+  key.insert(key.end(), kb.begin(), kb.end());
+  if (q.work && key != q.key) q.work.reset();  // something moved: record again
+  if (!q.work) {
+    if (q.recordings >= 3) {
+      q.refused = true;
+      return false;
+    }
+    ++q.recordings;
+    Device d = program_->buffers[0].device;
+    // The second part marks that it ran, which the host checks with the flags at the end.
+    auto first = [this, &a] {
+      for (size_t j = a.first; j < a.end; ++j) exec_in_segment(j);
+      device_backend(ran_.storage->device).write_words(ran_, {0, 0});
+    };
+    auto then = [this, &b] {
+      for (size_t j = b.first; j < b.end; ++j) exec_in_segment(j);
+      device_backend(ran_.storage->device).write_words(ran_, {1, 0});
+    };
+    if (d.is_cpu()) {
+      q.work = std::make_unique<Deferred>([this, first, then] {
+        first();
+        if (flags_clear_on_host()) then();
+      });
+    } else {
+      q.work = device_backend(d).capture_guarded(first, flags_, then);
+    }
+    if (!q.work) {
+      q.refused = true;  // nothing ran: the segments run as they are
+      return false;
+    }
+    q.key = std::move(key);
+  }
+  write_random_slots(a);
+  write_random_slots(b);
+  q.work->launch();
+  flags_unread_ = true;
+  guard_launched_ = true;
+  return true;
 }
 
 void Executor::make_tiles(const TileRun& r) {
@@ -883,12 +991,15 @@ std::vector<Tensor> Executor::run(const std::vector<Tensor>& args) {
   if (flags_unread_) {  // the last call stopped before it read them: they may be set
     device_backend(flags_.storage->device).fill(flags_, Scalar(0));
     flags_unread_ = false;
+    guard_launched_ = false;
   }
   for (size_t i = 0; i < steps_.size();) {
     size_t end = i + 1;
     if (capture_ && check_before_[i]) read_flags();
     try {
-      if (capture_ && segment_at_[i] >= 0) {
+      if (capture_ && guarded_.first >= 0 && segment_at_[i] == guarded_.first && run_guarded()) {
+        end = segments_[static_cast<size_t>(guarded_.then)].end;
+      } else if (capture_ && segment_at_[i] >= 0) {
         Segment& g = segments_[static_cast<size_t>(segment_at_[i])];
         end = g.end;
         run_segment(g);

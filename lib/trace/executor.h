@@ -71,11 +71,21 @@ class Executor {
     std::vector<size_t> randoms;             // its random draws, in order (slots from rng_first)
     int32_t rng_first = 0;
   };
+  // Note [Guarded updates]: the last two segments, cut by a check point, as one launch.
+  struct Guarded {
+    int32_t first = -1, then = -1;  // segments; -1: none planned
+    std::unique_ptr<CapturedWork> work;
+    std::vector<const void*> key;
+    int recordings = 0;
+    bool refused = false;  // the segments run each on its own from now on
+  };
   [[noreturn]] void rethrow_at(const Error& e, size_t first, size_t end) const;
   void plan_capture();
   void plan_device_arguments(Device d);
   std::vector<const void*> segment_key(const Segment& g) const;
   void run_segment(Segment& g);
+  bool run_guarded();
+  bool flags_clear_on_host() const;
   void exec_in_segment(size_t i);
   void write_random_slots(const Segment& g);
   void read_flags();
@@ -100,6 +110,7 @@ class Executor {
   bool capture_ = false;
   int64_t runs_ = 0;
   std::vector<Segment> segments_;
+  Guarded guarded_;
   std::vector<int32_t> segment_at_;
   std::vector<std::shared_ptr<Storage>> static_inputs_;   // per argument
   std::vector<std::shared_ptr<Storage>> static_outputs_;  // per fresh_ entry
@@ -115,6 +126,10 @@ class Executor {
   std::vector<size_t> flagged_nodes_;
   std::vector<char> check_before_;
   bool flags_unread_ = false;
+  // Note [Guarded updates]: the flags with the word after them, that word (1 where the second
+  // part of a guarded launch ran), and whether this call launched the pair.
+  TensorImpl flags_and_ran_, ran_;
+  bool guard_launched_ = false;
 };
 
 // Tests: executors of CPU programs plan and use captured segments as CUDA ones do, through a

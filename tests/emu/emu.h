@@ -42,6 +42,9 @@ Counts counts();
 // The device's memory, as cudaMemGetInfo reports its total and cudaMalloc enforces it.
 void set_memory_limit(size_t bytes);
 size_t memory_limit();
+// Whether kernels' cudaGraphSetConditional calls are dropped, as if the device ignored them
+// (to test the backend's way out when a conditional node does not do what it should).
+void set_conditions_ignored(bool ignored);
 // The sticky fault, if any (tgemu_fault), for a test to fail on.
 const char* fault();
 

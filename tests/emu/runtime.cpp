@@ -39,6 +39,10 @@
 // - While a stream is captured its work is recorded, not run; waiting for it, or a copy with
 //   pageable memory, invalidates the capture (cudaErrorStreamCaptureUnsupported, then
 //   cudaErrorStreamCaptureInvalidated at its end); a graph runs its recorded work at each launch.
+//   Graphs built by hand run as chains (each node must follow the one added before it): child
+//   graphs are copied in, and an if-node runs its body where its handle, reset at each launch
+//   when asked and set by kernels (cudaGraphSetConditional), is not zero; a body holds only what
+//   CUDA allows there.
 // - cuBLAS checks its arguments as documented, refuses a captured product without a workspace of
 //   the caller's (it would allocate), and rounds to TF32 when asked to.
 // What it is not: a model of timing, of concurrency between streams, of CUDA's math library (the
@@ -53,6 +57,9 @@ struct Task {
   std::string what;  // "kernel", "gemm", "copy", ...
   std::shared_ptr<std::function<void()>> run;
   std::string name = {};  // a kernel's
+  // A conditional node (what == "if"): its body, run where the handle's value is not zero.
+  CUgraph_st* body = nullptr;
+  unsigned long long handle = 0;
 };
 
 // TGEMU_LOG=1: every piece of device work is printed as it is queued or recorded.
@@ -66,11 +73,25 @@ bool log_on() {
 
 }  // namespace
 
+// A graph runs as a chain: its tasks in order. A conditional node's task holds the body's graph
+// (owned by the node's graph) and its handle; a child graph's tasks are copied in.
+struct CUgraphNode_st {
+  CUgraph_st* graph = nullptr;
+};
 struct CUgraph_st {
   std::vector<Task> tasks;
+  std::vector<std::unique_ptr<CUgraphNode_st>> nodes;  // made by cudaGraphAdd*Node
+  std::vector<std::unique_ptr<CUgraph_st>> bodies;     // conditional nodes' bodies
+  struct Condition {
+    unsigned long long handle;
+    unsigned initial;
+    bool assign;  // cudaGraphCondAssignDefault: `initial` at each launch
+  };
+  std::vector<Condition> conditions;  // the handles made for this graph
 };
 struct CUgraphExec_st {
   std::vector<Task> tasks;
+  std::vector<CUgraph_st::Condition> conditions;
 };
 struct CUstream_st {
   std::deque<Task> pending;
@@ -117,6 +138,9 @@ struct Emu {
   std::string fault;
   tgemu::Counts counts;
   int device = 0;
+  std::map<unsigned long long, unsigned> conditions;  // conditional handles' values
+  unsigned long long next_handle = 1;
+  bool conditions_ignored = false;  // tgemu::set_conditions_ignored
 };
 
 Emu& emu() {
@@ -295,6 +319,18 @@ extern "C" void tgemu_fault(const char* what) {
   }
 }
 
+// cudaGraphSetConditional, called by a kernel (host_cuda_source.h).
+extern "C" void tgemu_set_conditional(unsigned long long handle, unsigned value) {
+  Emu& e = emu();
+  std::lock_guard<std::recursive_mutex> lock(e.mu);
+  auto it = e.conditions.find(handle);
+  if (it == e.conditions.end()) {
+    tgemu_fault("cudaGraphSetConditional: a handle no graph made");
+    return;
+  }
+  if (!e.conditions_ignored) it->second = value;
+}
+
 extern "C" bool tgemu_is_device(const void* p, size_t n) {
   std::lock_guard<std::recursive_mutex> lock(emu().mu);
   return allocation_of(p, n) != 0;
@@ -316,6 +352,10 @@ void tgemu::set_memory_limit(size_t bytes) {
   emu().limit = bytes;
 }
 size_t tgemu::memory_limit() { return emu().limit; }
+void tgemu::set_conditions_ignored(bool ignored) {
+  std::lock_guard<std::recursive_mutex> lock(emu().mu);
+  emu().conditions_ignored = ignored;
+}
 const char* tgemu::fault() { return emu().fault.empty() ? nullptr : emu().fault.c_str(); }
 
 // --- the runtime's calls ---------------------------------------------------------------------
@@ -635,10 +675,143 @@ cudaError_t cudaStreamIsCapturing(cudaStream_t stream, cudaStreamCaptureStatus* 
   return cudaSuccess;
 }
 
+cudaError_t cudaGraphCreate(cudaGraph_t* graph, unsigned int flags) {
+  std::lock_guard<std::recursive_mutex> lock(emu().mu);
+  if (graph == nullptr || flags != 0) return ret(cudaErrorInvalidValue);
+  *graph = new CUgraph_st;
+  return cudaSuccess;
+}
+
+cudaError_t cudaGraphConditionalHandleCreate(cudaGraphConditionalHandle* handle, cudaGraph_t graph,
+                                             unsigned int initial, unsigned int flags) {
+  Emu& e = emu();
+  std::lock_guard<std::recursive_mutex> lock(e.mu);
+  if (handle == nullptr || graph == nullptr || (flags != 0 && flags != cudaGraphCondAssignDefault))
+    return ret(cudaErrorInvalidValue);
+  *handle = e.next_handle++;
+  e.conditions[*handle] = initial;
+  graph->conditions.push_back({*handle, initial, flags == cudaGraphCondAssignDefault});
+  return cudaSuccess;
+}
+
+namespace {
+
+// The emulator runs a graph's nodes in the order they were added, so each node must depend on
+// exactly the node added before it (none for the first): a chain, which is what the backend
+// builds. Anything else is refused rather than run in an order CUDA would not.
+cudaError_t add_node(cudaGraphNode_t* node, cudaGraph_t graph, const cudaGraphNode_t* deps,
+                     size_t ndeps) {
+  if (node == nullptr || graph == nullptr || (ndeps > 0 && deps == nullptr))
+    return ret(cudaErrorInvalidValue);
+  if (graph->nodes.empty() && graph->tasks.empty()
+          ? ndeps != 0
+          : ndeps != 1 || graph->nodes.empty() || deps[0] != graph->nodes.back().get())
+    return ret(cudaErrorNotSupported);
+  graph->nodes.push_back(std::make_unique<CUgraphNode_st>(CUgraphNode_st{graph}));
+  *node = graph->nodes.back().get();
+  return cudaSuccess;
+}
+
+// The handles a graph may use: its own and its ancestors'.
+bool handle_of(const CUgraph_st* g, unsigned long long h,
+               const std::vector<const CUgraph_st*>& parents) {
+  for (const auto& c : g->conditions)
+    if (c.handle == h) return true;
+  for (const CUgraph_st* p : parents)
+    for (const auto& c : p->conditions)
+      if (c.handle == h) return true;
+  return false;
+}
+
+// What a conditional body may hold (cudaConditionalNodeParams): kernels, memsets and memcopies
+// (cuBLAS's products and CUB's sort are kernels), and conditionals.
+bool allowed_in_body(const Task& t) {
+  return t.what == "kernel" || t.what == "gemm" || t.what == "copy" || t.what == "memset" ||
+         t.what == "radix sort" || t.what == "if";
+}
+
+// The tasks of `g` as a launch runs them: a conditional becomes a task that runs its body's
+// (flattened the same way) where its handle is not zero. False where the graph breaks a rule.
+bool flatten(const CUgraph_st* g, std::vector<const CUgraph_st*>& parents, bool in_body,
+             std::vector<Task>& out) {
+  for (const Task& t : g->tasks) {
+    if (in_body && !allowed_in_body(t)) return false;
+    if (t.what != "if") {
+      out.push_back(t);
+      continue;
+    }
+    if (!handle_of(g, t.handle, parents)) return false;
+    parents.push_back(g);
+    auto body = std::make_shared<std::vector<Task>>();
+    const bool ok = flatten(t.body, parents, /*in_body=*/true, *body);
+    parents.pop_back();
+    if (!ok) return false;
+    const unsigned long long h = t.handle;
+    out.push_back(Task{"if", std::make_shared<std::function<void()>>([h, body] {
+                         Emu& e = emu();
+                         if (e.conditions[h] == 0) return;
+                         for (const Task& b : *body) {
+                           if (e.sticky != cudaSuccess) return;
+                           if (log_on())
+                             std::fprintf(stderr, "[emulated GPU] body   %s%s%s\n", b.what.c_str(),
+                                          b.name.empty() ? "" : " ", b.name.c_str());
+                           if (b.what == "kernel" || b.what == "gemm") ++e.counts.graph_work;
+                           (*b.run)();
+                         }
+                       })});
+  }
+  return true;
+}
+
+}  // namespace
+
+cudaError_t cudaGraphAddChildGraphNode(cudaGraphNode_t* node, cudaGraph_t graph,
+                                       const cudaGraphNode_t* deps, size_t ndeps,
+                                       cudaGraph_t child) {
+  std::lock_guard<std::recursive_mutex> lock(emu().mu);
+  if (child == nullptr) return ret(cudaErrorInvalidValue);
+  // A copy of the child (CUDA clones it); one with conditionals of its own is not emulated.
+  for (const Task& t : child->tasks)
+    if (t.what == "if") return ret(cudaErrorNotSupported);
+  if (cudaError_t r = add_node(node, graph, deps, ndeps); r != cudaSuccess) return r;
+  graph->tasks.insert(graph->tasks.end(), child->tasks.begin(), child->tasks.end());
+  return cudaSuccess;
+}
+
+cudaError_t cudaGraphAddNode(cudaGraphNode_t* node, cudaGraph_t graph, const cudaGraphNode_t* deps,
+                             const cudaGraphEdgeData* edges, size_t ndeps,
+                             cudaGraphNodeParams* params) {
+  std::lock_guard<std::recursive_mutex> lock(emu().mu);
+  if (params == nullptr || edges != nullptr) return ret(cudaErrorInvalidValue);
+  // Only the conditional node the backend makes: an if with one body.
+  if (params->type != cudaGraphNodeTypeConditional ||
+      params->conditional.type != cudaGraphCondTypeIf || params->conditional.size != 1)
+    return ret(cudaErrorNotSupported);
+  if (emu().conditions.count(params->conditional.handle) == 0) return ret(cudaErrorInvalidValue);
+  if (cudaError_t r = add_node(node, graph, deps, ndeps); r != cudaSuccess) return r;
+  graph->bodies.push_back(std::make_unique<CUgraph_st>());
+  CUgraph_st* body = graph->bodies.back().get();
+  Task t{"if", nullptr};
+  t.body = body;
+  t.handle = params->conditional.handle;
+  graph->tasks.push_back(std::move(t));
+  // CUDA-owned, valid while the node is: kept beside the body.
+  static thread_local std::vector<std::unique_ptr<cudaGraph_t>> outs;
+  outs.push_back(std::make_unique<cudaGraph_t>(body));
+  params->conditional.phGraph_out = outs.back().get();
+  return cudaSuccess;
+}
+
 cudaError_t cudaGraphInstantiate(cudaGraphExec_t* exec, cudaGraph_t graph, unsigned long long) {
   std::lock_guard<std::recursive_mutex> lock(emu().mu);
   if (graph == nullptr) return ret(cudaErrorInvalidValue);
-  *exec = new CUgraphExec_st{graph->tasks};
+  std::vector<Task> tasks;
+  std::vector<const CUgraph_st*> parents;
+  if (!flatten(graph, parents, /*in_body=*/false, tasks)) return ret(cudaErrorInvalidValue);
+  std::vector<CUgraph_st::Condition> conditions = graph->conditions;
+  for (const auto& b : graph->bodies)
+    conditions.insert(conditions.end(), b->conditions.begin(), b->conditions.end());
+  *exec = new CUgraphExec_st{std::move(tasks), std::move(conditions)};
   return cudaSuccess;
 }
 
@@ -647,6 +820,19 @@ cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t stream) {
   std::lock_guard<std::recursive_mutex> lock(e.mu);
   if (exec == nullptr) return ret(cudaErrorInvalidValue);
   ++e.counts.graph_launches;
+  // The handles' defaults, applied when the launch begins to run (in stream order).
+  std::vector<std::pair<unsigned long long, unsigned>> defaults;
+  for (const auto& c : exec->conditions)
+    if (c.assign) defaults.emplace_back(c.handle, c.initial);
+  if (!defaults.empty())
+    if (cudaError_t r = submit(stream,
+                               task("conditions",
+                                    [defaults] {
+                                      for (auto [h, v] : defaults) emu().conditions[h] = v;
+                                    }),
+                               /*by_graph=*/true);
+        r != cudaSuccess)
+      return r;
   for (const Task& t : exec->tasks)
     if (cudaError_t r = submit(stream, t, /*by_graph=*/true); r != cudaSuccess) return r;
   return cudaSuccess;

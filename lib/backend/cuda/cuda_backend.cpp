@@ -598,6 +598,74 @@ class CudaBackend final : public Backend {
   std::unique_ptr<CapturedWork> capture(const std::function<void()>& work) override {
     enter("capture");
     std::lock_guard<std::mutex> one(capture_mu_);  // one recording at a time
+    Recorded r = record(work);
+    if (r.graph == nullptr) return nullptr;
+    return instantiate(r.graph, std::move(r.freed));
+  }
+
+  // Note [Guarded updates] (lib/trace/executor.cpp): a graph of two parts, `first` (a child
+  // graph ending in guard_kernel, which sets the condition) and an if-node whose body is `then`
+  // (a child graph). The condition starts at 0 at each launch (cudaGraphCondAssignDefault), so a
+  // launch whose guard did not run leaves the body out too.
+  std::unique_ptr<CapturedWork> capture_guarded(const std::function<void()>& first,
+                                                const TensorImpl& flags,
+                                                const std::function<void()>& then) override {
+    enter("capture");
+    std::lock_guard<std::mutex> one(capture_mu_);
+    cudaGraph_t parent = nullptr;
+    cudaGraphConditionalHandle handle = 0;
+    if (cudaGraphCreate(&parent, 0) != cudaSuccess ||
+        cudaGraphConditionalHandleCreate(&handle, parent, 0, cudaGraphCondAssignDefault) !=
+            cudaSuccess) {
+      if (parent != nullptr) (void)cudaGraphDestroy(parent);
+      (void)cudaGetLastError();
+      return nullptr;
+    }
+    const auto* words = reinterpret_cast<const int64_t*>(flags.data());
+    const int64_t nflags = flags.numel / 2;
+    Recorded a = record([&] {
+      first();
+      launch_guard(handle, words, nflags, stream());
+      TG_LAUNCHED("capture");
+    });
+    Recorded b = a.graph != nullptr ? record(then) : Recorded{};
+    bool ok = a.graph != nullptr && b.graph != nullptr;
+    cudaGraphNode_t first_node = nullptr, cond_node = nullptr, then_node = nullptr;
+    ok = ok && cudaGraphAddChildGraphNode(&first_node, parent, nullptr, 0, a.graph) == cudaSuccess;
+    cudaGraphNodeParams params{};
+    params.type = cudaGraphNodeTypeConditional;
+    params.conditional.handle = handle;
+    params.conditional.type = cudaGraphCondTypeIf;
+    params.conditional.size = 1;
+    ok =
+        ok && cudaGraphAddNode(&cond_node, parent, &first_node, nullptr, 1, &params) == cudaSuccess;
+    ok = ok && params.conditional.phGraph_out != nullptr &&
+         cudaGraphAddChildGraphNode(&then_node, params.conditional.phGraph_out[0], nullptr, 0,
+                                    b.graph) == cudaSuccess;
+    // Child graph nodes hold copies of their graphs.
+    for (cudaGraph_t g : {a.graph, b.graph})
+      if (g != nullptr) (void)cudaGraphDestroy(g);
+    std::vector<std::pair<void*, size_t>> freed = std::move(a.freed);
+    freed.insert(freed.end(), b.freed.begin(), b.freed.end());
+    if (!ok) {
+      (void)cudaGraphDestroy(parent);
+      (void)cudaGetLastError();
+      give_back(freed);
+      return nullptr;
+    }
+    return instantiate(parent, std::move(freed));
+  }
+
+ private:
+  // A recording: its graph (nullptr where `work` could not be recorded; nothing ran either
+  // way), and the blocks freed while it was made, which its kernels may still use.
+  struct Recorded {
+    cudaGraph_t graph = nullptr;
+    std::vector<std::pair<void*, size_t>> freed;
+  };
+
+  // Records `work` into a graph; capture_mu_ is held.
+  Recorded record(const std::function<void()>& work) {
     if (capture_stream_ == nullptr)
       TG_CUDA("capture", cudaStreamCreateWithFlags(&capture_stream_, cudaStreamNonBlocking));
     {
@@ -631,30 +699,47 @@ class CudaBackend final : public Backend {
       (void)blas_on(blas_, stream_);
       ok = false;
     }
-    std::vector<std::pair<void*, size_t>> freed;
+    Recorded r;
     {
       std::lock_guard<std::mutex> lock(mu_);
       capturing_ = false;
-      freed.swap(capture_freed_);
+      r.freed.swap(capture_freed_);
       // Memory made while recording and still held would be written by every launch while its
       // holder uses it.
       ok = ok && capture_live_.empty();
       capture_live_.clear();
     }
+    (void)cudaGetLastError();
+    if (!ok) {
+      if (graph != nullptr) (void)cudaGraphDestroy(graph);
+      give_back(r.freed);
+      return {};
+    }
+    r.graph = graph;
+    return r;
+  }
+
+  // The graph instantiated (and destroyed), holding `freed`; nullptr where CUDA refuses it.
+  std::unique_ptr<CapturedWork> instantiate(cudaGraph_t graph,
+                                            std::vector<std::pair<void*, size_t>> freed) {
     cudaGraphExec_t exec = nullptr;
-    if (ok && cudaGraphInstantiate(&exec, graph, 0) != cudaSuccess) exec = nullptr;
-    if (graph != nullptr) (void)cudaGraphDestroy(graph);
+    if (cudaGraphInstantiate(&exec, graph, 0) != cudaSuccess) exec = nullptr;
+    (void)cudaGraphDestroy(graph);
     (void)cudaGetLastError();
     if (exec == nullptr) {
-      // Nothing ran: the blocks freed while recording are free.
-      std::lock_guard<std::mutex> lock(mu_);
-      for (auto& [p, size] : freed) cache_[size].push_back(p);
+      give_back(freed);
       return nullptr;
     }
     return std::make_unique<Graph>(*this, exec, std::move(freed));
   }
 
- private:
+  // Blocks freed while recording work that will never run: free again.
+  void give_back(std::vector<std::pair<void*, size_t>>& freed) {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& [p, size] : freed) cache_[size].push_back(p);
+    freed.clear();
+  }
+
   // An instantiated CUDA graph, with the blocks its kernels use that no tensor holds.
   class Graph final : public CapturedWork {
    public:

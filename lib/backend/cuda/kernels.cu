@@ -242,6 +242,14 @@ __global__ void words_kernel(int64_t* dst, Words w, int n) {
   if (static_cast<int>(threadIdx.x) < n) dst[threadIdx.x] = w.v[threadIdx.x];
 }
 
+// The decision of a guarded replay (Note [Guarded updates], lib/trace/executor.cpp): the
+// conditional node runs its body where no flag is set. A handful of flags: one thread reads them.
+__global__ void guard_kernel(cudaGraphConditionalHandle handle, const int64_t* flags, int64_t n) {
+  bool clear = true;
+  for (int64_t k = 0; k < n; ++k) clear = clear && flags[2 * k] == 0;
+  cudaGraphSetConditional(handle, clear ? 1u : 0u);
+}
+
 // --- reductions --------------------------------------------------------------------------------
 // Note [Reduction kernels] (reduce_plan.h) says which kernel runs and why. Arg reductions keep
 // the smallest index on ties, and NaN wins (its first index), as the CPU's fold does.
@@ -734,6 +742,11 @@ void launch_words(int64_t* dst, const int64_t* words, int64_t n, cudaStream_t st
     for (int i = 0; i < part; ++i) w.v[i] = words[done + i];
     words_kernel<<<1, kWordsPerLaunch, 0, stream>>>(dst + done, w, part);
   }
+}
+
+void launch_guard(unsigned long long handle, const int64_t* flags, int64_t nflags,
+                  cudaStream_t stream) {
+  guard_kernel<<<1, 1, 0, stream>>>(handle, flags, nflags);
 }
 
 size_t reduce_workspace_bytes(const ReduceGeom& g) {

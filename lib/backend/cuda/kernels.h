@@ -55,6 +55,10 @@ void launch_random(int kind, void* dst, DType dtype, int64_t n, uint64_t seed, u
                    const int64_t* slot, double a, double b, cudaStream_t stream);
 // dst[i] = words[i] for i < n (device, i64): the values travel as the kernel's parameters.
 void launch_words(int64_t* dst, const int64_t* words, int64_t n, cudaStream_t stream);
+// Sets the conditional node `handle` (a cudaGraphConditionalHandle) of the graph being recorded
+// to 1 where flags[2k] is zero for every k < nflags (device), else 0.
+void launch_guard(unsigned long long handle, const int64_t* flags, int64_t nflags,
+                  cudaStream_t stream);
 // Few long rows are reduced in two passes through a workspace of this many bytes (0: none).
 size_t reduce_workspace_bytes(const ReduceGeom& g);
 void launch_reduce(OpKind kind, DType dtype, const char* x, char* out, const ReduceGeom& g,
