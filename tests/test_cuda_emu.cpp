@@ -140,47 +140,58 @@ TEST_CASE("the emulated GPU: a replayed training step is one graph launch and on
       doctest::Contains("target 3 is out of range for 3 classes"), Error);
 }
 
-TEST_CASE("the emulated GPU: a conditional node that never runs its body is found and undone") {
+TEST_CASE("the emulated GPU: a conditional node that fails is found, and the step is still right") {
   // Were the device to drop the guard's decision, the updates would silently not run. The host
   // reads, with the flags, a word only the body writes: clear flags and no mark mean the
-  // decision failed. That call's updates then run as they are, and the pair is refused, so
-  // later calls launch its two segments on their own (Note [Guarded updates]).
-  manual_seed(12);
-  std::vector<Tensor> pe{(randn({10, 8}) * 0.1).requires_grad_(),
-                         (randn({8, 4}) * 0.1).requires_grad_()};
-  std::vector<Tensor> pg;
-  for (const Tensor& p : pe) pg.push_back(p.detach().to(cuda()).requires_grad_());
-  auto step_with = [](std::vector<Tensor>& params) {
-    return [&params](const Tensor& x, const Tensor& y) {
-      Tensor loss = nn::functional::cross_entropy(tanh(x.matmul(params[0])).matmul(params[1]), y);
-      auto grads = grad({loss}, params);
-      NoGradGuard no_grad;
-      for (size_t i = 0; i < params.size(); ++i) params[i].sub_(grads[i] * 0.1);
-      return loss;
+  // decision failed. That call's updates then run as they are, and the pair is refused, so later
+  // calls launch its two segments on their own (Note [Guarded updates]). A driver that refuses
+  // the node when it is made or launched gets the two segments at once, with the same numbers.
+  for (tgemu::Conditionals how :
+       {tgemu::Conditionals::Ignored, tgemu::Conditionals::RefusedAtCreation,
+        tgemu::Conditionals::RefusedAtLaunch}) {
+    CAPTURE(static_cast<int>(how));
+    manual_seed(12);
+    std::vector<Tensor> pe{(randn({10, 8}) * 0.1).requires_grad_(),
+                           (randn({8, 4}) * 0.1).requires_grad_()};
+    std::vector<Tensor> pg;
+    for (const Tensor& p : pe) pg.push_back(p.detach().to(cuda()).requires_grad_());
+    auto step_with = [](std::vector<Tensor>& params) {
+      return [&params](const Tensor& x, const Tensor& y) {
+        Tensor h = nn::functional::dropout(tanh(x.matmul(params[0])), 0.25);
+        Tensor loss = nn::functional::cross_entropy(h.matmul(params[1]), y);
+        auto grads = grad({loss}, params);
+        NoGradGuard no_grad;
+        for (size_t i = 0; i < params.size(); ++i) params[i].sub_(grads[i] * 0.1);
+        return loss;
+      };
     };
-  };
-  auto eager = step_with(pe);
-  auto traced = trace(step_with(pg));
-  struct Restore {
-    ~Restore() { tgemu::set_conditions_ignored(false); }
-  } restore;
-  for (int i = 0; i < 5; ++i) {
-    CAPTURE(i);
-    if (i == 2) tgemu::set_conditions_ignored(true);
-    Tensor x = randn({6, 10}), y = randint(0, 4, {6});
-    const tgemu::Counts before = tgemu::counts();
-    Tensor lt = traced(x.to(cuda()), y.to(cuda()));
-    const tgemu::Counts after = tgemu::counts();
-    Tensor le = eager(x, y);
-    CHECK(std::abs(lt.item<float>() - le.item<float>()) < 1e-5);
-    for (size_t k = 0; k < pe.size(); ++k) CHECK(close(pg[k], pe[k], 1e-5));
-    if (i == 2) CHECK(after.graph_launches - before.graph_launches == 1);
-    if (i == 4) CHECK(after.graph_launches - before.graph_launches == 2);
+    auto eager = step_with(pe);
+    auto traced = trace(step_with(pg));
+    struct Restore {
+      ~Restore() { tgemu::set_conditionals(tgemu::Conditionals::Work); }
+    } restore;
+    tgemu::set_conditionals(how);
+    for (int i = 0; i < 5; ++i) {
+      CAPTURE(i);
+      Tensor x = randn({6, 10}), y = randint(0, 4, {6});
+      const uint64_t seed = 40 + static_cast<uint64_t>(i);
+      manual_seed(seed);
+      const tgemu::Counts before = tgemu::counts();
+      Tensor lt = traced(x.to(cuda()), y.to(cuda()));
+      const tgemu::Counts after = tgemu::counts();
+      manual_seed(seed);  // the same dropout masks
+      Tensor le = eager(x, y);
+      CHECK(std::abs(lt.item<float>() - le.item<float>()) < 1e-5);
+      for (size_t k = 0; k < pe.size(); ++k) CHECK(close(pg[k], pe[k], 1e-5));
+      if (i == 2 && how == tgemu::Conditionals::Ignored)  // the first replay
+        CHECK(after.graph_launches - before.graph_launches == 1);
+      if (i == 4) CHECK(after.graph_launches - before.graph_launches == 2);
+    }
+    std::string summary = traced.pass_summary();
+    CAPTURE(summary);
+    CHECK(summary.find("the last two launched as one") == std::string::npos);
+    CHECK(summary.find(" 1 segments refused") != std::string::npos);
   }
-  std::string summary = traced.pass_summary();
-  CAPTURE(summary);
-  CHECK(summary.find("the last two launched as one") == std::string::npos);
-  CHECK(summary.find(" 1 segments refused") != std::string::npos);
 }
 
 TEST_CASE("the emulated GPU: a replayed step with a bad target runs no update and says so") {

@@ -692,9 +692,20 @@ bool Executor::run_guarded() {
     }
     q.key = std::move(key);
   }
+  const uint64_t offset = random_offset();
   write_random_slots(a);
   write_random_slots(b);
-  q.work->launch();
+  try {
+    q.work->launch();
+  } catch (const Error&) {
+    // Refused at the launch (a driver without conditional nodes, say): nothing was queued, and
+    // the segments run on their own from now on, drawing the same numbers. A fault of the
+    // device shows again there.
+    set_random_offset(offset);
+    q.refused = true;
+    q.work.reset();
+    return false;
+  }
   flags_unread_ = true;
   guard_launched_ = true;
   return true;

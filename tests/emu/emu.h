@@ -42,9 +42,11 @@ Counts counts();
 // The device's memory, as cudaMemGetInfo reports its total and cudaMalloc enforces it.
 void set_memory_limit(size_t bytes);
 size_t memory_limit();
-// Whether kernels' cudaGraphSetConditional calls are dropped, as if the device ignored them
-// (to test the backend's way out when a conditional node does not do what it should).
-void set_conditions_ignored(bool ignored);
+// Conditional graph nodes as a device or driver that fails at them would treat them (to test the
+// backend's ways out): kernels' cudaGraphSetConditional calls dropped, handles refused when made
+// (cudaErrorNotSupported), or launches of graphs with such nodes refused.
+enum class Conditionals { Work, Ignored, RefusedAtCreation, RefusedAtLaunch };
+void set_conditionals(Conditionals how);
 // The sticky fault, if any (tgemu_fault), for a test to fail on.
 const char* fault();
 

@@ -140,7 +140,7 @@ struct Emu {
   int device = 0;
   std::map<unsigned long long, unsigned> conditions;  // conditional handles' values
   unsigned long long next_handle = 1;
-  bool conditions_ignored = false;  // tgemu::set_conditions_ignored
+  tgemu::Conditionals conditionals = tgemu::Conditionals::Work;  // tgemu::set_conditionals
 };
 
 Emu& emu() {
@@ -328,7 +328,7 @@ extern "C" void tgemu_set_conditional(unsigned long long handle, unsigned value)
     tgemu_fault("cudaGraphSetConditional: a handle no graph made");
     return;
   }
-  if (!e.conditions_ignored) it->second = value;
+  if (e.conditionals != tgemu::Conditionals::Ignored) it->second = value;
 }
 
 extern "C" bool tgemu_is_device(const void* p, size_t n) {
@@ -352,9 +352,9 @@ void tgemu::set_memory_limit(size_t bytes) {
   emu().limit = bytes;
 }
 size_t tgemu::memory_limit() { return emu().limit; }
-void tgemu::set_conditions_ignored(bool ignored) {
+void tgemu::set_conditionals(Conditionals how) {
   std::lock_guard<std::recursive_mutex> lock(emu().mu);
-  emu().conditions_ignored = ignored;
+  emu().conditionals = how;
 }
 const char* tgemu::fault() { return emu().fault.empty() ? nullptr : emu().fault.c_str(); }
 
@@ -688,6 +688,7 @@ cudaError_t cudaGraphConditionalHandleCreate(cudaGraphConditionalHandle* handle,
   std::lock_guard<std::recursive_mutex> lock(e.mu);
   if (handle == nullptr || graph == nullptr || (flags != 0 && flags != cudaGraphCondAssignDefault))
     return ret(cudaErrorInvalidValue);
+  if (e.conditionals == tgemu::Conditionals::RefusedAtCreation) return ret(cudaErrorNotSupported);
   *handle = e.next_handle++;
   e.conditions[*handle] = initial;
   graph->conditions.push_back({*handle, initial, flags == cudaGraphCondAssignDefault});
@@ -819,6 +820,8 @@ cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t stream) {
   Emu& e = emu();
   std::lock_guard<std::recursive_mutex> lock(e.mu);
   if (exec == nullptr) return ret(cudaErrorInvalidValue);
+  if (!exec->conditions.empty() && e.conditionals == tgemu::Conditionals::RefusedAtLaunch)
+    return ret(cudaErrorNotSupported);
   ++e.counts.graph_launches;
   // The handles' defaults, applied when the launch begins to run (in stream order).
   std::vector<std::pair<unsigned long long, unsigned>> defaults;
