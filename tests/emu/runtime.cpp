@@ -39,10 +39,10 @@
 // - While a stream is captured its work is recorded, not run; waiting for it, or a copy with
 //   pageable memory, invalidates the capture (cudaErrorStreamCaptureUnsupported, then
 //   cudaErrorStreamCaptureInvalidated at its end); a graph runs its recorded work at each launch.
-//   Graphs built by hand run as chains (each node must follow the one added before it): child
-//   graphs are copied in, and an if-node runs its body where its handle, reset at each launch
-//   when asked and set by kernels (cudaGraphSetConditional), is not zero; a body holds only what
-//   CUDA allows there.
+//   Graphs built by hand run as chains (each node, and each capture into an existing graph,
+//   must follow the chain's end); an if-node runs its body where its handle, reset at each
+//   launch when asked and set by kernels (cudaGraphSetConditional), is not zero; a body holds
+//   only what CUDA allows there.
 // - cuBLAS checks its arguments as documented, refuses a captured product without a workspace of
 //   the caller's (it would allocate), and rounds to TF32 when asked to.
 // What it is not: a model of timing, of concurrency between streams, of CUDA's math library (the
@@ -74,9 +74,11 @@ bool log_on() {
 }  // namespace
 
 // A graph runs as a chain: its tasks in order. A conditional node's task holds the body's graph
-// (owned by the node's graph) and its handle; a child graph's tasks are copied in.
+// (owned by the node's graph) and its handle. A node is where the chain stood when it was made:
+// the tasks before it.
 struct CUgraphNode_st {
   CUgraph_st* graph = nullptr;
+  size_t position = 0;
 };
 struct CUgraph_st {
   std::vector<Task> tasks;
@@ -96,6 +98,9 @@ struct CUgraphExec_st {
 struct CUstream_st {
   std::deque<Task> pending;
   CUgraph_st* capture = nullptr;
+  bool capture_owned = true;       // false: cudaStreamBeginCaptureToGraph's, the caller's graph
+  cudaGraphNode_t tail = nullptr;  // cudaStreamGetCaptureInfo's answer
+  cudaGraphEdgeData tail_edge{};
   cudaStreamCaptureMode mode = cudaStreamCaptureModeGlobal;
   bool invalidated = false;
 };
@@ -220,6 +225,14 @@ bool known(cudaStream_t s) {
   for (CUstream_st* k : emu().streams)
     if (k == s) return true;
   return false;
+}
+
+// Whether `deps` is the end of `graph`'s chain: nothing for an empty graph, else one node made
+// when the graph held what it holds now.
+bool at_end(const CUgraph_st* graph, const cudaGraphNode_t* deps, size_t ndeps) {
+  if (graph->tasks.empty()) return ndeps == 0;
+  return ndeps == 1 && deps != nullptr && deps[0] != nullptr && deps[0]->graph == graph &&
+         deps[0]->position == graph->tasks.size();
 }
 
 void run_tasks(std::deque<Task>& q) {
@@ -643,8 +656,57 @@ cudaError_t cudaStreamBeginCapture(cudaStream_t stream, cudaStreamCaptureMode mo
   if (!known(stream)) return ret(cudaErrorInvalidResourceHandle);
   if (stream->capture != nullptr) return ret(cudaErrorIllegalState);
   stream->capture = new CUgraph_st;
+  stream->capture_owned = true;
   stream->mode = mode;
   stream->invalidated = false;
+  return cudaSuccess;
+}
+
+// Capture into the caller's graph, after what it holds: the emulator's chains take it only at
+// the chain's end.
+cudaError_t cudaStreamBeginCaptureToGraph(cudaStream_t stream, cudaGraph_t graph,
+                                          const cudaGraphNode_t* deps,
+                                          const cudaGraphEdgeData* edges, size_t ndeps,
+                                          cudaStreamCaptureMode mode) {
+  Emu& e = emu();
+  std::lock_guard<std::recursive_mutex> lock(e.mu);
+  if (stream == nullptr || graph == nullptr) return ret(cudaErrorInvalidValue);
+  if (!known(stream)) return ret(cudaErrorInvalidResourceHandle);
+  if (stream->capture != nullptr) return ret(cudaErrorIllegalState);
+  if (edges != nullptr || !at_end(graph, deps, ndeps)) return ret(cudaErrorNotSupported);
+  stream->capture = graph;
+  stream->capture_owned = false;
+  stream->mode = mode;
+  stream->invalidated = false;
+  return cudaSuccess;
+}
+
+// The capture's state; its dependencies are the chain's end (none while the graph is empty).
+cudaError_t cudaStreamGetCaptureInfo(cudaStream_t stream, cudaStreamCaptureStatus* status,
+                                     unsigned long long* id, cudaGraph_t* graph,
+                                     const cudaGraphNode_t** deps, const cudaGraphEdgeData** edges,
+                                     size_t* ndeps) {
+  Emu& e = emu();
+  std::lock_guard<std::recursive_mutex> lock(e.mu);
+  if (status == nullptr || (edges != nullptr && deps == nullptr)) return ret(cudaErrorInvalidValue);
+  if (!known(stream)) return ret(cudaErrorInvalidResourceHandle);
+  CUstream_st& s = stream_of(stream);
+  *status = s.capture == nullptr ? cudaStreamCaptureStatusNone
+            : s.invalidated      ? cudaStreamCaptureStatusInvalidated
+                                 : cudaStreamCaptureStatusActive;
+  if (id != nullptr) *id = reinterpret_cast<uintptr_t>(s.capture);
+  if (graph != nullptr) *graph = s.capture;
+  if (s.capture == nullptr) return cudaSuccess;
+  CUgraph_st& g = *s.capture;
+  s.tail = nullptr;
+  if (!g.tasks.empty()) {
+    g.nodes.push_back(std::make_unique<CUgraphNode_st>(CUgraphNode_st{&g, g.tasks.size()}));
+    s.tail = g.nodes.back().get();
+  }
+  s.tail_edge = cudaGraphEdgeData{};
+  if (deps != nullptr) *deps = &s.tail;
+  if (edges != nullptr) *edges = &s.tail_edge;
+  if (ndeps != nullptr) *ndeps = s.tail != nullptr ? 1 : 0;
   return cudaSuccess;
 }
 
@@ -655,9 +717,11 @@ cudaError_t cudaStreamEndCapture(cudaStream_t stream, cudaGraph_t* graph) {
   if (stream == nullptr || !known(stream)) return ret(cudaErrorInvalidResourceHandle);
   if (stream->capture == nullptr) return ret(cudaErrorIllegalState);
   CUgraph_st* g = stream->capture;
+  const bool owned = stream->capture_owned;
   stream->capture = nullptr;
+  stream->capture_owned = true;
   if (stream->invalidated) {
-    delete g;
+    if (owned) delete g;  // the caller's graph stays the caller's
     stream->invalidated = false;
     return ret(cudaErrorStreamCaptureInvalidated);
   }
@@ -698,17 +762,20 @@ cudaError_t cudaGraphConditionalHandleCreate(cudaGraphConditionalHandle* handle,
 namespace {
 
 // The emulator runs a graph's nodes in the order they were added, so each node must depend on
-// exactly the node added before it (none for the first): a chain, which is what the backend
-// builds. Anything else is refused rather than run in an order CUDA would not.
+// the chain's end (at_end): which is what the backend builds. Anything else is refused rather
+// than run in an order CUDA would not.
 cudaError_t add_node(cudaGraphNode_t* node, cudaGraph_t graph, const cudaGraphNode_t* deps,
-                     size_t ndeps) {
+                     const cudaGraphEdgeData* edges, size_t ndeps) {
   if (node == nullptr || graph == nullptr || (ndeps > 0 && deps == nullptr))
     return ret(cudaErrorInvalidValue);
-  if (graph->nodes.empty() && graph->tasks.empty()
-          ? ndeps != 0
-          : ndeps != 1 || graph->nodes.empty() || deps[0] != graph->nodes.back().get())
-    return ret(cudaErrorNotSupported);
-  graph->nodes.push_back(std::make_unique<CUgraphNode_st>(CUgraphNode_st{graph}));
+  // Plain edges only (an all-zero cudaGraphEdgeData is the default).
+  if (edges != nullptr)
+    for (size_t i = 0; i < ndeps; ++i)
+      if (edges[i].from_port != 0 || edges[i].to_port != 0 || edges[i].type != 0)
+        return ret(cudaErrorNotSupported);
+  if (!at_end(graph, deps, ndeps)) return ret(cudaErrorNotSupported);
+  graph->nodes.push_back(
+      std::make_unique<CUgraphNode_st>(CUgraphNode_st{graph, graph->tasks.size() + 1}));
   *node = graph->nodes.back().get();
   return cudaSuccess;
 }
@@ -766,30 +833,17 @@ bool flatten(const CUgraph_st* g, std::vector<const CUgraph_st*>& parents, bool 
 
 }  // namespace
 
-cudaError_t cudaGraphAddChildGraphNode(cudaGraphNode_t* node, cudaGraph_t graph,
-                                       const cudaGraphNode_t* deps, size_t ndeps,
-                                       cudaGraph_t child) {
-  std::lock_guard<std::recursive_mutex> lock(emu().mu);
-  if (child == nullptr) return ret(cudaErrorInvalidValue);
-  // A copy of the child (CUDA clones it); one with conditionals of its own is not emulated.
-  for (const Task& t : child->tasks)
-    if (t.what == "if") return ret(cudaErrorNotSupported);
-  if (cudaError_t r = add_node(node, graph, deps, ndeps); r != cudaSuccess) return r;
-  graph->tasks.insert(graph->tasks.end(), child->tasks.begin(), child->tasks.end());
-  return cudaSuccess;
-}
-
 cudaError_t cudaGraphAddNode(cudaGraphNode_t* node, cudaGraph_t graph, const cudaGraphNode_t* deps,
                              const cudaGraphEdgeData* edges, size_t ndeps,
                              cudaGraphNodeParams* params) {
   std::lock_guard<std::recursive_mutex> lock(emu().mu);
-  if (params == nullptr || edges != nullptr) return ret(cudaErrorInvalidValue);
+  if (params == nullptr) return ret(cudaErrorInvalidValue);
   // Only the conditional node the backend makes: an if with one body.
   if (params->type != cudaGraphNodeTypeConditional ||
       params->conditional.type != cudaGraphCondTypeIf || params->conditional.size != 1)
     return ret(cudaErrorNotSupported);
   if (emu().conditions.count(params->conditional.handle) == 0) return ret(cudaErrorInvalidValue);
-  if (cudaError_t r = add_node(node, graph, deps, ndeps); r != cudaSuccess) return r;
+  if (cudaError_t r = add_node(node, graph, deps, edges, ndeps); r != cudaSuccess) return r;
   graph->bodies.push_back(std::make_unique<CUgraph_st>());
   CUgraph_st* body = graph->bodies.back().get();
   Task t{"if", nullptr};

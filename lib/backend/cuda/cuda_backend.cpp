@@ -599,73 +599,85 @@ class CudaBackend final : public Backend {
     enter("capture");
     std::lock_guard<std::mutex> one(capture_mu_);  // one recording at a time
     Recorded r = record(work);
-    if (r.graph == nullptr) return nullptr;
+    if (!r.ok) return nullptr;
     return instantiate(r.graph, std::move(r.freed));
   }
 
-  // Note [Guarded updates] (lib/trace/executor.cpp): a graph of two parts, `first` (a child
-  // graph ending in guard_kernel, which sets the condition) and an if-node whose body is `then`
-  // (a child graph). The condition starts at 0 at each launch (cudaGraphCondAssignDefault), so a
-  // launch whose guard did not run leaves the body out too.
+  // Note [Guarded updates] (lib/trace/executor.cpp): one graph, recorded as CUDA's own examples
+  // of conditional nodes record one: `first` and guard_kernel, which sets the condition, captured
+  // into the graph that made the handle; after them an if-node, its body `then` captured into
+  // the graph CUDA made for it. The condition starts at 0 at each launch
+  // (cudaGraphCondAssignDefault), so a launch whose guard did not run leaves the body out too.
   std::unique_ptr<CapturedWork> capture_guarded(const std::function<void()>& first,
                                                 const TensorImpl& flags,
                                                 const std::function<void()>& then) override {
     enter("capture");
     std::lock_guard<std::mutex> one(capture_mu_);
-    cudaGraph_t parent = nullptr;
+    cudaGraph_t graph = nullptr;
     cudaGraphConditionalHandle handle = 0;
-    if (cudaGraphCreate(&parent, 0) != cudaSuccess ||
-        cudaGraphConditionalHandleCreate(&handle, parent, 0, cudaGraphCondAssignDefault) !=
+    if (cudaGraphCreate(&graph, 0) != cudaSuccess ||
+        cudaGraphConditionalHandleCreate(&handle, graph, 0, cudaGraphCondAssignDefault) !=
             cudaSuccess) {
-      if (parent != nullptr) (void)cudaGraphDestroy(parent);
+      if (graph != nullptr) (void)cudaGraphDestroy(graph);
       (void)cudaGetLastError();
       return nullptr;
     }
     const auto* words = reinterpret_cast<const int64_t*>(flags.data());
     const int64_t nflags = flags.numel / 2;
-    Recorded a = record([&] {
-      first();
-      launch_guard(handle, words, nflags, stream());
-      TG_LAUNCHED("capture");
-    });
-    Recorded b = a.graph != nullptr ? record(then) : Recorded{};
-    bool ok = a.graph != nullptr && b.graph != nullptr;
-    cudaGraphNode_t first_node = nullptr, cond_node = nullptr, then_node = nullptr;
-    ok = ok && cudaGraphAddChildGraphNode(&first_node, parent, nullptr, 0, a.graph) == cudaSuccess;
+    // What the if-node follows: the guard, as the capture's dependencies after it.
+    std::vector<cudaGraphNode_t> tail;
+    std::vector<cudaGraphEdgeData> edges;
+    Recorded a = record(
+        [&] {
+          first();
+          launch_guard(handle, words, nflags, stream());
+          TG_LAUNCHED("capture");
+          cudaStreamCaptureStatus status{};
+          const cudaGraphNode_t* deps = nullptr;
+          const cudaGraphEdgeData* data = nullptr;
+          size_t n = 0;
+          TG_CUDA("capture",
+                  cudaStreamGetCaptureInfo(stream(), &status, nullptr, nullptr, &deps, &data, &n));
+          tail.assign(deps, deps + n);
+          if (data != nullptr) edges.assign(data, data + n);
+        },
+        graph);
+    bool ok = a.ok && !tail.empty();
+    cudaGraphNode_t node = nullptr;
     cudaGraphNodeParams params{};
     params.type = cudaGraphNodeTypeConditional;
     params.conditional.handle = handle;
     params.conditional.type = cudaGraphCondTypeIf;
     params.conditional.size = 1;
-    ok =
-        ok && cudaGraphAddNode(&cond_node, parent, &first_node, nullptr, 1, &params) == cudaSuccess;
-    ok = ok && params.conditional.phGraph_out != nullptr &&
-         cudaGraphAddChildGraphNode(&then_node, params.conditional.phGraph_out[0], nullptr, 0,
-                                    b.graph) == cudaSuccess;
-    // Child graph nodes hold copies of their graphs.
-    for (cudaGraph_t g : {a.graph, b.graph})
-      if (g != nullptr) (void)cudaGraphDestroy(g);
+    ok = ok && cudaGraphAddNode(&node, graph, tail.data(), edges.empty() ? nullptr : edges.data(),
+                                tail.size(), &params) == cudaSuccess;
+    ok = ok && params.conditional.phGraph_out != nullptr;
+    Recorded b = ok ? record(then, params.conditional.phGraph_out[0]) : Recorded{};
+    ok = ok && b.ok;
     std::vector<std::pair<void*, size_t>> freed = std::move(a.freed);
     freed.insert(freed.end(), b.freed.begin(), b.freed.end());
     if (!ok) {
-      (void)cudaGraphDestroy(parent);
+      (void)cudaGraphDestroy(graph);
       (void)cudaGetLastError();
       give_back(freed);
       return nullptr;
     }
-    return instantiate(parent, std::move(freed));
+    return instantiate(graph, std::move(freed));
   }
 
  private:
-  // A recording: its graph (nullptr where `work` could not be recorded; nothing ran either
-  // way), and the blocks freed while it was made, which its kernels may still use.
+  // A recording: whether `work` was recorded (nothing ran either way), its graph (one of its
+  // own, or the one it was recorded into), and the blocks freed while it was made, which its
+  // kernels may still use.
   struct Recorded {
+    bool ok = false;
     cudaGraph_t graph = nullptr;
     std::vector<std::pair<void*, size_t>> freed;
   };
 
-  // Records `work` into a graph; capture_mu_ is held.
-  Recorded record(const std::function<void()>& work) {
+  // Records `work` into a graph of its own, or into `into` (which stays the caller's, whatever
+  // happens); capture_mu_ is held.
+  Recorded record(const std::function<void()>& work, cudaGraph_t into = nullptr) {
     if (capture_stream_ == nullptr)
       TG_CUDA("capture", cudaStreamCreateWithFlags(&capture_stream_, cudaStreamNonBlocking));
     {
@@ -681,7 +693,10 @@ class CudaBackend final : public Backend {
     // refused by refuse_while_capturing() before it is tried.
     cublasHandle_t h = blas_;
     if (h != nullptr) TG_CUBLAS("capture", blas_on(h, capture_stream_));
-    bool ok = cudaStreamBeginCapture(capture_stream_, cudaStreamCaptureModeRelaxed) == cudaSuccess;
+    bool ok = (into == nullptr
+                   ? cudaStreamBeginCapture(capture_stream_, cudaStreamCaptureModeRelaxed)
+                   : cudaStreamBeginCaptureToGraph(capture_stream_, into, nullptr, nullptr, 0,
+                                                   cudaStreamCaptureModeRelaxed)) == cudaSuccess;
     if (ok) {
       try {
         work();
@@ -710,12 +725,16 @@ class CudaBackend final : public Backend {
       capture_live_.clear();
     }
     (void)cudaGetLastError();
+    if (graph != nullptr && graph != into && (!ok || into != nullptr)) {
+      (void)cudaGraphDestroy(graph);
+      graph = nullptr;
+    }
     if (!ok) {
-      if (graph != nullptr) (void)cudaGraphDestroy(graph);
       give_back(r.freed);
       return {};
     }
-    r.graph = graph;
+    r.ok = true;
+    r.graph = into != nullptr ? into : graph;
     return r;
   }
 
