@@ -290,6 +290,43 @@ TEST_CASE("the emulated GPU: out of memory empties the cache and retries, then n
   CHECK(b.sum().item<float>() == float(12 << 20));
 }
 
+TEST_CASE(
+    "the emulated GPU: a model that does not fit stays whole on the CPU, the error says where") {
+  cuda::synchronize();
+  cuda::empty_cache();
+  const size_t limit = tgemu::memory_limit();
+  const int64_t base = tgemu::counts().device_bytes;
+  tgemu::set_memory_limit(static_cast<size_t>(base) + (size_t{64} << 20));
+  struct Restore {
+    size_t limit;
+    ~Restore() { tgemu::set_memory_limit(limit); }
+  } restore{limit};
+  // 4 KiB, then 48 MiB, then 48 MiB more: the third does not fit.
+  nn::Sequential model{nn::Linear(32, 32), nn::Linear(1024, 12 << 10), nn::Linear(12 << 10, 1024)};
+  std::vector<Tensor> before;
+  for (const Tensor& p : model.parameters()) before.push_back(p.detach().clone());
+  const int line = __LINE__ + 2;
+  try {
+    model.to(cuda());
+    FAIL("no tg::Error thrown");
+  } catch (const Error& e) {
+    std::string msg = e.what();
+    CAPTURE(msg);
+    CHECK(msg.find("CUDA out of memory") != std::string::npos);
+    CHECK(msg.find(fmt::format("in tg::Module::to called at {}:{}", __FILE__, line)) !=
+          std::string::npos);
+  }
+  auto params = model.parameters();
+  REQUIRE(params.size() == before.size());
+  for (size_t i = 0; i < params.size(); ++i) {
+    CHECK(params[i].device() == Device(kCPU));
+    CHECK(same_bits(params[i], before[i]));
+  }
+  // Nothing it made is held: the memory is the driver's again after the cache is emptied.
+  cuda::empty_cache();
+  CHECK(tgemu::counts().device_bytes == base);
+}
+
 TEST_CASE("the emulated GPU: a recording that must be dropped runs nothing and keeps no memory") {
   Backend& gpu = cuda_backend(0);
   Tensor x = randn({256}).to(cuda());

@@ -87,6 +87,14 @@ TEST_CASE("CUDA where there is none: a build without CUDA, or no GPU") {
   expect_error([&] { (void)a.to(cuda(0)); }, {why}, __LINE__);
   expect_error([&] { (void)zeros({2}, {.device = cuda(0)}); }, {why}, __LINE__);
   CHECK(a.sum().item<float>() == 0);  // the CPU tensor is untouched and usable
+  // A model's to() names the user's line, and leaves the model whole on the CPU.
+  nn::Sequential model{nn::Linear(3, 4), nn::BatchNorm1d(4)};
+  Tensor w = model.parameters()[0].detach().clone();
+  expect_error([&] { model.to(cuda()); }, {why, "Module::to"}, __LINE__);
+  for (const Tensor& p : model.parameters()) CHECK(p.device() == Device(kCPU));
+  for (const Tensor& b : model.buffers()) CHECK(b.device() == Device(kCPU));
+  CHECK((model.parameters()[0] != w).sum().item<int64_t>() == 0);
+  expect_error([&] { model.to(kI64); }, {"floating dtypes only", "Module::to"}, __LINE__);
   // tg::cuda is a Device.
   Device d = cuda(1);
   CHECK(d.is_cuda());

@@ -183,23 +183,42 @@ void Module::zero_grad() {
   for (auto& [n, p] : named_parameters()) p.set_grad({});
 }
 
-Module& Module::to(Device device) {
+namespace {
+// Each of `tensors` whose `want` is true set to `make(t)`: all made first, then all set, so that
+// a failure leaves every one as it was.
+template <class Want, class Make>
+void replace_all(const std::vector<Tensor*>& tensors, Want want, Make make) {
+  std::vector<std::pair<Tensor*, Tensor>> made;
+  for (Tensor* t : tensors)
+    if (want(*t)) made.emplace_back(t, make(*t));
+  for (auto& [t, m] : made) t->set_data(m);
+}
+std::vector<Tensor*> parameters_and_buffers(const Module& m) {
+  std::vector<Tensor*> all;
+  for (auto& [n, p] : m.named_parameters()) all.push_back(&p);
+  for (auto& [n, b] : m.named_buffers()) all.push_back(&b);
+  return all;
+}
+}  // namespace
+
+Module& Module::to(Device device, Loc loc) {
+  OpScope scope("Module::to", loc);
   NoGradGuard no_grad;
-  for (auto& [n, p] : named_parameters())
-    if (p.device() != device) p.set_data(p.to(device));
-  for (auto& [n, b] : named_buffers())
-    if (b.device() != device) b.set_data(b.to(device));
+  replace_all(
+      parameters_and_buffers(*this), [&](const Tensor& t) { return t.device() != device; },
+      [&](const Tensor& t) { return t.to(device); });
   return *this;
 }
 
-Module& Module::to(DType dtype) {
+Module& Module::to(DType dtype, Loc loc) {
+  OpScope scope("Module::to", loc);
   TG_CHECK(is_floating(dtype), "Module::to: modules convert to floating dtypes only, got {}",
            dtype_name(dtype));
   NoGradGuard no_grad;
-  for (auto& [n, p] : named_parameters())
-    if (is_floating(p.dtype()) && p.dtype() != dtype) p.set_data(p.to(dtype));
-  for (auto& [n, b] : named_buffers())
-    if (is_floating(b.dtype()) && b.dtype() != dtype) b.set_data(b.to(dtype));
+  replace_all(
+      parameters_and_buffers(*this),
+      [&](const Tensor& t) { return is_floating(t.dtype()) && t.dtype() != dtype; },
+      [&](const Tensor& t) { return t.to(dtype); });
   return *this;
 }
 

@@ -62,8 +62,10 @@ class Module {
   void eval() { train(false); }
   bool is_training() const;
   void zero_grad();  // clears every parameter's grad (undefined, as PyTorch's set_to_none)
-  Module& to(Device device);
-  Module& to(DType dtype);  // floating parameters and buffers only
+  // Every parameter and buffer moved or converted, or, where one fails (a GPU's memory runs
+  // out, say), none: the module is as it was.
+  Module& to(Device device, Loc loc = Loc::current());
+  Module& to(DType dtype, Loc loc = Loc::current());  // floating parameters and buffers only
 
   // The class name: "Linear", or the custom struct's own name.
   virtual std::string type_name() const;
