@@ -190,7 +190,14 @@ TEST_CASE("the emulated GPU: a conditional node that fails is found, and the ste
     std::string summary = traced.pass_summary();
     CAPTURE(summary);
     CHECK(summary.find("the last two launched as one") == std::string::npos);
-    CHECK(summary.find(" 1 segments refused") != std::string::npos);
+    CHECK(summary.find(" 1 segments refused (the last two as one: ") != std::string::npos);
+    // Why, in the summary, so that a device's log says.
+    const char* why = how == tgemu::Conditionals::Ignored
+                          ? "its second part did not run, with no flag set"
+                      : how == tgemu::Conditionals::RefusedAtCreation
+                          ? "cudaGraphConditionalHandleCreate returned cudaErrorNotSupported"
+                          : "its launch: replay: CUDA error cudaErrorNotSupported";
+    CHECK(summary.find(why) != std::string::npos);
   }
 }
 
@@ -339,12 +346,15 @@ TEST_CASE("the emulated GPU: a recording that must be dropped runs nothing and k
     (void)y.sum().item<float>();
   });
   CHECK(work == nullptr);
+  CHECK(gpu.capture_refusal().find("not allowed while a replay is being captured") !=
+        std::string::npos);
   CHECK(tgemu::counts().kernels_run == before.kernels_run);  // recorded, never run
   CHECK(cuda::memory_stats().allocated == allocated);
   // A recording that holds: nothing runs until it is launched, then all of it at each launch.
   Tensor out = zeros({256}, {.device = cuda()});
   auto ok = gpu.capture([&] { out.add_(x * 3); });
   REQUIRE(ok != nullptr);
+  CHECK(gpu.capture_refusal().empty());
   CHECK(same_bits(out, zeros({256})));
   ok->launch();
   ok->launch();

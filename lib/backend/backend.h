@@ -144,6 +144,10 @@ class Backend {
   virtual std::unique_ptr<CapturedWork> capture_guarded(const std::function<void()>& first,
                                                         const TensorImpl& flags,
                                                         const std::function<void()>& then);
+  // Why the last capture() or capture_guarded() on this backend gave nothing, in words ("" where
+  // it gave work, or cannot say): for pass summaries, so that a refusal on a device is diagnosed
+  // from its log.
+  virtual std::string capture_refusal() const { return {}; }
   // Whether the calling thread is inside capture() on this backend (its calls are recorded).
   virtual bool capturing_here() const { return false; }
 

@@ -516,6 +516,7 @@ void Executor::read_flags() {
     // failed. The segments run on their own from now on, and this call's second part runs now,
     // before anything reads what it writes (Note [Guarded updates]).
     guarded_.refused = true;
+    guarded_.why = "its second part did not run, with no flag set";
     guarded_.work.reset();
     const Segment& b = segments_[static_cast<size_t>(guarded_.then)];
     for (size_t j = b.first; j < b.end; ++j) exec_in_segment(j);
@@ -576,14 +577,24 @@ std::string Executor::capture_summary() const {
                           ? ""
                           : fmt::format("; {} index ops checked on the device, their flags read {}",
                                         flagged_nodes_.size(), fmt::join(reads, ", "));
+  // Why what was refused was (the backend's words), so that a device's log says.
+  std::vector<std::string> whys;
+  for (const Segment& g : segments_)
+    if (g.refused)
+      whys.push_back(fmt::format("nodes {}-{}: {}", g.first, g.end - 1,
+                                 g.why.empty() ? "no reason given" : g.why));
+  if (guarded_.refused)
+    whys.push_back(fmt::format("the last two as one: {}",
+                               guarded_.why.empty() ? "no reason given" : guarded_.why));
+  std::string why = whys.empty() ? "" : fmt::format(" ({})", fmt::join(whys, "; "));
   return fmt::format(
       "replay: from the second call, {} of {} nodes run as {} {} (nodes {}){}{}{}; {} "
-      "recording{} so far, {} segments refused\n",
+      "recording{} so far, {} segments refused{}\n",
       nodes, p.nodes.size(), segments_.size(),
       cuda ? "captured CUDA graphs" : "recorded segments (the CPU test stand-in)",
       fmt::join(runs, ", "), guard ? ", the last two launched as one" : "",
       nodes < p.nodes.size() ? "; the rest one by one" : "", flags, recordings,
-      recordings == 1 ? "" : "s", refused);
+      recordings == 1 ? "" : "s", refused, why);
 }
 
 std::vector<const void*> Executor::segment_key(const Segment& g) const {
@@ -604,6 +615,7 @@ void Executor::run_segment(Segment& g) {
     if (!g.work) {
       if (g.recordings >= 3) {
         g.refused = true;
+        g.why = "recorded 3 times, and what it touches moved again";
       } else {
         ++g.recordings;
         Device d = program_->buffers[0].device;
@@ -614,10 +626,12 @@ void Executor::run_segment(Segment& g) {
           g.work = std::make_unique<Deferred>(work);
         else
           g.work = device_backend(d).capture(work);
-        if (g.work)
+        if (g.work) {
           g.key = std::move(key);
-        else
-          g.refused = true;  // the backend could not hold it: node by node from now on
+        } else {  // the backend could not hold it: node by node from now on
+          g.refused = true;
+          g.why = d.is_cpu() ? "" : device_backend(d).capture_refusal();
+        }
       }
     }
     if (g.work) {
@@ -665,6 +679,7 @@ bool Executor::run_guarded() {
   if (!q.work) {
     if (q.recordings >= 3) {
       q.refused = true;
+      q.why = "recorded 3 times, and what it touches moved again";
       return false;
     }
     ++q.recordings;
@@ -688,6 +703,7 @@ bool Executor::run_guarded() {
     }
     if (!q.work) {
       q.refused = true;  // nothing ran: the segments run as they are
+      q.why = device_backend(d).capture_refusal();
       return false;
     }
     q.key = std::move(key);
@@ -697,11 +713,13 @@ bool Executor::run_guarded() {
   write_random_slots(b);
   try {
     q.work->launch();
-  } catch (const Error&) {
+  } catch (const Error& e) {
     // Refused at the launch (a driver without conditional nodes, say): nothing was queued, and
     // the segments run on their own from now on, drawing the same numbers. A fault of the
     // device shows again there.
     set_random_offset(offset);
+    const std::string what = e.what();
+    q.why = "its launch: " + what.substr(0, what.find('\n'));
     q.refused = true;
     q.work.reset();
     return false;

@@ -67,6 +67,7 @@ class Executor {
     std::vector<const void*> key;            // the data every node touched when recorded
     int recordings = 0;
     bool refused = false;                    // run node by node from now on
+    std::string why;                         // why it was refused (the backend's words)
     bool flagged = false;                    // holds index ops checked on the device
     std::vector<size_t> randoms;             // its random draws, in order (slots from rng_first)
     int32_t rng_first = 0;
@@ -78,6 +79,7 @@ class Executor {
     std::vector<const void*> key;
     int recordings = 0;
     bool refused = false;  // the segments run each on its own from now on
+    std::string why;
   };
   [[noreturn]] void rethrow_at(const Error& e, size_t first, size_t end) const;
   void plan_capture();

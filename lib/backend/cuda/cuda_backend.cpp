@@ -595,9 +595,15 @@ class CudaBackend final : public Backend {
 
   bool capturing_here() const override { return recording_here(); }
 
+  std::string capture_refusal() const override {
+    std::lock_guard<std::mutex> lock(mu_);
+    return refusal_;
+  }
+
   std::unique_ptr<CapturedWork> capture(const std::function<void()>& work) override {
     enter("capture");
     std::lock_guard<std::mutex> one(capture_mu_);  // one recording at a time
+    refusal_.clear();
     Recorded r = record(work);
     if (!r.ok) return nullptr;
     return instantiate(r.graph, std::move(r.freed));
@@ -613,13 +619,13 @@ class CudaBackend final : public Backend {
                                                 const std::function<void()>& then) override {
     enter("capture");
     std::lock_guard<std::mutex> one(capture_mu_);
+    refusal_.clear();
     cudaGraph_t graph = nullptr;
     cudaGraphConditionalHandle handle = 0;
-    if (cudaGraphCreate(&graph, 0) != cudaSuccess ||
-        cudaGraphConditionalHandleCreate(&handle, graph, 0, cudaGraphCondAssignDefault) !=
-            cudaSuccess) {
+    if (!tried("cudaGraphCreate", cudaGraphCreate(&graph, 0)) ||
+        !tried("cudaGraphConditionalHandleCreate",
+               cudaGraphConditionalHandleCreate(&handle, graph, 0, cudaGraphCondAssignDefault))) {
       if (graph != nullptr) (void)cudaGraphDestroy(graph);
-      (void)cudaGetLastError();
       return nullptr;
     }
     const auto* words = reinterpret_cast<const int64_t*>(flags.data());
@@ -649,8 +655,9 @@ class CudaBackend final : public Backend {
     params.conditional.handle = handle;
     params.conditional.type = cudaGraphCondTypeIf;
     params.conditional.size = 1;
-    ok = ok && cudaGraphAddNode(&node, graph, tail.data(), edges.empty() ? nullptr : edges.data(),
-                                tail.size(), &params) == cudaSuccess;
+    ok = ok && tried("cudaGraphAddNode", cudaGraphAddNode(&node, graph, tail.data(),
+                                                          edges.empty() ? nullptr : edges.data(),
+                                                          tail.size(), &params));
     ok = ok && params.conditional.phGraph_out != nullptr;
     Recorded b = ok ? record(then, params.conditional.phGraph_out[0]) : Recorded{};
     ok = ok && b.ok;
@@ -693,25 +700,30 @@ class CudaBackend final : public Backend {
     // refused by refuse_while_capturing() before it is tried.
     cublasHandle_t h = blas_;
     if (h != nullptr) TG_CUBLAS("capture", blas_on(h, capture_stream_));
-    bool ok = (into == nullptr
-                   ? cudaStreamBeginCapture(capture_stream_, cudaStreamCaptureModeRelaxed)
-                   : cudaStreamBeginCaptureToGraph(capture_stream_, into, nullptr, nullptr, 0,
-                                                   cudaStreamCaptureModeRelaxed)) == cudaSuccess;
+    bool ok = into == nullptr
+                  ? tried("cudaStreamBeginCapture",
+                          cudaStreamBeginCapture(capture_stream_, cudaStreamCaptureModeRelaxed))
+                  : tried("cudaStreamBeginCaptureToGraph",
+                          cudaStreamBeginCaptureToGraph(capture_stream_, into, nullptr, nullptr, 0,
+                                                        cudaStreamCaptureModeRelaxed));
     if (ok) {
       try {
         work();
-      } catch (const std::exception&) {
+      } catch (const std::exception& e) {
         ok = false;  // the caller runs the work as it is instead
+        const std::string what = e.what();
+        refused(what.substr(0, what.find('\n')));
       }
     }
     cudaGraph_t graph = nullptr;
     // Ended whatever happened, so that the stream is usable again.
-    bool ended = cudaStreamEndCapture(capture_stream_, &graph) == cudaSuccess && graph != nullptr;
-    ok = ok && ended;
+    const cudaError_t end = cudaStreamEndCapture(capture_stream_, &graph);
+    if (ok) ok = tried("cudaStreamEndCapture", end) && graph != nullptr;
     if (h != nullptr) (void)blas_on(h, stream_);
     // A product recorded first made the handle inside the recording, on the capture stream.
     if (blas_ != nullptr && h == nullptr) {
       (void)blas_on(blas_, stream_);
+      if (ok) refused("cuBLAS's handle was made inside the recording");
       ok = false;
     }
     Recorded r;
@@ -721,6 +733,9 @@ class CudaBackend final : public Backend {
       r.freed.swap(capture_freed_);
       // Memory made while recording and still held would be written by every launch while its
       // holder uses it.
+      if (ok && !capture_live_.empty())
+        refusal_ = fmt::format("{} block(s) allocated while recording are still held",
+                               capture_live_.size());
       ok = ok && capture_live_.empty();
       capture_live_.clear();
     }
@@ -742,7 +757,7 @@ class CudaBackend final : public Backend {
   std::unique_ptr<CapturedWork> instantiate(cudaGraph_t graph,
                                             std::vector<std::pair<void*, size_t>> freed) {
     cudaGraphExec_t exec = nullptr;
-    if (cudaGraphInstantiate(&exec, graph, 0) != cudaSuccess) exec = nullptr;
+    if (!tried("cudaGraphInstantiate", cudaGraphInstantiate(&exec, graph, 0))) exec = nullptr;
     (void)cudaGraphDestroy(graph);
     (void)cudaGetLastError();
     if (exec == nullptr) {
@@ -750,6 +765,19 @@ class CudaBackend final : public Backend {
       return nullptr;
     }
     return std::make_unique<Graph>(*this, exec, std::move(freed));
+  }
+
+  // A CUDA call of a recording: whether it succeeded; where not, why the recording is refused
+  // (the first reason is kept; capture_refusal() says it).
+  bool tried(const char* call, cudaError_t e) {
+    if (e == cudaSuccess) return true;
+    (void)cudaGetLastError();
+    refused(fmt::format("{} returned {}", call, cudaGetErrorName(e)));
+    return false;
+  }
+  void refused(const std::string& why) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (refusal_.empty()) refusal_ = why;
   }
 
   // Blocks freed while recording work that will never run: free again.
@@ -947,7 +975,7 @@ class CudaBackend final : public Backend {
   std::atomic<cudaStream_t> stream_{nullptr};
   cublasHandle_t blas_ = nullptr;
   void* blas_ws_ = nullptr;  // cuBLAS's workspace (blas_on)
-  std::mutex mu_;
+  mutable std::mutex mu_;
   std::unordered_map<size_t, std::vector<void*>> cache_;
   int64_t allocated_ = 0, reserved_ = 0, peak_ = 0;
   // While capture() records (under mu_): blocks allocated and not yet freed, and blocks freed.
@@ -956,6 +984,7 @@ class CudaBackend final : public Backend {
   std::mutex capture_mu_;
   cudaStream_t capture_stream_ = nullptr;
   std::unordered_set<void*> capture_live_;
+  std::string refusal_;  // why the last recording was refused (capture_refusal()), under mu_
   std::vector<std::pair<void*, size_t>> capture_freed_;
   std::mutex pinned_mu_;
   void* pinned_ = nullptr;  // Note [Pinned staging]
