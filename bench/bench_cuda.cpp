@@ -37,6 +37,11 @@ void check(const char* what, const tg::Tensor& got, const tg::Tensor& want, doub
   std::printf("  check %-40s %s\n", what, ok ? "ok" : "FAILED");
   if (!ok) ++g_failed;
 }
+void check(const char* what, bool ok) {
+  if (!g_smoke) return;
+  std::printf("  check %-40s %s\n", what, ok ? "ok" : "FAILED");
+  if (!ok) ++g_failed;
+}
 
 // Median seconds per call over 7 trials, the device drained at the end of each trial (not after
 // each call: calls queue as they would in a program), exactly as bench/torch_cuda.py times.
@@ -209,8 +214,9 @@ void training() {
       auto traced = tg::trace([&](const tg::Tensor& xx, const tg::Tensor& yy) { return traced_model.step(xx, yy); });
       traced(x, y);
       double t = gpu_time([&] { traced(x, y); });
-      if (g_smoke) {  // as many steps on both: the same weights
-        eager.step(x, y);
+      if (g_smoke) {  // as many steps on both, the traced replayed: the same weights
+        for (int i = 0; i < 2; ++i) traced(x, y);
+        for (int i = 0; i < 3; ++i) eager.step(x, y);
         std::vector<tg::Tensor> t, e;
         for (size_t i = 0; i < eager.params.size(); ++i) {
           t.push_back(traced_model.params[i].reshape({-1}));
@@ -220,6 +226,17 @@ void training() {
       }
       std::printf("%-24s batch %4ld %12.0f %12.0f %9.2fx\n", load.name, static_cast<long>(batch),
                   batch / e, batch / t, e / t);
+      // How the traced step replays (Note [Captured replays]): one graph launch where the
+      // updates' conditional node held (Note [Guarded updates]), else why not.
+      const std::string summary = traced.pass_summary();
+      const size_t at = summary.find("replay:");
+      const std::string replay = at == std::string::npos
+                                     ? "replay: node by node"
+                                     : summary.substr(at, summary.find('\n', at) - at);
+      if (batch == 1) std::printf("  %s\n", replay.c_str());
+      check("traced step is one graph launch",
+            replay.find("launched as one") != std::string::npos &&
+                replay.find(" 0 recordings") == std::string::npos);
     }
   }
 }
