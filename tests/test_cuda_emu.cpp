@@ -466,3 +466,31 @@ TEST_CASE("the emulated GPU: an eager CNN step with Adam waits once, for the los
   CHECK(tgemu::counts().syncs - before.syncs == 1);
   CHECK(std::isfinite(loss.item<float>()));
 }
+
+TEST_CASE("the emulated GPU: a traced step that takes CPU batches is still one graph launch") {
+  // The batches move to the GPU inside the function and the loss comes back: transfers, which
+  // run around the graph (Note [Captured replays]), reading each call's arguments.
+  manual_seed(21);
+  nn::Sequential model{nn::Linear(12, 16), nn::Tanh(), nn::Linear(16, 3)};
+  model.to(cuda());
+  optim::SGD opt(model.parameters(), {.lr = 0.1});
+  auto step = trace([&](const Tensor& x, const Tensor& y) {
+    opt.zero_grad();
+    Tensor loss = nn::functional::cross_entropy(model(x.to(cuda())), y.to(cuda()));
+    loss.backward();
+    opt.step();
+    return loss.to(kCPU);
+  });
+  Tensor x = randn({8, 12}), y = randint(0, 3, {8});
+  for (int i = 0; i < 3; ++i) (void)step(x, y);
+  const tgemu::Counts before = tgemu::counts();
+  Tensor loss = step(x, y);
+  const tgemu::Counts after = tgemu::counts();
+  CHECK(loss.device() == Device(kCPU));
+  CHECK(std::isfinite(loss.item<float>()));
+  CHECK(after.graph_launches - before.graph_launches == 1);
+  CHECK(after.syncs - before.syncs == 1);  // the loss's copy to the host; the flags read then
+  std::string summary = step.pass_summary();
+  CAPTURE(summary);
+  CHECK(summary.find("the last two launched as one") != std::string::npos);
+}

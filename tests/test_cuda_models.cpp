@@ -421,3 +421,57 @@ TEST_CASE("cuda: a 0-d CPU tensor works beside a GPU tensor, as PyTorch's CPU sc
   CHECK_THROWS_WITH_AS((void)where(x > 0, x, tensor({1.0f, 2.0f, 3.0f, 4.0f})),
                        doctest::Contains("expected all tensors on one device"), Error);
 }
+
+TEST_CASE("cuda: a traced step moves CPU batches in and its loss out, as eager does") {
+  if (!have_gpu()) return;
+  // x.to(cuda()) of an argument, and of a tensor the function holds, inside the function: a
+  // transfer of what they hold at each call (not a value kept from the first), and the loss
+  // back on the CPU.
+  auto make = [] {
+    manual_seed(22);
+    return nn::Sequential{nn::Linear(10, 12), nn::ReLU(), nn::Linear(12, 4)};
+  };
+  nn::Sequential cpu = make(), gpu = make();
+  gpu.to(cuda());
+  optim::SGD oc(cpu.parameters(), {.lr = 0.05, .momentum = 0.9}),
+      og(gpu.parameters(), {.lr = 0.05, .momentum = 0.9});
+  Tensor shift = zeros({10});  // on the CPU, changed between calls
+  auto step_of = [&shift](nn::Sequential& m, optim::Optimizer& o, Device d) {
+    return [&m, &o, &shift, d](const Tensor& x, const Tensor& y) {
+      o.zero_grad();
+      Tensor loss = nn::functional::cross_entropy(m(x.to(d) + shift.to(d)), y.to(d));
+      loss.backward();
+      o.step();
+      return loss.to(kCPU);
+    };
+  };
+  auto eager = step_of(cpu, oc, kCPU);
+  auto traced = trace(step_of(gpu, og, cuda()));
+  for (int i = 0; i < 6; ++i) {
+    CAPTURE(i);
+    manual_seed(100 + static_cast<uint64_t>(i));
+    Tensor x = randn({16, 10}), y = randint(0, 4, {16});
+    shift.fill_(0.1 * i);
+    Tensor lt = traced(x, y), le = eager(x, y);
+    CHECK(lt.device() == Device(kCPU));
+    CHECK(std::abs(lt.item<float>() - le.item<float>()) < 1e-5);
+  }
+  auto pc = cpu.parameters(), pg = gpu.parameters();
+  for (size_t i = 0; i < pc.size(); ++i) CHECK(close(pg[i], pc[i], 1e-5));
+  std::string summary = traced.pass_summary();
+  CAPTURE(summary);
+  CHECK(summary.find("the last two launched as one") != std::string::npos);
+  CHECK(summary.find(" 0 segments refused") != std::string::npos);
+  // A graph with transfers saves as one with copies, and runs from its file on the CPU.
+  const std::string path =
+      (std::filesystem::temp_directory_path() / "tg_cuda_transfers.tgraph").string();
+  traced.save(path);
+  TracedFunction loaded = load_traced(path);
+  std::filesystem::remove(path);
+  Tensor x = randn({16, 10}), y = randint(0, 4, {16});
+  Tensor want = traced(x, y);
+  std::vector<Tensor> got = loaded(x, y);
+  REQUIRE(got.size() == 1);
+  CHECK(got[0].device() == Device(kCPU));
+  CHECK(close(got[0], want, 1e-5));
+}

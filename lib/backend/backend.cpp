@@ -56,6 +56,15 @@ void Backend::fused(const std::vector<FusedStep>& steps, const TensorImpl& out,
 
 bool Backend::softmax_rows(OpKind, const TensorImpl&, const TensorImpl&, int) { return false; }
 
+void Backend::transfer(const TensorImpl& dst, const TensorImpl& src) {
+  if (dst.storage->device == src.storage->device)
+    copy(dst, src);
+  else if (src.storage->device.is_cpu())
+    copy_from_host(dst, src.data());
+  else
+    copy_to_host(dst.data(), src);
+}
+
 std::unique_ptr<CapturedWork> Backend::capture(const std::function<void()>&) { return nullptr; }
 std::unique_ptr<CapturedWork> Backend::capture_guarded(const std::function<void()>&,
                                                        const TensorImpl&,

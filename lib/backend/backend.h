@@ -61,6 +61,10 @@ class Backend {
   // Between this device and host memory; the device tensor is contiguous.
   virtual void copy_from_host(const TensorImpl& dst, const void* src) = 0;
   virtual void copy_to_host(void* dst, const TensorImpl& src) = 0;
+  // Between the CPU and this device, either way, both contiguous and of one dtype (called on the
+  // device's backend): copy_from_host or copy_to_host with the CPU side's elements. A recording
+  // (tg::trace) keeps it as a node, so the replay copies the CPU side as it is then.
+  virtual void transfer(const TensorImpl& dst, const TensorImpl& src);
   virtual void fill(const TensorImpl& dst, Scalar value) = 0;
   // dst[i] = start + i * step over the contiguous dst.
   virtual void iota(const TensorImpl& dst, double start, double step) = 0;

@@ -118,9 +118,9 @@ Tensor Tensor::to(Device device, Loc loc) const {
   Tensor out = make_tensor(shape(), dtype(), device);
   if (numel() == 0) return rec.finish(OpKind::ToDevice, out);
   if (src.device().is_cpu()) {
-    dst_be.copy_from_host(impl_of(out), src.raw_data_ptr());
+    dst_be.transfer(impl_of(out), impl_of(src));
   } else if (device.is_cpu()) {
-    backend_of(src).copy_to_host(out.raw_data_ptr(), impl_of(src));
+    backend_of(src).transfer(impl_of(out), impl_of(src));
   } else {  // device to device, through the host
     out = src.to(kCPU).to(device);
   }

@@ -326,9 +326,22 @@ void Executor::plan_capture() {
   const Program& p = *program_;
   segment_at_.assign(p.nodes.size(), -1);
   if (p.buffers.empty() || p.nodes.empty()) return;
-  Device d = p.buffers[0].device;
-  for (const Buffer& b : p.buffers)
-    if (b.device != d) return;
+  // One device's program, or the CPU's; a device's may hold CPU buffers that only transfers
+  // touch (a CPU batch moved in, a loss moved out), which run between segments.
+  Device d = kCPU;
+  for (const Buffer& b : p.buffers) {
+    if (b.device.is_cpu()) continue;
+    if (!d.is_cpu() && b.device != d) return;
+    d = b.device;
+  }
+  for (const Node& n : p.nodes) {
+    if (n.call == Call::Transfer) continue;
+    for (const Operand* o : {&n.out, &n.out2})
+      if (o->buf >= 0 && p.buffers[o->buf].device != d) return;
+    for (const Operand& o : n.in)
+      if (p.buffers[o.buf].device != d) return;
+  }
+  capture_device_ = d;
   if (!(d.is_cuda() ? cuda_graphs_enabled() : g_capture_on_cpu.load())) return;
   for (size_t i = 0; i < p.num_inputs; ++i)
     if (input_buffers_[i] < 0 || !p.input_views[i].contiguous()) return;
@@ -350,7 +363,8 @@ void Executor::plan_capture() {
   const bool device_args = device_backend(d).has_device_arguments();
   auto recordable = [&](size_t i) {
     Call c = p.nodes[i].call;
-    return !tiled[i] && (device_args || (c != Call::Index && c != Call::Random));
+    return !tiled[i] && c != Call::Transfer &&
+           (device_args || (c != Call::Index && c != Call::Random));
   };
   // Check points (Note [Device-side arguments]); one that follows no index op of a segment
   // reads nothing.
@@ -390,10 +404,12 @@ void Executor::plan_capture() {
   if (!capture_) return;
   plan_device_arguments(d);
   // Note [Guarded updates]: the last two segments, where a check point alone parts them and
-  // the second runs to the end.
+  // only transfers that write nothing the user keeps follow the second.
   const size_t ns = segments_.size();
-  if (ns >= 2 && segments_[ns - 2].end == segments_[ns - 1].first &&
-      segments_[ns - 1].end == p.nodes.size() && segments_[ns - 2].flagged) {
+  bool tail_ok = ns >= 2;
+  for (size_t i = ns >= 2 ? segments_[ns - 1].end : 0; tail_ok && i < p.nodes.size(); ++i)
+    tail_ok = p.nodes[i].call == Call::Transfer && !user_visible(p.nodes[i].out);
+  if (tail_ok && segments_[ns - 2].end == segments_[ns - 1].first && segments_[ns - 2].flagged) {
     guarded_.first = static_cast<int32_t>(ns - 2);
     guarded_.then = static_cast<int32_t>(ns - 1);
   }
@@ -520,6 +536,7 @@ void Executor::read_flags() {
     guarded_.work.reset();
     const Segment& b = segments_[static_cast<size_t>(guarded_.then)];
     for (size_t j = b.first; j < b.end; ++j) exec_in_segment(j);
+    for (size_t j = b.end; j < steps_.size(); ++j) exec(steps_[j]);  // the transfers after it
     read_flags();
     return;
   }
@@ -552,7 +569,7 @@ std::string Executor::capture_summary() const {
     recordings += g.recordings;
     refused += g.refused;
   }
-  bool cuda = p.buffers[0].device.is_cuda();
+  bool cuda = capture_device_.is_cuda();
   // Note [Guarded updates]: while the pair is not refused, its check point is the device's.
   const bool guard = guarded_.first >= 0 && !guarded_.refused;
   const size_t guard_at = guard ? segments_[static_cast<size_t>(guarded_.then)].first : SIZE_MAX;
@@ -618,7 +635,7 @@ void Executor::run_segment(Segment& g) {
         g.why = "recorded 3 times, and what it touches moved again";
       } else {
         ++g.recordings;
-        Device d = program_->buffers[0].device;
+        Device d = capture_device_;
         auto work = [this, &g] {
           for (size_t j = g.first; j < g.end; ++j) exec_in_segment(j);
         };
@@ -653,8 +670,9 @@ void Executor::run_segment(Segment& g) {
 // condition where no flag is set, and the second as the body of an if-node. One launch, and no
 // wait before the updates: with a bad index they do not run, so the weights are as they were,
 // and the host, reading the flags at the end of the call as before, throws the op's error. The
-// pair is the program's last two segments, cut only by the check point, the second running to
-// the end (no host work could follow it before the end's read). Recorded, keyed and refused as a
+// pair is the program's last two segments, cut only by the check point, the second followed by
+// nothing but transfers that write nothing the user keeps (a loss moved to the CPU): no host
+// work that could see a skipped update runs before the end's read. Recorded, keyed and refused as a
 // segment is; refused, the two run as segments of their own. The CPU's test stand-in decides on
 // the host.
 // A decision the device failed to make must not pass for one: the updates would silently not
@@ -683,7 +701,7 @@ bool Executor::run_guarded() {
       return false;
     }
     ++q.recordings;
-    Device d = program_->buffers[0].device;
+    Device d = capture_device_;
     // The second part marks that it ran, which the host checks with the flags at the end.
     auto first = [this, &a] {
       for (size_t j = a.first; j < a.end; ++j) exec_in_segment(j);
@@ -837,10 +855,13 @@ void Executor::bind(const std::vector<Tensor>& args) {
     int64_t delta = a.offset - p.input_views[i].offset;
     std::shared_ptr<Storage> storage = a.storage;
     if (capture_) {
-      // The argument's elements, copied where a recording can read them (Note [Captured
-      // replays]); it is contiguous, so they start the copy.
       arg_storage_.resize(p.num_inputs);
       arg_storage_[i] = a.storage;
+    }
+    if (capture_ && a.device() == capture_device_) {
+      // The argument's elements, copied where a recording can read them (Note [Captured
+      // replays]); it is contiguous, so they start the copy. A CPU argument of a device's
+      // program is read by transfers only, which read it where it is.
       auto nbytes = static_cast<size_t>(a.numel * esize(a.dtype));
       if (!static_inputs_[i]) static_inputs_[i] = allocate_storage(nbytes, a.device());
       TensorImpl copy;
@@ -891,6 +912,10 @@ void run_call(const Node& n, const TensorImpl& out, const TensorImpl* const* in,
   switch (n.call) {
     case Call::Copy:
       be.copy(out, *in[0]);
+      break;
+    case Call::Transfer:  // on the device's backend, whichever side it is
+      device_backend(out.storage->device.is_cpu() ? in[0]->storage->device : out.storage->device)
+          .transfer(out, *in[0]);
       break;
     case Call::Constant:
       be.copy_from_host(out, n.bytes.data());

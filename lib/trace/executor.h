@@ -110,6 +110,7 @@ class Executor {
   // Captured replays: segments, the segment starting at each node (-1: none), the arguments'
   // copies the graph reads, the outputs' buffers it writes, and the arguments themselves.
   bool capture_ = false;
+  Device capture_device_;  // the device whose work is recorded
   int64_t runs_ = 0;
   std::vector<Segment> segments_;
   Guarded guarded_;

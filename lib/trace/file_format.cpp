@@ -110,7 +110,8 @@ Value operand_json(const Operand& o) {
 
 Value node_json(const Node& n) {
   Obj o;
-  o.put("call", str(kCalls[static_cast<int>(n.call)]));
+  // A transfer is a copy in a file: its loader puts every buffer on one device.
+  o.put("call", str(n.call == Call::Transfer ? "copy" : kCalls[static_cast<int>(n.call)]));
   o.put("op", str(std::string(op_name(n.op))));
   o.put("out", operand_json(n.out));
   Value in = arr();

@@ -62,8 +62,24 @@ struct Operand {
   bool operator==(const Operand&) const = default;
 };
 
+// Transfer: a copy between the CPU and a device (`x.to(cuda())` of a CPU tensor inside the
+// function, or back), both contiguous, one dtype; a file writes it as a copy (its loader puts
+// every buffer on one device).
 enum class Call : uint8_t {
-  Copy, Constant, Fill, Iota, Random, Unary, Binary, Where, Reduce, Matmul, Index, Window, Fused
+  Copy,
+  Constant,
+  Fill,
+  Iota,
+  Random,
+  Unary,
+  Binary,
+  Where,
+  Reduce,
+  Matmul,
+  Index,
+  Window,
+  Fused,
+  Transfer
 };
 
 // One step of a fused group (backend.h; Note [Elementwise fusion] in pass_fuse.cpp).

@@ -62,6 +62,16 @@ void RecordingBackend::copy_from_host(const TensorImpl& dst, const void* src) {
   rec_.add(std::move(n));
 }
 
+// A tensor moved between the CPU and the device: a node, so that each replay copies the CPU
+// side's elements as they are then (an argument's, a captured tensor's).
+void RecordingBackend::transfer(const TensorImpl& dst, const TensorImpl& src) {
+  real().transfer(dst, src);
+  Node n = make(Call::Transfer, OpKind::ToDevice);
+  n.out = rec_.operand(dst);
+  n.in = {rec_.operand(src)};
+  rec_.add(std::move(n));
+}
+
 void RecordingBackend::copy_to_host(void* dst, const TensorImpl& src) {
   (void)dst;
   (void)src;

@@ -20,6 +20,7 @@ class RecordingBackend final : public Backend {
   void copy(const TensorImpl& dst, const TensorImpl& src) override;
   void copy_from_host(const TensorImpl& dst, const void* src) override;
   void copy_to_host(void* dst, const TensorImpl& src) override;
+  void transfer(const TensorImpl& dst, const TensorImpl& src) override;
   void fill(const TensorImpl& dst, Scalar value) override;
   void iota(const TensorImpl& dst, double start, double step) override;
   void random(RandomKind kind, const TensorImpl& dst, uint64_t seed, uint64_t offset, double a,

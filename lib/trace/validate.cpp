@@ -78,7 +78,13 @@ void validate(const Program& p, const std::string& what) {
     };
     size_t arity = 0;
     switch (n.call) {
-      case Call::Copy: case Call::Unary: case Call::Reduce: case Call::Window: arity = 1; break;
+      case Call::Copy:
+      case Call::Transfer:
+      case Call::Unary:
+      case Call::Reduce:
+      case Call::Window:
+        arity = 1;
+        break;
       case Call::Binary: case Call::Matmul: case Call::Index: arity = 2; break;
       case Call::Where: arity = 3; break;
       case Call::Constant: case Call::Fill: case Call::Iota: case Call::Random: arity = 0; break;
@@ -91,7 +97,10 @@ void validate(const Program& p, const std::string& what) {
     const View& o = n.out.view;
     auto same_sizes = [&](const View& v) { return v.sizes == o.sizes; };
     switch (n.call) {
-      case Call::Copy: need(same_sizes(n.in[0].view), "input and output sizes differ"); break;
+      case Call::Copy:
+      case Call::Transfer:
+        need(same_sizes(n.in[0].view), "input and output sizes differ");
+        break;
       case Call::Constant:
         need(o.contiguous(), "output is not contiguous");
         need(n.bytes.size() == static_cast<size_t>(o.numel() * esize(o.dtype)),
