@@ -1,12 +1,15 @@
 // An MLP on the scikit-learn digits set (1797 8x8 images, vendored in tests/data/): the whole
 // stack in a few seconds (CSV reader, DataLoader, nn, Adam, metrics). It runs in the test suite
 // and exits with status 1 when the test accuracy is under 95%.
-// Run: build/release/examples/digits [path/to/digits.csv.gz] [epochs] [--cuda]
-// (--cuda: the model, the batches and the updates on the GPU)
+// Run: build/release/examples/digits [path/to/digits.csv.gz] [epochs] [--cuda] [--trace]
+// (--cuda: the model, the batches and the updates on the GPU; --trace: the training step traced
+// once and replayed, taking the batches where the loader made them, on the CPU: on a GPU each
+// step is then one CUDA graph launch)
 #include <tapegrad/tapegrad.h>
 
 #include <cstdio>
 #include <cstdlib>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -19,10 +22,13 @@ namespace F = tg::nn::functional;
 
 int main(int argc, char** argv) try {
   Device device = kCPU;
+  bool traced = false;
   std::vector<std::string> args;
   for (int i = 1; i < argc; ++i)
     if (std::string_view(argv[i]) == "--cuda")
       device = cuda();
+    else if (std::string_view(argv[i]) == "--trace")
+      traced = true;
     else
       args.emplace_back(argv[i]);
   std::string path = args.size() > 0 ? args[0] : TAPEGRAD_DIGITS;
@@ -41,21 +47,33 @@ int main(int argc, char** argv) try {
   model.to(device);  // before the optimizer takes its parameters
   optim::Adam opt(model.parameters(), {.lr = 3e-3});
   data::DataLoader loader(train, {.batch_size = 32, .shuffle = true, .seed = 1});
-  std::printf("digits: %lld training and %lld test images on %s, model %s\n",
+  std::printf("digits: %lld training and %lld test images on %s%s, model %s\n",
               static_cast<long long>(train.size()), static_cast<long long>(test.size()),
-              device.str().c_str(), model.str().c_str());
+              device.str().c_str(), traced ? ", step traced" : "", model.str().c_str());
+  // One step: the batch moved to the device, forward, backward, the update; the loss and the
+  // logits back for the metrics.
+  auto step = [&](const Tensor& xb, const Tensor& yb) {
+    Tensor logits = model(xb.to(device));
+    Tensor loss = F::cross_entropy(logits, yb.to(device));
+    opt.zero_grad();
+    loss.backward();
+    opt.step();
+    return std::vector<Tensor>{loss, logits};
+  };
+  auto replayed = trace(step);  // traced at its first call of each batch shape
   for (int epoch = 1; epoch <= epochs; ++epoch) {
     data::Metrics m;
     for (auto& [xb, yb] : loader) {
-      Tensor x = xb.to(device), y = yb.to(device);
-      Tensor logits = model(x);
-      Tensor loss = F::cross_entropy(logits, y);
-      opt.zero_grad();
-      loss.backward();
-      opt.step();
-      m.add(loss, logits, y);
+      std::vector<Tensor> out = traced ? replayed(xb, yb) : step(xb, yb);
+      m.add(out[0], out[1], yb.to(device));
     }
     if (epoch % 10 == 0 || epoch == 1) std::printf("epoch %2d  train %s\n", epoch, m.str().c_str());
+  }
+  if (traced) {
+    const std::string summary = replayed.pass_summary();
+    const size_t at = summary.find("replay:");
+    if (at != std::string::npos)
+      std::printf("%s\n", summary.substr(at, summary.find('\n', at) - at).c_str());
   }
   NoGradGuard no_grad;
   model.eval();

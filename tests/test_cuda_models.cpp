@@ -439,7 +439,8 @@ TEST_CASE("cuda: a traced step moves CPU batches in and its loss out, as eager d
   auto step_of = [&shift](nn::Sequential& m, optim::Optimizer& o, Device d) {
     return [&m, &o, &shift, d](const Tensor& x, const Tensor& y) {
       o.zero_grad();
-      Tensor loss = nn::functional::cross_entropy(m(x.to(d) + shift.to(d)), y.to(d));
+      Tensor logits = m(x.to(d) + shift.to(d));
+      Tensor loss = nn::functional::cross_entropy(logits, y.to(d));  // moved in after the forward
       loss.backward();
       o.step();
       return loss.to(kCPU);
@@ -460,6 +461,9 @@ TEST_CASE("cuda: a traced step moves CPU batches in and its loss out, as eager d
   for (size_t i = 0; i < pc.size(); ++i) CHECK(close(pg[i], pc[i], 1e-5));
   std::string summary = traced.pass_summary();
   CAPTURE(summary);
+  // The transfers of what the function was given run first, so the forward is not cut where y
+  // arrives: two segments, launched as one.
+  CHECK(summary.find("run as 2 captured CUDA graphs") != std::string::npos);
   CHECK(summary.find("the last two launched as one") != std::string::npos);
   CHECK(summary.find(" 0 segments refused") != std::string::npos);
   // A graph with transfers saves as one with copies, and runs from its file on the CPU.

@@ -231,7 +231,37 @@ void optimize(Program& p, const TraceOptions& options) {
   p.summary = std::move(summary);
 }
 
+// Transfers of what the function was given (an argument, a CPU tensor it holds) run first, in
+// their order: a step that moves its batches in as it needs them then replays as one run of
+// device work after them, not cut where each batch arrives (Note [Captured replays]). A transfer
+// moves only where nothing before it writes its input or touches its output; the values are the
+// same, and no random draw moves.
+void hoist_transfers(Program& p) {
+  const size_t nb = p.buffers.size();
+  std::vector<size_t> first_write(nb, SIZE_MAX), first_touch(nb, SIZE_MAX);
+  for (size_t i = 0; i < p.nodes.size(); ++i) {
+    const Node& n = p.nodes[i];
+    for (const Operand* o : {&n.out, &n.out2}) {
+      if (o->buf < 0) continue;
+      first_write[o->buf] = std::min(first_write[o->buf], i);
+      first_touch[o->buf] = std::min(first_touch[o->buf], i);
+    }
+    for (const Operand& o : n.in) first_touch[o.buf] = std::min(first_touch[o.buf], i);
+  }
+  std::vector<Node> first, rest;
+  for (size_t i = 0; i < p.nodes.size(); ++i) {
+    Node& n = p.nodes[i];
+    const bool early = n.call == Call::Transfer && n.out2.buf < 0 && first_touch[n.out.buf] == i &&
+                       first_write[n.in[0].buf] >= i;
+    (early ? first : rest).push_back(std::move(n));
+  }
+  first.insert(first.end(), std::make_move_iterator(rest.begin()),
+               std::make_move_iterator(rest.end()));
+  p.nodes = std::move(first);
+}
+
 void lower(Program& p, const TraceOptions& options) {
+  hoist_transfers(p);
   if (pass_enabled(options, "matmul_update")) p.summary += fold_matmul_updates(p) + "\n";
   if (pass_enabled(options, "fuse")) p.summary += fuse_elementwise(p) + "\n";
   if (pass_enabled(options, "tile")) p.summary += tile_rows(p) + "\n";
