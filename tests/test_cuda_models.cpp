@@ -466,6 +466,21 @@ TEST_CASE("cuda: a traced step moves CPU batches in and its loss out, as eager d
   CHECK(summary.find("run as 2 captured CUDA graphs") != std::string::npos);
   CHECK(summary.find("the last two launched as one") != std::string::npos);
   CHECK(summary.find(" 0 segments refused") != std::string::npos);
+  // Mode::Debug checks the same step node by node, transfers and all.
+  {
+    nn::Sequential a = make(), b = make();
+    b.to(cuda());
+    optim::SGD oa(a.parameters(), {.lr = 0.05}), ob(b.parameters(), {.lr = 0.05});
+    auto debug = trace(step_of(b, ob, cuda()), {.mode = Mode::Debug});
+    auto plain = step_of(a, oa, kCPU);
+    for (int i = 0; i < 3; ++i) {
+      CAPTURE(i);
+      Tensor x = randn({16, 10}), y = randint(0, 4, {16});
+      Tensor ld = debug(x, y), lp = plain(x, y);
+      CHECK(ld.device() == Device(kCPU));
+      CHECK(std::abs(ld.item<float>() - lp.item<float>()) < 1e-5);
+    }
+  }
   // A graph with transfers saves as one with copies, and runs from its file on the CPU.
   const std::string path =
       (std::filesystem::temp_directory_path() / "tg_cuda_transfers.tgraph").string();
