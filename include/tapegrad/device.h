@@ -42,6 +42,10 @@ struct cuda : Device {
   };
   static Memory memory_stats(int index = 0);
   static void reset_peak(int index = 0);
+  // Whether freed blocks are cached: yes unless the environment says TAPEGRAD_CUDA_CACHING=0,
+  // which makes each tensor a cudaMalloc of its exact size, freed with it (slow: for checking a
+  // program's kernels under compute-sanitizer, which then sees each tensor's bounds).
+  static bool caching();
   // f32 products on tensor cores in TF32 (10-bit mantissas): off unless the user opts in.
   static void set_allow_tf32(bool allow);
   static bool allow_tf32();

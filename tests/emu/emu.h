@@ -23,6 +23,8 @@ void tgemu_fault(const char* what);
 bool tgemu_is_device(const void* p, size_t n);
 // Whether s is being captured.
 bool tgemu_capturing(cudaStream_t s);
+// Whether kernels' reads and writes of device memory are checked (Note [Checked device memory]).
+bool tgemu_checked();
 }
 
 namespace tgemu {

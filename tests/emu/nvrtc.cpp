@@ -58,7 +58,14 @@ bool build(_nvrtcProgram& prog, std::string& path) {
           "(*static_cast<const tg_params*>(p)); });\n}\n"
           "extern \"C\" __attribute__((visibility(\"default\"))) unsigned long "
           "tgemu_params_size() { return sizeof(tg_params); }\n";
-  const std::string flags = std::string("-O0 -ffp-contract=off -isystem ") + TGEMU_CUDA_INCLUDE;
+  // Checked as the emulator's other kernels are (Note [Checked device memory], runtime.cpp).
+#if defined(__SANITIZE_ADDRESS__)
+  const char* checked = "-fsanitize=address -fno-omit-frame-pointer ";
+#else
+  const char* checked = "";
+#endif
+  const std::string flags =
+      std::string("-O0 -ffp-contract=off ") + checked + "-isystem " + TGEMU_CUDA_INCLUDE;
   std::string log;
   path = tghost::compile_cached(unit, flags, TGEMU_CXX, "tgemu_kernel_", log);
   if (path.empty()) prog.log = "emulated NVRTC (the host's compiler):\n" + log;

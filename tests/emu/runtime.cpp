@@ -2,6 +2,7 @@
 // defined here and linked into the emulated-GPU test program in place of libcudart.
 #include <cuda_runtime_api.h>
 #include <dlfcn.h>
+#include <sanitizer/asan_interface.h>  // ASAN_(UN)POISON_MEMORY_REGION: nothing without ASan
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -10,6 +11,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <iterator>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -45,8 +47,26 @@
 //   only what CUDA allows there.
 // - cuBLAS checks its arguments as documented, refuses a captured product without a workspace of
 //   the caller's (it would allocate), and rounds to TF32 when asked to.
+// - Kernels' own reads and writes are checked, as compute-sanitizer's memcheck checks them
+//   (Note [Checked device memory]).
 // What it is not: a model of timing, of concurrency between streams, of CUDA's math library (the
-// host's libm stands in) or of the memory model; kernels' own accesses are not bounds-checked.
+// host's libm stands in) or of the memory model.
+
+// Note [Checked device memory]
+// The emulated GPU's kernels (kernels.cu compiled for the host, the generated kernels NVRTC
+// builds, the emulated cuBLAS) and this runtime are built with AddressSanitizer, and the device's
+// memory is poisoned for it (its manual poisoning: ASan then reports any instrumented read or
+// write there) wherever a kernel must not reach:
+// - past an allocation's end, from the byte after the size asked for to a red zone of kAlign
+//   bytes after the allocation's rounded end (allocations never touch), and before the first;
+// - every freed allocation, until it is handed out again.
+// So a kernel that reads one element too many, or a freed block, stops the program with ASan's
+// report and, first, the emulator's own line: which kernel ran, which allocation the address is
+// nearest and how far past its end (or that it was freed). The backend's caching allocator
+// rounds tensors up to 512-byte blocks, which hides small overruns from this as from memcheck on
+// a GPU; with TAPEGRAD_CUDA_CACHING=0 (Note [Exact allocations], cuda_backend.cpp) each tensor is
+// an allocation of its exact size, and ctest runs the emulated suite that way too. Where the
+// build has no ASan (another compiler), the poisoning compiles to nothing.
 
 struct CUstream_st;
 struct CUgraph_st;
@@ -127,12 +147,21 @@ constexpr size_t kAlign = 256;
 constexpr unsigned char kGarbage = 0xFF;   // NaN in every float, -1 in every integer
 constexpr size_t kHuge = size_t{2} << 20;  // windows cover whole huge pages
 
+// A device allocation: the bytes asked for, and its span in the arena: rounded up to kAlign,
+// then a red zone of kAlign bytes (Note [Checked device memory]).
+struct Block {
+  size_t size = 0;
+  size_t span = 0;
+};
+
 struct Emu {
   std::recursive_mutex mu;
   char* arena = nullptr;
   size_t high = 0;                          // bytes of the arena ever handed out
-  std::map<uintptr_t, size_t> live;         // device allocations: start → bytes
-  std::multimap<size_t, uintptr_t> holes;   // freed ranges: bytes → start
+  std::map<uintptr_t, Block> live;          // device allocations by start
+  std::multimap<size_t, uintptr_t> holes;   // freed spans: bytes → start
+  std::map<uintptr_t, size_t> freed;        // freed allocations' asked sizes, by start
+  const char* running = nullptr;            // the device work running now (its name)
   size_t limit = size_t{8} << 30;
   size_t in_use = 0;
   int open = 0;                             // device-work windows open (device memory readable)
@@ -148,6 +177,8 @@ struct Emu {
   tgemu::Conditionals conditionals = tgemu::Conditionals::Work;  // tgemu::set_conditionals
 };
 
+void on_asan_report();
+
 Emu& emu() {
   static Emu* e = [] {
     auto* r = new Emu;
@@ -159,6 +190,11 @@ Emu& emu() {
     }
     auto at = (reinterpret_cast<uintptr_t>(p) + kHuge - 1) / kHuge * kHuge;
     r->arena = reinterpret_cast<char*>(at);
+    r->high = kAlign;  // a red zone before the first allocation
+    ASAN_POISON_MEMORY_REGION(r->arena, kAlign);
+#if defined(__SANITIZE_ADDRESS__)
+    __asan_set_death_callback(on_asan_report);
+#endif
     // Huge pages where the kernel gives them: a window then changes a few entries, not
     // thousands (each a hypercall in some VMs).
     (void)madvise(r->arena, kArena, MADV_HUGEPAGE);
@@ -202,9 +238,44 @@ uintptr_t allocation_of(const void* p, size_t n) {
   auto it = e.live.upper_bound(a);
   if (it == e.live.begin()) return 0;
   --it;
-  if (a < it->first || a + n > it->first + it->second) return 0;
+  if (a < it->first || a + n > it->first + it->second.size) return 0;
   return it->first;
 }
+#if defined(__SANITIZE_ADDRESS__)
+// ASan is here for device memory; leaks are the sanitizer build's to find (the kernels' fiber
+// stacks are kept for the process's life on purpose).
+extern "C" const char* __asan_default_options() { return "detect_leaks=0"; }
+#endif
+
+// After ASan's report, where it was about device memory: the emulator's account of it (Note
+// [Checked device memory]). Runs as the program dies: reads the emulator's state unlocked.
+void on_asan_report() {
+#if defined(__SANITIZE_ADDRESS__)
+  Emu& e = emu();
+  const auto a = reinterpret_cast<uintptr_t>(__asan_get_report_address());
+  const auto base = reinterpret_cast<uintptr_t>(e.arena);
+  if (a < base || a >= base + kArena) return;
+  std::string where = "before the first allocation";
+  auto it = e.live.upper_bound(a);
+  auto f = e.freed.upper_bound(a);
+  if (f != e.freed.begin() && (--f, a < f->first + f->second) &&
+      (it == e.live.begin() || std::prev(it)->first < f->first))
+    where = "inside a freed allocation of " + std::to_string(f->second) + " bytes, at its byte " +
+            std::to_string(a - f->first);
+  else if (it != e.live.begin()) {
+    --it;
+    where = std::to_string(a - it->first - it->second.size) + " bytes past the end of a " +
+            std::to_string(it->second.size) + "-byte allocation";
+  }
+  std::fprintf(stderr,
+               "emulated GPU: device work %s %s %zu bytes of device memory %s (Note [Checked "
+               "device memory])\n",
+               e.running != nullptr ? e.running : "(none running: the host)",
+               __asan_get_report_access_type() != 0 ? "wrote" : "read",
+               __asan_get_report_access_size(), where.c_str());
+#endif
+}
+
 bool in_arena(const void* p) {
   Emu& e = emu();
   auto a = reinterpret_cast<const char*>(p);
@@ -241,7 +312,9 @@ void run_tasks(std::deque<Task>& q) {
   while (!q.empty()) {
     Task t = std::move(q.front());
     q.pop_front();
+    e.running = t.name.empty() ? t.what.c_str() : t.name.c_str();
     if (e.sticky == cudaSuccess) (*t.run)();
+    e.running = nullptr;
   }
 }
 
@@ -349,6 +422,14 @@ extern "C" bool tgemu_is_device(const void* p, size_t n) {
   return allocation_of(p, n) != 0;
 }
 
+extern "C" bool tgemu_checked() {
+#if defined(__SANITIZE_ADDRESS__)
+  return true;
+#else
+  return false;
+#endif
+}
+
 extern "C" bool tgemu_capturing(cudaStream_t s) {
   std::lock_guard<std::recursive_mutex> lock(emu().mu);
   return known(s) && stream_of(s).capture != nullptr;
@@ -440,27 +521,33 @@ cudaError_t cudaMalloc(void** ptr, size_t size) {
     if (s->capture != nullptr && s->mode != cudaStreamCaptureModeRelaxed)
       return unsupported_while_capturing(*s);
   if (size == 0) return cudaSuccess;
-  const size_t n = (size + kAlign - 1) / kAlign * kAlign;
+  const size_t n = (size + kAlign - 1) / kAlign * kAlign;  // what the device's memory counts
+  const size_t span = n + kAlign;                          // with its red zone
   if (n > e.limit || e.in_use + n > e.limit) return ret(cudaErrorMemoryAllocation);
   uintptr_t at = 0;
-  auto hole = e.holes.lower_bound(n);
+  auto hole = e.holes.lower_bound(span);
   if (hole != e.holes.end()) {
     at = hole->second;
-    const size_t rest = hole->first - n;
+    const size_t rest = hole->first - span;
     e.holes.erase(hole);
-    if (rest > 0) e.holes.emplace(rest, at + n);
+    if (rest > 0) e.holes.emplace(rest, at + span);
   } else {
-    if (e.high + n > kArena) return ret(cudaErrorMemoryAllocation);
+    if (e.high + span > kArena) return ret(cudaErrorMemoryAllocation);
     at = reinterpret_cast<uintptr_t>(e.arena) + e.high;
-    e.high += n;
+    e.high += span;
   }
-  e.live.emplace(at, n);
+  e.live.emplace(at, Block{size, span});
+  for (auto f = e.freed.lower_bound(at); f != e.freed.end() && f->first < at + span;)
+    f = e.freed.erase(f);
   e.in_use += n;
+  auto* p = reinterpret_cast<char*>(at);
   {
     Window w;
-    std::memset(reinterpret_cast<void*>(at), kGarbage, n);
+    ASAN_UNPOISON_MEMORY_REGION(p, span);
+    std::memset(p, kGarbage, span);
+    ASAN_POISON_MEMORY_REGION(p + size, span - size);
   }
-  *ptr = reinterpret_cast<void*>(at);
+  *ptr = p;
   return cudaSuccess;
 }
 
@@ -474,14 +561,17 @@ cudaError_t cudaFree(void* ptr) {
     if (s->capture != nullptr && s->mode != cudaStreamCaptureModeRelaxed)
       return unsupported_while_capturing(*s);
   drain_all();  // cudaFree waits for the device
-  const size_t n = it->second;
+  const Block b = it->second;
   {
     Window w;
-    std::memset(ptr, kGarbage, n);
+    ASAN_UNPOISON_MEMORY_REGION(ptr, b.span);
+    std::memset(ptr, kGarbage, b.span);
+    ASAN_POISON_MEMORY_REGION(ptr, b.span);
   }
-  e.holes.emplace(n, it->first);
+  e.holes.emplace(b.span, it->first);
+  e.freed[it->first] = b.size;
   e.live.erase(it);
-  e.in_use -= n;
+  e.in_use -= (b.size + kAlign - 1) / kAlign * kAlign;
   return e.sticky != cudaSuccess ? ret(e.sticky) : cudaSuccess;
 }
 

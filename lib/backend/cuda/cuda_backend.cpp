@@ -180,9 +180,27 @@ size_t nbytes_of(const TensorImpl& t) {
   return static_cast<size_t>(t.numel) * element_size(t.dtype);
 }
 
-// Rounded so that freed blocks are found again: 512 bytes below 1 MiB, 2 MiB above.
+// Note [Exact allocations]
+// TAPEGRAD_CUDA_CACHING=0 in the environment (read once, when a device is first used) turns the
+// caching off: each tensor is a cudaMalloc of its exact size, given back with cudaFree when the
+// tensor dies. That is slow (cudaFree waits for the device) and it is for checking: under
+// compute-sanitizer's memcheck, a kernel that reads or writes past a tensor's end is then past
+// its allocation's end too, where with the cache it would be inside a rounded block and unseen.
+// (PyTorch's PYTORCH_NO_CUDA_MEMORY_CACHING is the same switch.) `scripts/tg gpu` runs memcheck
+// so, and the emulated GPU's suite runs both ways.
+bool caching_on() {
+  static const bool on = [] {
+    const char* v = std::getenv("TAPEGRAD_CUDA_CACHING");
+    return v == nullptr || std::string_view(v) != "0";
+  }();
+  return on;
+}
+
+// A block's size: rounded so that freed blocks are found again (512 bytes below 1 MiB, 2 MiB
+// above), or the size asked for where the cache is off (Note [Exact allocations]).
 size_t round_size(size_t n) {
   constexpr size_t kSmall = 512, kLarge = size_t{2} << 20;
+  if (!caching_on()) return n;
   return n < (size_t{1} << 20) ? (n + kSmall - 1) / kSmall * kSmall
                                : (n + kLarge - 1) / kLarge * kLarge;
 }
@@ -246,7 +264,19 @@ class CudaBackend final : public Backend {
       capture_freed_.push_back({ptr, size});
       return;
     }
-    cache_[size].push_back(ptr);
+    release(ptr, size);
+  }
+
+  // A free block (under mu_): into the cache, or back to the driver where the cache is off
+  // (Note [Exact allocations]; not while another thread records: cudaFree would wait).
+  void release(void* ptr, size_t size) {
+    if (caching_on() || capturing_) {
+      cache_[size].push_back(ptr);
+      return;
+    }
+    (void)cudaFree(ptr);
+    (void)cudaGetLastError();
+    reserved_ -= static_cast<int64_t>(size);
   }
 
   void empty_cache() {
@@ -783,7 +813,7 @@ class CudaBackend final : public Backend {
   // Blocks freed while recording work that will never run: free again.
   void give_back(std::vector<std::pair<void*, size_t>>& freed) {
     std::lock_guard<std::mutex> lock(mu_);
-    for (auto& [p, size] : freed) cache_[size].push_back(p);
+    for (auto& [p, size] : freed) release(p, size);
     freed.clear();
   }
 
@@ -797,7 +827,7 @@ class CudaBackend final : public Backend {
       (void)cudaGraphExecDestroy(exec_);
       (void)cudaGetLastError();
       std::lock_guard<std::mutex> lock(be_.mu_);
-      for (auto& [p, size] : held_) be_.cache_[size].push_back(p);
+      for (auto& [p, size] : held_) be_.release(p, size);
     }
     void launch() override {
       be_.enter("replay");
@@ -1027,6 +1057,7 @@ void cuda::synchronize(int index) { cuda_detail::backend_of(index).synchronize()
 void cuda::empty_cache(int index) { cuda_detail::backend_of(index).empty_cache(); }
 cuda::Memory cuda::memory_stats(int index) { return cuda_detail::backend_of(index).memory(); }
 void cuda::reset_peak(int index) { cuda_detail::backend_of(index).reset_peak(); }
+bool cuda::caching() { return cuda_detail::caching_on(); }
 void cuda::set_allow_tf32(bool allow) { cuda_detail::g_allow_tf32 = allow; }
 bool cuda::allow_tf32() { return cuda_detail::g_allow_tf32; }
 

@@ -58,6 +58,7 @@ void cuda::synchronize(int) { no_cuda(); }
 void cuda::empty_cache(int) {}
 cuda::Memory cuda::memory_stats(int) { return {}; }
 void cuda::reset_peak(int) {}
+bool cuda::caching() { return false; }
 void cuda::set_allow_tf32(bool) {}
 bool cuda::allow_tf32() { return false; }
 
