@@ -121,6 +121,11 @@ struct tg_fiber {
   bool done = false;
 };
 static std::vector<tg_fiber> tg_fibers;
+// TGEMU_THREAD_ORDER=reverse (read at each launch): a block's threads, and a grid's blocks, run
+// last first. Code whose result depends on which thread runs first between two waits (a missing
+// __syncthreads, a block reading what another writes) gives another result then, as it may on a
+// GPU: the emulated suite runs both ways.
+static bool tg_reverse = false;
 static tg_context tg_scheduler;
 static tg_fiber* tg_current = nullptr;
 static unsigned long long tg_progress = 0;  // arrivals and ends, to tell a stuck block
@@ -211,7 +216,8 @@ static void tg_run_block(unsigned n) {
   for (;;) {
     bool live = false;
     const unsigned long long before = tg_progress;
-    for (unsigned t = 0; t < n; ++t) {
+    for (unsigned i = 0; i < n; ++i) {
+      const unsigned t = tg_reverse ? n - 1 - i : i;
       tg_fiber& f = tg_fibers[t];
       if (f.done) continue;
       live = true;
@@ -230,6 +236,8 @@ static void tg_run_block(unsigned n) {
 template <class F>
 static void tg_host_launch(dim3 grid, dim3 block, F f) {
   if (tg_stuck) return;
+  const char* order = getenv("TGEMU_THREAD_ORDER");
+  tg_reverse = order != nullptr && strcmp(order, "reverse") == 0;
   gridDim = grid;
   blockDim = block;
   const unsigned n = block.x * block.y * block.z;
@@ -239,10 +247,11 @@ static void tg_host_launch(dim3 grid, dim3 block, F f) {
   tg_warp_barriers = &warps;
   tg_body = [](void* arg) { (*static_cast<F*>(arg))(); };
   tg_body_arg = &f;
+  auto at = [](unsigned i, unsigned n) { return tg_reverse ? n - 1 - i : i; };
   for (unsigned z = 0; z < grid.z; ++z)
     for (unsigned y = 0; y < grid.y; ++y)
       for (unsigned x = 0; x < grid.x && !tg_stuck; ++x) {
-        blockIdx = dim3(x, y, z);
+        blockIdx = dim3(at(x, grid.x), at(y, grid.y), at(z, grid.z));
         tg_run_block(n);
       }
 }

@@ -737,3 +737,58 @@ TEST_CASE("cuda on the host: a generated fused sum gives its reference's bits") 
   CHECK_FALSE(gen.stuck());
   CHECK_FALSE(k->lib.stuck());
 }
+
+TEST_CASE("cuda on the host: a race between a block's threads shows when they run in reverse") {
+  // TGEMU_THREAD_ORDER=reverse (host_cuda_source.h) runs a block's threads, and a grid's blocks,
+  // last first; the emulated suite runs that way too (tests/CMakeLists.txt). Here the mechanism:
+  // each thread writes its slot of shared memory and reads its neighbour's, with and without the
+  // __syncthreads between. With it, both orders agree; without it, the result depends on which
+  // thread ran first, as on a GPU, and the two orders disagree.
+  std::string unit = std::string(tghost::kRuntime) + R"(
+template <bool kSync>
+__global__ void neighbour(int* out) {
+  __shared__ int slot[64];
+  slot[threadIdx.x] = static_cast<int>(blockIdx.x * 100 + threadIdx.x);
+  if (kSync) __syncthreads();
+  out[blockIdx.x * 64 + threadIdx.x] = slot[(threadIdx.x + 1) % 64];
+}
+// A block reading what the block after it wrote, in the same launch.
+__global__ void next_block(int* flags, int* out) {
+  flags[blockIdx.x] = 1;
+  out[blockIdx.x] = blockIdx.x + 1 < gridDim.x ? flags[blockIdx.x + 1] : 1;
+}
+extern "C" __attribute__((visibility("default"))) void run(int which, int* a, int* b) {
+  if (which == 0) tg_host_launch(dim3(2), dim3(64), [&] { neighbour<true>(a); });
+  if (which == 1) tg_host_launch(dim3(2), dim3(64), [&] { neighbour<false>(a); });
+  if (which == 2) tg_host_launch(dim3(4), dim3(1), [&] { next_block(a, b); });
+}
+)";
+  tghost::Library lib;
+  if (!tghost::build(unit, "-O0 -isystem " + tghost::cuda_include(), lib)) return;
+  auto run = lib.get<void (*)(int, int*, int*)>("run");
+  struct Order {  // the environment as it was, afterwards
+    const char* was = std::getenv("TGEMU_THREAD_ORDER");
+    std::string value = was != nullptr ? was : "";
+    ~Order() {
+      if (was != nullptr)
+        setenv("TGEMU_THREAD_ORDER", value.c_str(), 1);
+      else
+        unsetenv("TGEMU_THREAD_ORDER");
+    }
+  } order;
+  auto outputs = [&](int which, bool reverse) {
+    if (reverse)
+      setenv("TGEMU_THREAD_ORDER", "reverse", 1);
+    else
+      unsetenv("TGEMU_THREAD_ORDER");
+    std::vector<int> a(128, 0), b(4, 0);
+    run(which, a.data(), b.data());
+    return which == 2 ? b : a;
+  };
+  const std::vector<int> synced = outputs(0, false);
+  for (int t = 0; t < 128; ++t) CHECK(synced[t] == (t / 64) * 100 + (t + 1) % 64);
+  CHECK(outputs(0, true) == synced);
+  CHECK(outputs(1, false) != outputs(1, true));
+  CHECK(outputs(2, false) != outputs(2, true));
+  CHECK_FALSE(lib.stuck());
+}
