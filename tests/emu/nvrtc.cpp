@@ -60,7 +60,8 @@ bool build(_nvrtcProgram& prog, std::string& path) {
           "tgemu_params_size() { return sizeof(tg_params); }\n";
   // Checked as the emulator's other kernels are (Note [Checked device memory], runtime.cpp).
 #if defined(__SANITIZE_ADDRESS__)
-  const char* checked = "-fsanitize=address -fno-omit-frame-pointer ";
+  const char* checked =
+      "-fsanitize=address,alignment -fno-sanitize-recover=alignment -fno-omit-frame-pointer ";
 #else
   const char* checked = "";
 #endif

@@ -65,8 +65,12 @@
 // nearest and how far past its end (or that it was freed). The backend's caching allocator
 // rounds tensors up to 512-byte blocks, which hides small overruns from this as from memcheck on
 // a GPU; with TAPEGRAD_CUDA_CACHING=0 (Note [Exact allocations], cuda_backend.cpp) each tensor is
-// an allocation of its exact size, and ctest runs the emulated suite that way too. Where the
-// build has no ASan (another compiler), the poisoning compiles to nothing.
+// an allocation of its exact size, and ctest runs the emulated suite that way too. They are also
+// built with UBSan's alignment check: a GPU faults on a load from an address its type's
+// alignment does not divide (a float4 from a tensor view that starts at an odd element, where a
+// vectorized path forgot to ask), which x86 would do silently; here it stops the program with
+// the kernel's source line. Where the build has no sanitizers (another compiler), none of this
+// is there, and the poisoning compiles to nothing.
 
 struct CUstream_st;
 struct CUgraph_st;
