@@ -556,7 +556,7 @@ TEST_CASE(
     CHECK(said.find("AddressSanitizer") != std::string::npos);
     CHECK(said.find("bytes of device memory 0 bytes past the end of a 512-byte allocation") !=
           std::string::npos);
-    CHECK(said.find("emulated GPU: device work elementwise read") != std::string::npos);
+    CHECK(said.find("emulated GPU: device work elementwise on cuda:0 read") != std::string::npos);
   }
   SUBCASE("a freed block") {
     auto [clean, said] = in_child([&] {
@@ -581,4 +581,57 @@ TEST_CASE(
     CHECK(clean);
   }
   CHECK(dst.sum().item<float>() == 0);  // the parent's tensors are untouched
+}
+
+TEST_CASE("the emulated GPU: two devices, strict as CUDA is about them") {
+  // Note [Two emulated GPUs]: what a program for several GPUs gets wrong fails here, as there.
+  int count = 0;
+  REQUIRE(cudaGetDeviceCount(&count) == cudaSuccess);
+  REQUIRE(count == 2);
+  struct Back {  // device 0 current again, whatever happens
+    ~Back() { (void)cudaSetDevice(0); }
+  } back;
+  REQUIRE(cudaSetDevice(1) == cudaSuccess);
+  cudaStream_t s1 = nullptr;
+  REQUIRE(cudaStreamCreateWithFlags(&s1, cudaStreamNonBlocking) == cudaSuccess);
+  void* on1 = nullptr;
+  REQUIRE(cudaMalloc(&on1, 256) == cudaSuccess);
+  REQUIRE(cudaSetDevice(0) == cudaSuccess);
+  cudaStream_t s0 = nullptr;
+  REQUIRE(cudaStreamCreateWithFlags(&s0, cudaStreamNonBlocking) == cudaSuccess);
+  cudaEvent_t e0 = nullptr;
+  REQUIRE(cudaEventCreateWithFlags(&e0, cudaEventDisableTiming) == cudaSuccess);
+  // A kernel into cuda:1's stream while cuda:0 is current fails, and runs nothing.
+  bool ran = false;
+  (void)cudaGetLastError();
+  tgemu_launch(s1, dim3(1), dim3(1), new std::function<void()>([&ran] { ran = true; }), "probe");
+  CHECK(cudaGetLastError() == cudaErrorInvalidResourceHandle);
+  // A copy may go to any device's stream.
+  float host = 0;
+  CHECK(cudaMemcpyAsync(on1, &host, sizeof host, cudaMemcpyHostToDevice, s1) == cudaSuccess);
+  // An event of cuda:0 recorded on cuda:1's stream fails.
+  CHECK(cudaEventRecord(e0, s1) == cudaErrorInvalidResourceHandle);
+  (void)cudaGetLastError();
+  CHECK(cudaEventRecord(e0, s0) == cudaSuccess);
+  // With cuda:1 current, its stream takes the kernel.
+  REQUIRE(cudaSetDevice(1) == cudaSuccess);
+  tgemu_launch(s1, dim3(1), dim3(1), new std::function<void()>([&ran] { ran = true; }), "probe");
+  CHECK(cudaGetLastError() == cudaSuccess);
+  CHECK(cudaStreamSynchronize(s1) == cudaSuccess);
+  CHECK(ran);
+  REQUIRE(cudaSetDevice(0) == cudaSuccess);
+  // A kernel on cuda:0 that touches cuda:1's memory faults (no peer access here).
+  auto [clean, said] = in_child([&] {
+    std::signal(SIGSEGV, SIG_DFL);
+    tgemu_launch(s0, dim3(1), dim3(1),
+                 new std::function<void()>([on1] { *static_cast<volatile float*>(on1) = 1; }),
+                 "trespass");
+    (void)cudaStreamSynchronize(s0);
+  });
+  CHECK(!clean);
+  CHECK(cudaEventDestroy(e0) == cudaSuccess);
+  CHECK(cudaStreamDestroy(s0) == cudaSuccess);
+  CHECK(cudaFree(on1) == cudaSuccess);
+  CHECK(cudaStreamDestroy(s1) == cudaSuccess);
+  CHECK(tgemu::fault() == nullptr);
 }

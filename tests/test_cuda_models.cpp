@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <functional>
 #include <string>
+#include <thread>
 
 #include "gpu_checks.h"
 
@@ -493,4 +494,99 @@ TEST_CASE("cuda: a traced step moves CPU batches in and its loss out, as eager d
   REQUIRE(got.size() == 1);
   CHECK(got[0].device() == Device(kCPU));
   CHECK(close(got[0], want, 1e-5));
+}
+
+TEST_CASE("cuda: two GPUs: each tensor's work runs on its own device, and models train on either") {
+  if (!have_gpu()) return;
+  if (cuda::device_count() < 2) {
+    MESSAGE("one GPU: the two-GPU case skipped");
+    return;
+  }
+  const Device g0 = cuda(0), g1 = cuda(1);
+  manual_seed(3);
+  Tensor a = randn({37, 19}), b = randn({19, 23});
+  Tensor a1 = a.to(g1), b1 = b.to(g1);
+  CHECK(a1.device() == g1);
+  // Kernels, a product and a reduction on cuda:1 give the CPU's values.
+  Tensor c1 = (a1.matmul(b1) + 1).tanh().sum({1});
+  CHECK(c1.device() == g1);
+  CHECK(close(c1, (a.matmul(b) + 1).tanh().sum({1}), 1e-5));
+  // Between the GPUs, the bits go unchanged.
+  Tensor a0 = a1.to(g0);
+  CHECK(a0.device() == g0);
+  CHECK(same_bits(a0, a));
+  CHECK(same_bits(a0.to(g1), a));
+  // Mixing them is an error, as mixing the CPU and a GPU is.
+  CHECK_THROWS_WITH_AS((void)(a0 + a1), doctest::Contains("expected all tensors on one device"),
+                       Error);
+  // Turns between the devices in one thread: each op runs where its tensors are.
+  for (int i = 0; i < 3; ++i) {
+    CAPTURE(i);
+    Tensor x0 = (a0 * (i + 1)).exp().sum({0}), x1 = (a1 * (i + 2)).exp().sum({0});
+    CHECK(close(x0, (a * (i + 1)).exp().sum({0}), 1e-5));
+    CHECK(close(x1, (a * (i + 2)).exp().sum({0}), 1e-5));
+  }
+  // The same seed draws the same numbers on either device.
+  manual_seed(7);
+  Tensor r1 = randn({1000}, {.device = g1});
+  manual_seed(7);
+  Tensor r0 = randn({1000}, {.device = g0});
+  CHECK(same_bits(r1, r0));
+  // Memory is counted per device.
+  cuda::synchronize(0);
+  cuda::synchronize(1);
+  const cuda::Memory m0 = cuda::memory_stats(0), m1 = cuda::memory_stats(1);
+  {
+    Tensor big = empty({1 << 20}, {.device = g1});
+    CHECK(cuda::memory_stats(1).allocated >= m1.allocated + (4 << 20));
+    CHECK(cuda::memory_stats(0).allocated == m0.allocated);
+  }
+  // A model on cuda:1, a step eager and a step traced, each against the CPU's.
+  auto make = [] {
+    manual_seed(23);
+    return nn::Sequential{nn::Linear(10, 12), nn::Tanh(), nn::Linear(12, 4)};
+  };
+  nn::Sequential cpu = make(), eager = make(), traced = make();
+  eager.to(g1);
+  traced.to(g1);
+  optim::Adam oc(cpu.parameters(), {.lr = 0.01}), oe(eager.parameters(), {.lr = 0.01}),
+      ot(traced.parameters(), {.lr = 0.01});
+  auto step_of = [](nn::Sequential& m, optim::Optimizer& o, Device d) {
+    return [&m, &o, d](const Tensor& x, const Tensor& y) {
+      o.zero_grad();
+      Tensor loss = nn::functional::cross_entropy(m(x.to(d)), y.to(d));
+      loss.backward();
+      o.step();
+      return loss.to(kCPU);
+    };
+  };
+  auto on_cpu = step_of(cpu, oc, kCPU), on_g1 = step_of(eager, oe, g1);
+  auto replayed = trace(step_of(traced, ot, g1));
+  for (int i = 0; i < 5; ++i) {
+    CAPTURE(i);
+    manual_seed(200 + static_cast<uint64_t>(i));
+    Tensor x = randn({16, 10}), y = randint(0, 4, {16});
+    const float want = on_cpu(x, y).item<float>();
+    CHECK(std::abs(on_g1(x, y).item<float>() - want) < 1e-5);
+    CHECK(std::abs(replayed(x, y).item<float>() - want) < 1e-5);
+  }
+  auto pc = cpu.parameters(), pe = eager.parameters(), pt = traced.parameters();
+  for (size_t i = 0; i < pc.size(); ++i) {
+    CHECK(pe[i].device() == g1);
+    CHECK(pt[i].device() == g1);
+    CHECK(close(pe[i], pc[i], 1e-5));
+    CHECK(close(pt[i], pc[i], 1e-5));
+  }
+  const std::string summary = replayed.pass_summary();
+  CAPTURE(summary);
+  CHECK(summary.find(" 0 segments refused") != std::string::npos);
+  // One thread per device, at once.
+  float s0 = 0, s1 = 0;
+  std::thread t0([&] { s0 = (a0 * a0).sum().item<float>(); });
+  std::thread t1([&] { s1 = (a1 * a1).sum().item<float>(); });
+  t0.join();
+  t1.join();
+  const float want = (a * a).sum().item<float>();
+  CHECK(std::abs(s0 - want) < 1e-3f * std::abs(want));
+  CHECK(std::abs(s1 - want) < 1e-3f * std::abs(want));
 }

@@ -13,6 +13,7 @@
 #include "emu.h"
 
 struct cublasContext {
+  int device = 0;  // current when it was made: its products run there only
   cudaStream_t stream = nullptr;
   void* workspace = nullptr;  // the caller's (cublasSetWorkspace), or none: cuBLAS's own pool
   size_t workspace_bytes = 0;
@@ -39,6 +40,9 @@ cublasStatus_t gemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb
     std::fprintf(stderr, "emulated cuBLAS: %s\n", why);
     return CUBLAS_STATUS_INVALID_VALUE;
   };
+  int current = 0;
+  (void)cudaGetDevice(&current);
+  if (current != h->device) return bad("a handle made on another device (one handle per device)");
   const bool na = ta == CUBLAS_OP_N, nb = tb == CUBLAS_OP_N;
   if ((!na && ta != CUBLAS_OP_T) || (!nb && tb != CUBLAS_OP_T)) return bad("transpose not N or T");
   if (m < 0 || n < 0 || k < 0 || batch < 0) return bad("a negative size");
@@ -97,6 +101,7 @@ extern "C" {
 
 cublasStatus_t cublasCreate_v2(cublasHandle_t* handle) {
   *handle = new cublasContext;
+  (void)cudaGetDevice(&(*handle)->device);
   return CUBLAS_STATUS_SUCCESS;
 }
 

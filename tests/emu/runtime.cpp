@@ -47,6 +47,7 @@
 //   only what CUDA allows there.
 // - cuBLAS checks its arguments as documented, refuses a captured product without a workspace of
 //   the caller's (it would allocate), and rounds to TF32 when asked to.
+// - It has two GPUs, and is strict about which is current (Note [Two emulated GPUs]).
 // - Kernels' own reads and writes are checked, as compute-sanitizer's memcheck checks them
 //   (Note [Checked device memory]).
 // What it is not: a model of timing, of concurrency between streams, of CUDA's math library (the
@@ -84,6 +85,8 @@ struct Task {
   // A conditional node (what == "if"): its body, run where the handle's value is not zero.
   CUgraph_st* body = nullptr;
   unsigned long long handle = 0;
+  // The device whose memory it may touch (its stream's), or -1: every device's (copies).
+  int device = -1;
 };
 
 // TGEMU_LOG=1: every piece of device work is printed as it is queued or recorded.
@@ -120,6 +123,7 @@ struct CUgraphExec_st {
   std::vector<CUgraph_st::Condition> conditions;
 };
 struct CUstream_st {
+  int device = 0;  // current when it was made
   std::deque<Task> pending;
   CUgraph_st* capture = nullptr;
   bool capture_owned = true;       // false: cudaStreamBeginCaptureToGraph's, the caller's graph
@@ -130,9 +134,12 @@ struct CUstream_st {
 };
 // An event: what its latest record marks on its stream, and whether that has run.
 struct CUevent_st {
+  int device = 0;                 // current when it was made
   CUstream_st* stream = nullptr;  // where it was last recorded (nullptr: never)
   uint64_t recorded = 0;          // records made
-  uint64_t reached = 0;           // records whose place in the stream has run
+  // Records whose place in the stream has run; shared with the records' work, which may run
+  // after the event is destroyed (CUDA allows destroying an event with a record pending).
+  std::shared_ptr<uint64_t> reached = std::make_shared<uint64_t>(0);
 };
 struct CUlib_st {
   void* so = nullptr;
@@ -147,6 +154,19 @@ struct CUkern_st {
 namespace {
 
 constexpr size_t kArena = size_t{16} << 30;  // address space reserved for device memory
+// Note [Two emulated GPUs]
+// The emulated machine has two GPUs, as a workstation may, so that code for several devices is
+// checked where CUDA is strict about them (its Programming Guide, "Multi-Device System"):
+// - The current device is the calling thread's (cudaSetDevice); memory is allocated on it; a
+//   stream and an event belong to the device current when they were made.
+// - A kernel, a product or a graph launched into a stream of a device that is not current fails
+//   (cudaErrorInvalidResourceHandle), as does recording an event of one device on another's
+//   stream; copies may go to any stream.
+// - Each device has its half of the arena, and device work opens only its own device's half: a
+//   kernel that touches another device's memory (no peer access here) faults, as on a GPU.
+// - Each has its own memory limit and use (cudaMemGetInfo of the current device).
+constexpr int kDevices = 2;
+constexpr size_t kDeviceSpan = kArena / kDevices;
 constexpr size_t kAlign = 256;
 constexpr unsigned char kGarbage = 0xFF;   // NaN in every float, -1 in every integer
 constexpr size_t kHuge = size_t{2} << 20;  // windows cover whole huge pages
@@ -156,26 +176,27 @@ constexpr size_t kHuge = size_t{2} << 20;  // windows cover whole huge pages
 struct Block {
   size_t size = 0;
   size_t span = 0;
+  int device = 0;
 };
 
 struct Emu {
   std::recursive_mutex mu;
-  char* arena = nullptr;
-  size_t high = 0;                          // bytes of the arena ever handed out
+  char* arena = nullptr;                    // device d's memory: kDeviceSpan bytes from d's
+  size_t high[kDevices] = {};               // bytes of its half ever handed out
   std::map<uintptr_t, Block> live;          // device allocations by start
-  std::multimap<size_t, uintptr_t> holes;   // freed spans: bytes → start
+  std::multimap<size_t, uintptr_t> holes[kDevices];  // freed spans: bytes → start
   std::map<uintptr_t, size_t> freed;        // freed allocations' asked sizes, by start
   const char* running = nullptr;            // the device work running now (its name)
-  size_t limit = size_t{8} << 30;
-  size_t in_use = 0;
-  int open = 0;                             // device-work windows open (device memory readable)
+  int running_on = -1;                      // and its device
+  size_t limit = size_t{8} << 30;           // each device's
+  size_t in_use[kDevices] = {};
+  int open[kDevices] = {};                  // windows open on a device (its memory readable)
   std::map<uintptr_t, size_t> pinned;       // cudaMallocHost
   std::vector<CUstream_st*> streams;
   CUstream_st legacy;                       // stream 0
   cudaError_t sticky = cudaSuccess;
   std::string fault;
   tgemu::Counts counts;
-  int device = 0;
   std::map<unsigned long long, unsigned> conditions;  // conditional handles' values
   unsigned long long next_handle = 1;
   tgemu::Conditionals conditionals = tgemu::Conditionals::Work;  // tgemu::set_conditionals
@@ -194,8 +215,10 @@ Emu& emu() {
     }
     auto at = (reinterpret_cast<uintptr_t>(p) + kHuge - 1) / kHuge * kHuge;
     r->arena = reinterpret_cast<char*>(at);
-    r->high = kAlign;  // a red zone before the first allocation
-    ASAN_POISON_MEMORY_REGION(r->arena, kAlign);
+    for (int d = 0; d < kDevices; ++d) {
+      r->high[d] = kAlign;  // a red zone before the first allocation
+      ASAN_POISON_MEMORY_REGION(r->arena + d * kDeviceSpan, kAlign);
+    }
 #if defined(__SANITIZE_ADDRESS__)
     __asan_set_death_callback(on_asan_report);
 #endif
@@ -208,6 +231,7 @@ Emu& emu() {
 }
 
 thread_local cudaError_t t_last = cudaSuccess;
+thread_local int t_device = 0;  // the thread's current device (Note [Two emulated GPUs])
 
 cudaError_t ret(cudaError_t e) {
   if (e != cudaSuccess) t_last = e;
@@ -220,20 +244,32 @@ size_t page_round(size_t n) {
 }
 size_t huge_round(size_t n) { return (n + kHuge - 1) / kHuge * kHuge; }
 
-// Device memory readable and writable by the host while a window is open (device work runs).
+// A device's memory readable and writable by the host while a window on it is open (its work
+// runs); device -1: every device's.
 struct Window {
-  Window() {  // also when nested: memory allocated since the outer one opened
+  explicit Window(int device = -1) : device(device) {
+    // Also when nested: memory allocated since the outer one opened.
     Emu& e = emu();
-    ++e.open;
-    if (e.high > 0) mprotect(e.arena, huge_round(e.high), PROT_READ | PROT_WRITE);
+    for (int d = 0; d < kDevices; ++d)
+      if (device < 0 || d == device) {
+        ++e.open[d];
+        mprotect(e.arena + d * kDeviceSpan, huge_round(e.high[d]), PROT_READ | PROT_WRITE);
+      }
   }
   ~Window() {
     Emu& e = emu();
-    if (--e.open == 0 && e.high > 0) mprotect(e.arena, huge_round(e.high), PROT_NONE);
+    for (int d = 0; d < kDevices; ++d)
+      if ((device < 0 || d == device) && --e.open[d] == 0)
+        mprotect(e.arena + d * kDeviceSpan, huge_round(e.high[d]), PROT_NONE);
   }
   Window(const Window&) = delete;
   Window& operator=(const Window&) = delete;
+  int device;
 };
+
+int device_at(uintptr_t a) {
+  return static_cast<int>((a - reinterpret_cast<uintptr_t>(emu().arena)) / kDeviceSpan);
+}
 
 // The live allocation holding [p, p + n), if any: its start (0 where none).
 uintptr_t allocation_of(const void* p, size_t n) {
@@ -258,7 +294,20 @@ void on_asan_report() {
   Emu& e = emu();
   const auto a = reinterpret_cast<uintptr_t>(__asan_get_report_address());
   const auto base = reinterpret_cast<uintptr_t>(e.arena);
-  if (a < base || a >= base + kArena) return;
+  const std::string work =
+      e.running == nullptr
+          ? std::string("(none running: the host)")
+          : std::string(e.running) +
+                (e.running_on >= 0 ? " on cuda:" + std::to_string(e.running_on) : std::string());
+  if (a < base || a >= base + kArena) {
+    // Not an address ASan poisoned: a fault (another device's memory, closed to this work).
+    if (e.running != nullptr)
+      std::fprintf(stderr,
+                   "emulated GPU: device work %s was running (Note [Checked device "
+                   "memory], Note [Two emulated GPUs])\n",
+                   work.c_str());
+    return;
+  }
   std::string where = "before the first allocation";
   auto it = e.live.upper_bound(a);
   auto f = e.freed.upper_bound(a);
@@ -272,11 +321,10 @@ void on_asan_report() {
             std::to_string(it->second.size) + "-byte allocation";
   }
   std::fprintf(stderr,
-               "emulated GPU: device work %s %s %zu bytes of device memory %s (Note [Checked "
-               "device memory])\n",
-               e.running != nullptr ? e.running : "(none running: the host)",
-               __asan_get_report_access_type() != 0 ? "wrote" : "read",
-               __asan_get_report_access_size(), where.c_str());
+               "emulated GPU: device work %s %s %zu bytes of device memory %s of cuda:%d (Note "
+               "[Checked device memory])\n",
+               work.c_str(), __asan_get_report_access_type() != 0 ? "wrote" : "read",
+               __asan_get_report_access_size(), where.c_str(), device_at(a));
 #endif
 }
 
@@ -310,15 +358,25 @@ bool at_end(const CUgraph_st* graph, const cudaGraphNode_t* deps, size_t ndeps) 
          deps[0]->position == graph->tasks.size();
 }
 
-void run_tasks(std::deque<Task>& q) {
+// One task, with only its device's memory open.
+void run_task(const Task& t) {
   Emu& e = emu();
-  Window w;
+  if (e.sticky != cudaSuccess) return;
+  Window w(t.device);
+  const char* was = e.running;
+  const int was_on = e.running_on;
+  e.running = t.name.empty() ? t.what.c_str() : t.name.c_str();
+  e.running_on = t.device;
+  (*t.run)();
+  e.running = was;
+  e.running_on = was_on;
+}
+
+void run_tasks(std::deque<Task>& q) {
   while (!q.empty()) {
     Task t = std::move(q.front());
     q.pop_front();
-    e.running = t.name.empty() ? t.what.c_str() : t.name.c_str();
-    if (e.sticky == cudaSuccess) (*t.run)();
-    e.running = nullptr;
+    run_task(t);
   }
 }
 
@@ -346,6 +404,15 @@ cudaError_t submit(cudaStream_t stream, Task t, bool by_graph = false) {
   if (e.sticky != cudaSuccess) return ret(e.sticky);
   if (!known(stream)) return ret(cudaErrorInvalidResourceHandle);
   CUstream_st& s = stream_of(stream);
+  // Kernels and products run on their stream's device, which must be current (stream 0 is the
+  // current device's); copies may go to any stream (Note [Two emulated GPUs]).
+  const int device = stream == nullptr ? t_device : s.device;
+  if (t.what == "kernel" || t.what == "gemm" || t.what == "radix sort") {
+    if (!by_graph && device != t_device) return ret(cudaErrorInvalidResourceHandle);
+    t.device = device;
+  } else if (t.what == "if") {
+    t.device = device;
+  }
   if (log_on())
     std::fprintf(stderr, "[emulated GPU] %s %s%s%s\n",
                  s.capture != nullptr ? "record"
@@ -442,7 +509,7 @@ extern "C" bool tgemu_capturing(cudaStream_t s) {
 tgemu::Counts tgemu::counts() {
   std::lock_guard<std::recursive_mutex> lock(emu().mu);
   Counts c = emu().counts;
-  c.device_bytes = static_cast<int64_t>(emu().in_use);
+  c.device_bytes = static_cast<int64_t>(emu().in_use[t_device]);
   return c;
 }
 void tgemu::set_memory_limit(size_t bytes) {
@@ -461,24 +528,24 @@ const char* tgemu::fault() { return emu().fault.empty() ? nullptr : emu().fault.
 extern "C" {
 
 cudaError_t cudaGetDeviceCount(int* count) {
-  *count = 1;
+  *count = kDevices;
   return cudaSuccess;
 }
 
 cudaError_t cudaSetDevice(int device) {
-  if (device != 0) return ret(cudaErrorInvalidDevice);
-  emu().device = device;
+  if (device < 0 || device >= kDevices) return ret(cudaErrorInvalidDevice);
+  t_device = device;
   return cudaSuccess;
 }
 
 cudaError_t cudaGetDevice(int* device) {
-  *device = emu().device;
+  *device = t_device;
   return cudaSuccess;
 }
 
 // An H100's figures.
 cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) {
-  if (device != 0) return ret(cudaErrorInvalidDevice);
+  if (device < 0 || device >= kDevices) return ret(cudaErrorInvalidDevice);
   switch (attr) {
     case cudaDevAttrComputeCapabilityMajor: *value = 9; return cudaSuccess;
     case cudaDevAttrComputeCapabilityMinor: *value = 0; return cudaSuccess;
@@ -496,7 +563,7 @@ cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) 
 }
 
 cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
-  if (device != 0) return ret(cudaErrorInvalidDevice);
+  if (device < 0 || device >= kDevices) return ret(cudaErrorInvalidDevice);
   *prop = cudaDeviceProp{};
   std::snprintf(prop->name, sizeof prop->name, "emulated GPU (tapegrad's tests)");
   prop->major = 9;
@@ -512,7 +579,8 @@ cudaError_t cudaMemGetInfo(size_t* free, size_t* total) {
   Emu& e = emu();
   std::lock_guard<std::recursive_mutex> lock(e.mu);
   *total = e.limit;
-  *free = e.limit > e.in_use ? e.limit - e.in_use : 0;
+  const size_t used = e.in_use[t_device];
+  *free = e.limit > used ? e.limit - used : 0;
   return cudaSuccess;
 }
 
@@ -527,26 +595,27 @@ cudaError_t cudaMalloc(void** ptr, size_t size) {
   if (size == 0) return cudaSuccess;
   const size_t n = (size + kAlign - 1) / kAlign * kAlign;  // what the device's memory counts
   const size_t span = n + kAlign;                          // with its red zone
-  if (n > e.limit || e.in_use + n > e.limit) return ret(cudaErrorMemoryAllocation);
+  const int d = t_device;
+  if (n > e.limit || e.in_use[d] + n > e.limit) return ret(cudaErrorMemoryAllocation);
   uintptr_t at = 0;
-  auto hole = e.holes.lower_bound(span);
-  if (hole != e.holes.end()) {
+  auto hole = e.holes[d].lower_bound(span);
+  if (hole != e.holes[d].end()) {
     at = hole->second;
     const size_t rest = hole->first - span;
-    e.holes.erase(hole);
-    if (rest > 0) e.holes.emplace(rest, at + span);
+    e.holes[d].erase(hole);
+    if (rest > 0) e.holes[d].emplace(rest, at + span);
   } else {
-    if (e.high + span > kArena) return ret(cudaErrorMemoryAllocation);
-    at = reinterpret_cast<uintptr_t>(e.arena) + e.high;
-    e.high += span;
+    if (e.high[d] + span > kDeviceSpan) return ret(cudaErrorMemoryAllocation);
+    at = reinterpret_cast<uintptr_t>(e.arena + d * kDeviceSpan) + e.high[d];
+    e.high[d] += span;
   }
-  e.live.emplace(at, Block{size, span});
+  e.live.emplace(at, Block{size, span, d});
   for (auto f = e.freed.lower_bound(at); f != e.freed.end() && f->first < at + span;)
     f = e.freed.erase(f);
-  e.in_use += n;
+  e.in_use[d] += n;
   auto* p = reinterpret_cast<char*>(at);
   {
-    Window w;
+    Window w(d);
     ASAN_UNPOISON_MEMORY_REGION(p, span);
     std::memset(p, kGarbage, span);
     ASAN_POISON_MEMORY_REGION(p + size, span - size);
@@ -567,15 +636,15 @@ cudaError_t cudaFree(void* ptr) {
   drain_all();  // cudaFree waits for the device
   const Block b = it->second;
   {
-    Window w;
+    Window w(b.device);
     ASAN_UNPOISON_MEMORY_REGION(ptr, b.span);
     std::memset(ptr, kGarbage, b.span);
     ASAN_POISON_MEMORY_REGION(ptr, b.span);
   }
-  e.holes.emplace(b.span, it->first);
+  e.holes[b.device].emplace(b.span, it->first);
   e.freed[it->first] = b.size;
   e.live.erase(it);
-  e.in_use -= (b.size + kAlign - 1) / kAlign * kAlign;
+  e.in_use[b.device] -= (b.size + kAlign - 1) / kAlign * kAlign;
   return e.sticky != cudaSuccess ? ret(e.sticky) : cudaSuccess;
 }
 
@@ -603,6 +672,7 @@ cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned int) {
   Emu& e = emu();
   std::lock_guard<std::recursive_mutex> lock(e.mu);
   *stream = new CUstream_st;
+  (*stream)->device = t_device;
   e.streams.push_back(*stream);
   return cudaSuccess;
 }
@@ -703,6 +773,7 @@ cudaError_t cudaMemsetAsync(void* ptr, int value, size_t count, cudaStream_t str
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned int) {
   std::lock_guard<std::recursive_mutex> lock(emu().mu);
   *event = new CUevent_st;
+  (*event)->device = t_device;
   return cudaSuccess;
 }
 
@@ -721,9 +792,11 @@ cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
   if (!known(stream)) return ret(cudaErrorInvalidResourceHandle);
   CUstream_st& s = stream_of(stream);
   if (s.capture != nullptr) return unsupported_while_capturing(s);  // not used so here
+  if (event->device != (stream == nullptr ? t_device : s.device))
+    return ret(cudaErrorInvalidResourceHandle);  // another device's event
   event->stream = &s;
   const uint64_t n = ++event->recorded;
-  return submit(stream, task("event", [event, n] { event->reached = n; }));
+  return submit(stream, task("event", [reached = event->reached, n] { *reached = n; }));
 }
 
 // Waits until the event's latest record is reached: the stream's work up to it runs.
@@ -731,14 +804,13 @@ cudaError_t cudaEventSynchronize(cudaEvent_t event) {
   Emu& e = emu();
   std::lock_guard<std::recursive_mutex> lock(e.mu);
   if (event == nullptr) return ret(cudaErrorInvalidResourceHandle);
-  if (event->stream == nullptr || event->reached == event->recorded) return cudaSuccess;
+  if (event->stream == nullptr || *event->reached == event->recorded) return cudaSuccess;
   ++e.counts.syncs;
   std::deque<Task>& q = event->stream->pending;
-  Window w;
-  while (event->reached != event->recorded && !q.empty()) {
+  while (*event->reached != event->recorded && !q.empty()) {
     Task t = std::move(q.front());
     q.pop_front();
-    if (e.sticky == cudaSuccess) (*t.run)();
+    run_task(t);
   }
   return e.sticky != cudaSuccess ? ret(e.sticky) : cudaSuccess;
 }
@@ -968,6 +1040,9 @@ cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t stream) {
   Emu& e = emu();
   std::lock_guard<std::recursive_mutex> lock(e.mu);
   if (exec == nullptr) return ret(cudaErrorInvalidValue);
+  if (!known(stream)) return ret(cudaErrorInvalidResourceHandle);
+  if (stream != nullptr && stream->device != t_device)
+    return ret(cudaErrorInvalidResourceHandle);  // a launch into another device's stream
   if (!exec->conditions.empty() && e.conditionals == tgemu::Conditionals::RefusedAtLaunch)
     return ret(cudaErrorNotSupported);
   ++e.counts.graph_launches;
