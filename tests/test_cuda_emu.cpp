@@ -620,7 +620,29 @@ TEST_CASE("the emulated GPU: two devices, strict as CUDA is about them") {
   CHECK(cudaStreamSynchronize(s1) == cudaSuccess);
   CHECK(ran);
   REQUIRE(cudaSetDevice(0) == cudaSuccess);
-  // A kernel on cuda:0 that touches cuda:1's memory faults (no peer access here).
+  // A tensor moved between the GPUs goes without a wait on the host, in order on both streams
+  // (Note [Copies between GPUs]): after the work that wrote it on cuda:0, and before the work
+  // that reuses its block there once it is freed.
+  {
+    Tensor a = randn({1000});
+    const tgemu::Counts before = tgemu::counts();
+    Tensor moved;
+    {
+      Tensor x0 = a.to(cuda(0)) * 2;
+      moved = x0.to(cuda(1));
+    }  // x0's block back to cuda:0's cache, free for the next tensor there
+    Tensor reuse = full({1000}, 5.0, {.device = cuda(0)});
+    CHECK(tgemu::counts().syncs == before.syncs);
+    cuda::synchronize(0);  // cuda:0's stream first: its fill may run only after the copy
+    CHECK(same_bits(moved, a * 2));
+    CHECK(reuse.amin().item<float>() == 5.0f);
+    // Read on cuda:1 first: its copy may run only after the product on cuda:0.
+    Tensor x0 = a.to(cuda(0)) * 3;
+    CHECK(same_bits(x0.to(cuda(1)), a * 3));
+  }
+  // A kernel on cuda:0 that touches cuda:1's memory faults (no peer access here). (tapegrad's
+  // ops make their tensors' device current, and leave it so.)
+  REQUIRE(cudaSetDevice(0) == cudaSuccess);
   auto [clean, said] = in_child([&] {
     std::signal(SIGSEGV, SIG_DFL);
     tgemu_launch(s0, dim3(1), dim3(1),
@@ -628,6 +650,7 @@ TEST_CASE("the emulated GPU: two devices, strict as CUDA is about them") {
                  "trespass");
     (void)cudaStreamSynchronize(s0);
   });
+  CAPTURE(said);
   CHECK(!clean);
   CHECK(cudaEventDestroy(e0) == cudaSuccess);
   CHECK(cudaStreamDestroy(s0) == cudaSuccess);

@@ -516,6 +516,18 @@ TEST_CASE("cuda: two GPUs: each tensor's work runs on its own device, and models
   CHECK(a0.device() == g0);
   CHECK(same_bits(a0, a));
   CHECK(same_bits(a0.to(g1), a));
+  // Gradients flow back across a move between them (model parallel: half a model on each).
+  Tensor w = randn({19, 5});
+  Tensor w0 = w.to(g0).requires_grad_();
+  Tensor h1 = (a0.matmul(w0).tanh()).to(g1);
+  CHECK(h1.device() == g1);
+  (h1 * h1).sum().backward();
+  REQUIRE(w0.grad().defined());
+  CHECK(w0.grad().device() == g0);
+  Tensor wc = w.clone().requires_grad_();
+  Tensor hc = a.matmul(wc).tanh();
+  (hc * hc).sum().backward();
+  CHECK(close(w0.grad(), wc.grad(), 1e-5));
   // Mixing them is an error, as mixing the CPU and a GPU is.
   CHECK_THROWS_WITH_AS((void)(a0 + a1), doctest::Contains("expected all tensors on one device"),
                        Error);

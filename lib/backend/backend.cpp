@@ -57,12 +57,18 @@ void Backend::fused(const std::vector<FusedStep>& steps, const TensorImpl& out,
 bool Backend::softmax_rows(OpKind, const TensorImpl&, const TensorImpl&, int) { return false; }
 
 void Backend::transfer(const TensorImpl& dst, const TensorImpl& src) {
-  if (dst.storage->device == src.storage->device)
+  const Device from = src.storage->device, to = dst.storage->device;
+  if (from == to) {
     copy(dst, src);
-  else if (src.storage->device.is_cpu())
+  } else if (from.is_cpu()) {
     copy_from_host(dst, src.data());
-  else
+  } else if (to.is_cpu()) {
     copy_to_host(dst.data(), src);
+  } else {  // between two devices, through the host (a backend may do better)
+    std::vector<char> host(static_cast<size_t>(src.numel) * element_size(src.dtype));
+    device_backend(from).copy_to_host(host.data(), src);
+    copy_from_host(dst, host.data());
+  }
 }
 
 std::unique_ptr<CapturedWork> Backend::capture(const std::function<void()>&) { return nullptr; }

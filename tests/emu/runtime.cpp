@@ -85,7 +85,8 @@ struct Task {
   // A conditional node (what == "if"): its body, run where the handle's value is not zero.
   CUgraph_st* body = nullptr;
   unsigned long long handle = 0;
-  // The device whose memory it may touch (its stream's), or -1: every device's (copies).
+  // The device whose memory it may touch (its stream's), or -1: every device's (copies), or
+  // kNoMemory (events, waits: none).
   int device = -1;
 };
 
@@ -166,6 +167,7 @@ constexpr size_t kArena = size_t{16} << 30;  // address space reserved for devic
 //   kernel that touches another device's memory (no peer access here) faults, as on a GPU.
 // - Each has its own memory limit and use (cudaMemGetInfo of the current device).
 constexpr int kDevices = 2;
+constexpr int kNoMemory = -2;
 constexpr size_t kDeviceSpan = kArena / kDevices;
 constexpr size_t kAlign = 256;
 constexpr unsigned char kGarbage = 0xFF;   // NaN in every float, -1 in every integer
@@ -249,6 +251,7 @@ size_t huge_round(size_t n) { return (n + kHuge - 1) / kHuge * kHuge; }
 struct Window {
   explicit Window(int device = -1) : device(device) {
     // Also when nested: memory allocated since the outer one opened.
+    if (device == kNoMemory) return;
     Emu& e = emu();
     for (int d = 0; d < kDevices; ++d)
       if (device < 0 || d == device) {
@@ -257,6 +260,7 @@ struct Window {
       }
   }
   ~Window() {
+    if (device == kNoMemory) return;
     Emu& e = emu();
     for (int d = 0; d < kDevices; ++d)
       if ((device < 0 || d == device) && --e.open[d] == 0)
@@ -412,6 +416,8 @@ cudaError_t submit(cudaStream_t stream, Task t, bool by_graph = false) {
     t.device = device;
   } else if (t.what == "if") {
     t.device = device;
+  } else if (t.what == "event" || t.what == "wait" || t.what == "conditions") {
+    t.device = kNoMemory;
   }
   if (log_on())
     std::fprintf(stderr, "[emulated GPU] %s %s%s%s\n",
@@ -797,6 +803,45 @@ cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
   event->stream = &s;
   const uint64_t n = ++event->recorded;
   return submit(stream, task("event", [reached = event->reached, n] { *reached = n; }));
+}
+
+// The stream's later work waits for the event's latest record as of now: when the wait is
+// reached, the event's stream runs its work up to that record first. (A stream destroyed since
+// has run all its work: the record was reached, and its stream is not touched.)
+cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned int flags) {
+  Emu& e = emu();
+  std::lock_guard<std::recursive_mutex> lock(e.mu);
+  if (event == nullptr || !known(stream)) return ret(cudaErrorInvalidResourceHandle);
+  if (flags != 0) return ret(cudaErrorInvalidValue);
+  CUstream_st& s = stream_of(stream);
+  if (s.capture != nullptr) return unsupported_while_capturing(s);  // not used so here
+  if (event->stream == nullptr) return cudaSuccess;  // never recorded: nothing to wait for
+  CUstream_st* on = event->stream;
+  return submit(stream, task("wait", [on, n = event->recorded, reached = event->reached] {
+                  while (*reached < n && !on->pending.empty()) {
+                    Task t = std::move(on->pending.front());
+                    on->pending.pop_front();
+                    run_task(t);
+                  }
+                }));
+}
+
+// A copy between two devices' memory, on any stream (Note [Two emulated GPUs]).
+cudaError_t cudaMemcpyPeerAsync(void* dst, int dst_device, const void* src, int src_device,
+                                size_t count, cudaStream_t stream) {
+  Emu& e = emu();
+  std::lock_guard<std::recursive_mutex> lock(e.mu);
+  if (e.sticky != cudaSuccess) return ret(e.sticky);
+  if (!known(stream)) return ret(cudaErrorInvalidResourceHandle);
+  if (dst_device < 0 || dst_device >= kDevices || src_device < 0 || src_device >= kDevices)
+    return ret(cudaErrorInvalidDevice);
+  if (count == 0) return cudaSuccess;
+  const uintptr_t d = allocation_of(dst, count), s = allocation_of(src, count);
+  if (d == 0 || s == 0 || e.live[d].device != dst_device || e.live[s].device != src_device)
+    return ret(cudaErrorInvalidValue);
+  if (stream_of(stream).capture != nullptr) return unsupported_while_capturing(stream_of(stream));
+  return submit(stream,
+                task("copy between devices", [dst, src, count] { std::memcpy(dst, src, count); }));
 }
 
 // Waits until the event's latest record is reached: the stream's work up to it runs.

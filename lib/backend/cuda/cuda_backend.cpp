@@ -205,6 +205,9 @@ size_t round_size(size_t n) {
                                : (n + kLarge - 1) / kLarge * kLarge;
 }
 
+class CudaBackend;
+CudaBackend& backend_of(int index);
+
 class CudaBackend final : public Backend {
  public:
   explicit CudaBackend(int index) : index_(index) {}
@@ -314,6 +317,43 @@ class CudaBackend final : public Backend {
     enter("copy");
     launch_copy(make_strided({&dst, &src}), dst.numel, stream());
     TG_LAUNCHED("copy");
+  }
+
+  // Note [Copies between GPUs]
+  // A tensor moved from one GPU to another goes straight there (cudaMemcpyPeerAsync: over NVLink
+  // or PCIe, staged by the driver where the two cannot reach each other), with no wait on the
+  // host. Two streams are involved, so it is ordered on both, on the devices: the copy, on the
+  // destination's stream, waits for the source's stream to reach what wrote the tensor (an
+  // event); and the source's stream waits for the copy (another event) before anything later on
+  // it, so a source freed at once, its block handed out again on its device, is not overwritten
+  // while the copy still reads it.
+  void transfer(const TensorImpl& dst, const TensorImpl& src) override {
+    const Device from = src.storage->device, to = dst.storage->device;
+    if (!from.is_cuda() || !to.is_cuda() || from.index == to.index) {
+      Backend::transfer(dst, src);
+      return;
+    }
+    CudaBackend& source = backend_of(from.index);
+    const std::string op = fmt::format("copy from {} to {}", from.str(), to.str());
+    refuse_while_capturing(op);
+    source.refuse_while_capturing(op);
+    TG_CHECK(dst.is_contiguous() && src.is_contiguous() && dst.dtype == src.dtype &&
+                 dst.numel == src.numel,
+             "{}: expected two contiguous tensors of one dtype and size", op);
+    const size_t bytes = nbytes_of(src);
+    source.enter(op);
+    cudaEvent_t written = nullptr, copied = nullptr;
+    TG_CUDA(op, cudaEventCreateWithFlags(&written, cudaEventDisableTiming));
+    TG_CUDA(op, cudaEventRecord(written, source.stream()));
+    enter(op);
+    TG_CUDA(op, cudaEventCreateWithFlags(&copied, cudaEventDisableTiming));
+    TG_CUDA(op, cudaStreamWaitEvent(stream(), written, 0));
+    TG_CUDA(op, cudaMemcpyPeerAsync(dst.data(), index_, src.data(), from.index, bytes, stream()));
+    TG_CUDA(op, cudaEventRecord(copied, stream()));
+    TG_CUDA(op, cudaStreamWaitEvent(source.stream(), copied, 0));
+    // Destroyed with their records pending: CUDA frees them once they complete.
+    (void)cudaEventDestroy(written);
+    (void)cudaEventDestroy(copied);
   }
 
   // Note [Pinned staging]
