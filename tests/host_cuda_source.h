@@ -39,7 +39,10 @@ namespace tghost {
 inline constexpr const char* kRuntime = R"tg(#define __host__
 #define __device__
 #define __global__
-#define __shared__ static
+// Shared memory: one section, which each block begins with filled with 0xFF bytes (NaN in every
+// float), as a GPU's block begins with whatever its shared memory held: a read before the block
+// wrote shows instead of reading the last block's values.
+#define __shared__ static __attribute__((section("tg_shared")))
 #define __launch_bounds__(n)
 #include <cuda_runtime_api.h>
 // A conditional node's value, set by a kernel (the emulated GPU's runtime defines the hook).
@@ -205,7 +208,10 @@ static void tg_fiber_main() {
 }
 // One block: every thread from the start, in turn, until all are done; a round in which none
 // arrives anywhere nor ends is a block stuck (on a GPU: hung), which marks the library stuck.
+extern "C" char __start_tg_shared[] __attribute__((weak, visibility("hidden")));
+extern "C" char __stop_tg_shared[] __attribute__((weak, visibility("hidden")));
 static void tg_run_block(unsigned n) {
+  if (__start_tg_shared != nullptr) memset(__start_tg_shared, 0xFF, __stop_tg_shared - __start_tg_shared);
   if (tg_fibers.size() < n) tg_fibers.resize(n);
   for (unsigned t = 0; t < n; ++t) {
     tg_fiber& f = tg_fibers[t];

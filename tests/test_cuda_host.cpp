@@ -738,7 +738,9 @@ TEST_CASE("cuda on the host: a generated fused sum gives its reference's bits") 
   CHECK_FALSE(k->lib.stuck());
 }
 
-TEST_CASE("cuda on the host: a race between a block's threads shows when they run in reverse") {
+TEST_CASE(
+    "cuda on the host: a race between threads shows when they run in reverse; shared memory starts "
+    "as garbage") {
   // TGEMU_THREAD_ORDER=reverse (host_cuda_source.h) runs a block's threads, and a grid's blocks,
   // last first; the emulated suite runs that way too (tests/CMakeLists.txt). Here the mechanism:
   // each thread writes its slot of shared memory and reads its neighbour's, with and without the
@@ -757,10 +759,18 @@ __global__ void next_block(int* flags, int* out) {
   flags[blockIdx.x] = 1;
   out[blockIdx.x] = blockIdx.x + 1 < gridDim.x ? flags[blockIdx.x + 1] : 1;
 }
+// Shared memory read before the block wrote it: garbage on a GPU, 0xFF bytes here in every
+// block (not what the block before left).
+__global__ void stale(int* out) {
+  __shared__ int left[64];
+  out[blockIdx.x * 64 + threadIdx.x] = left[threadIdx.x];
+  left[threadIdx.x] = 7;
+}
 extern "C" __attribute__((visibility("default"))) void run(int which, int* a, int* b) {
   if (which == 0) tg_host_launch(dim3(2), dim3(64), [&] { neighbour<true>(a); });
   if (which == 1) tg_host_launch(dim3(2), dim3(64), [&] { neighbour<false>(a); });
   if (which == 2) tg_host_launch(dim3(4), dim3(1), [&] { next_block(a, b); });
+  if (which == 3) tg_host_launch(dim3(2), dim3(64), [&] { stale(a); });
 }
 )";
   tghost::Library lib;
@@ -790,5 +800,6 @@ extern "C" __attribute__((visibility("default"))) void run(int which, int* a, in
   CHECK(outputs(0, true) == synced);
   CHECK(outputs(1, false) != outputs(1, true));
   CHECK(outputs(2, false) != outputs(2, true));
+  CHECK(outputs(3, false) == std::vector<int>(128, -1));
   CHECK_FALSE(lib.stuck());
 }
