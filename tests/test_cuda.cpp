@@ -541,3 +541,29 @@ TEST_CASE("cuda: f32 products stay f32 unless TF32 is allowed") {
   CHECK(close(fast, want, 1e-1));
   CHECK_FALSE(close(fast, want, 1e-4));
 }
+
+TEST_CASE("cuda: a traced value made on the CPU and on the GPU alike stays two values") {
+  // Common subexpressions once merged equal nodes without inputs (a fill, a constant) on two
+  // devices, so a GPU kernel read the CPU's buffer: an illegal address on a GPU.
+  if (!have_gpu()) return;
+  auto f = [](const Tensor& x) {
+    Tensor on_cpu = full({4}, 2.0), on_gpu = full({4}, 2.0, {.device = cuda()});
+    return std::vector<Tensor>{(x.to(cuda()) * on_gpu).exp().to(kCPU) + on_cpu, x * on_cpu.exp()};
+  };
+  auto traced = trace(f);
+  Tensor x = randn({4});
+  for (int i = 0; i < 2; ++i) {
+    std::vector<Tensor> got = traced(x), want = f(x);
+    for (size_t k = 0; k < 2; ++k) CHECK(close(got[k], want[k], 1e-5));
+  }
+  const std::string summary = traced.pass_summary();
+  CAPTURE(summary);
+  auto count = [&](const std::string& what) {
+    size_t n = 0;
+    for (size_t at = summary.find(what); at != std::string::npos; at = summary.find(what, at + 1))
+      ++n;
+    return n;
+  };
+  CHECK(count("cse: merged") >= 1);
+  CHECK(count("cse: merged 0 nodes") == count("cse: merged"));
+}

@@ -528,6 +528,30 @@ TEST_CASE("cuda: two GPUs: each tensor's work runs on its own device, and models
   Tensor hc = a.matmul(wc).tanh();
   (hc * hc).sum().backward();
   CHECK(close(w0.grad(), wc.grad(), 1e-5));
+  // The same, traced: a graph across both GPUs (its moves go through the host), each node on
+  // its own device. Equal constants on the two devices stay two (common subexpressions once
+  // merged them, and a kernel on one GPU read the other's memory).
+  {
+    Tensor v = randn({5, 4});
+    Tensor v0 = w.to(g0).requires_grad_(), v1 = v.to(g1).requires_grad_();
+    auto across = [&](const Tensor& x) {
+      Tensor h = x.to(g0).matmul(v0).tanh();
+      Tensor y = h.to(g1).matmul(v1);
+      Tensor loss = (y * y).mean();
+      std::vector<Tensor> g = grad({loss}, {v0, v1});
+      return std::vector<Tensor>{loss.to(kCPU), g[0], g[1]};
+    };
+    auto traced_across = trace(across);
+    for (int i = 0; i < 3; ++i) {
+      CAPTURE(i);
+      Tensor x = randn({7, 19});
+      std::vector<Tensor> want = across(x), got = traced_across(x);
+      REQUIRE(got.size() == 3);
+      CHECK(got[1].device() == g0);
+      CHECK(got[2].device() == g1);
+      for (size_t k = 0; k < 3; ++k) CHECK(close(got[k], want[k], 1e-5));
+    }
+  }
   // Mixing them is an error, as mixing the CPU and a GPU is.
   CHECK_THROWS_WITH_AS((void)(a0 + a1), doctest::Contains("expected all tensors on one device"),
                        Error);

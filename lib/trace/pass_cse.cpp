@@ -12,9 +12,10 @@ void put_view(std::string& key, const View& v) {
   key += fmt::format("{}:{}:{}:{};", v.sizes, v.strides, v.offset, static_cast<int>(v.dtype));
 }
 
-// Everything the node's result depends on: the call and its attributes, and each input as a
+// Everything the node's result depends on: the call and its attributes, the device it lands on
+// (a fill, or a transfer of one CPU tensor, on two GPUs is two values), and each input as a
 // buffer at a version (the number of writes to it so far) through a view.
-std::string key_of(const Node& n, const std::vector<int>& version) {
+std::string key_of(const Node& n, const std::vector<int>& version, Device device) {
   std::string key = fmt::format("{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|", static_cast<int>(n.call),
                                 static_cast<int>(n.op), n.attrs.a, n.attrs.b,
                                 n.value.to_double(), static_cast<int>(n.value.kind()), n.start,
@@ -23,6 +24,7 @@ std::string key_of(const Node& n, const std::vector<int>& version) {
                      n.window.dh, n.window.dw);
   key.append(n.bytes.begin(), n.bytes.end());
   key += '|';
+  key += device.str();
   put_view(key, n.out.view);
   for (const Operand& o : n.in) {
     key += fmt::format("b{}v{}:", o.buf, version[o.buf]);
@@ -49,7 +51,7 @@ std::string eliminate_common_subexpressions(Program& p) {
     bool value = n.call != Call::Random && n.out2.buf < 0 && writes[n.out.buf] == 1 &&
                  !p.buffers[n.out.buf].persistent() && p.full_write(n);
     if (value) {
-      auto [it, fresh] = seen.emplace(key_of(n, version), n.out.buf);
+      auto [it, fresh] = seen.emplace(key_of(n, version, p.buffers[n.out.buf].device), n.out.buf);
       if (!fresh) {
         replace_reads(p, n.out.buf, it->second, i + 1);
         drop[i] = 1;
