@@ -552,6 +552,53 @@ TEST_CASE("cuda: two GPUs: each tensor's work runs on its own device, and models
       for (size_t k = 0; k < 3; ++k) CHECK(close(got[k], want[k], 1e-5));
     }
   }
+  // Half a model on each GPU, one optimizer over both halves, stepped eagerly and traced.
+  {
+    auto halves = [&](Device first, Device second) {
+      manual_seed(31);
+      nn::Linear l0(19, 8), l1(8, 3);
+      l0.to(first);
+      l1.to(second);
+      return std::pair{l0, l1};
+    };
+    auto [c0, c1] = halves(kCPU, kCPU);
+    auto [e0, e1] = halves(g0, g1);
+    auto [t0, t1] = halves(g0, g1);
+    auto params = [](nn::Linear& a, nn::Linear& b) {
+      std::vector<Tensor> p = a.parameters();
+      for (const Tensor& t : b.parameters()) p.push_back(t);
+      return p;
+    };
+    optim::Adam oc(params(c0, c1), {.lr = 0.02}), oe(params(e0, e1), {.lr = 0.02}),
+        ot(params(t0, t1), {.lr = 0.02});
+    auto step_of = [](nn::Linear& a, nn::Linear& b, optim::Optimizer& o) {
+      return [&a, &b, &o](const Tensor& x, const Tensor& y) {
+        o.zero_grad();
+        const Device d0 = a.parameters()[0].device(), d1 = b.parameters()[0].device();
+        Tensor logits = b(a(x.to(d0)).relu().to(d1));
+        Tensor loss = nn::functional::cross_entropy(logits, y.to(d1));
+        loss.backward();
+        o.step();
+        return loss.to(kCPU);
+      };
+    };
+    auto on_cpu = step_of(c0, c1, oc), eager_split = step_of(e0, e1, oe);
+    auto traced_split = trace(step_of(t0, t1, ot));
+    for (int i = 0; i < 4; ++i) {
+      CAPTURE(i);
+      manual_seed(300 + static_cast<uint64_t>(i));
+      Tensor x = randn({9, 19}), y = randint(0, 3, {9});
+      const float want = on_cpu(x, y).item<float>();
+      CHECK(std::abs(eager_split(x, y).item<float>() - want) < 1e-5);
+      CHECK(std::abs(traced_split(x, y).item<float>() - want) < 1e-5);
+    }
+    auto pc = params(c0, c1), pe = params(e0, e1), pt = params(t0, t1);
+    for (size_t i = 0; i < pc.size(); ++i) {
+      CHECK(pe[i].device() == (i < 2 ? g0 : g1));
+      CHECK(close(pe[i], pc[i], 1e-5));
+      CHECK(close(pt[i], pc[i], 1e-5));
+    }
+  }
   // Mixing them is an error, as mixing the CPU and a GPU is.
   CHECK_THROWS_WITH_AS((void)(a0 + a1), doctest::Contains("expected all tensors on one device"),
                        Error);
