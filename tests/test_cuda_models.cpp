@@ -528,9 +528,9 @@ TEST_CASE("cuda: two GPUs: each tensor's work runs on its own device, and models
   Tensor hc = a.matmul(wc).tanh();
   (hc * hc).sum().backward();
   CHECK(close(w0.grad(), wc.grad(), 1e-5));
-  // The same, traced: a graph across both GPUs (its moves go through the host), each node on
-  // its own device. Equal constants on the two devices stay two (common subexpressions once
-  // merged them, and a kernel on one GPU read the other's memory).
+  // The same, traced: a graph across both GPUs, each node on its own device, each move between
+  // them one transfer (straight across at each replay). Equal constants on the two devices stay
+  // two (common subexpressions once merged them, and a kernel on one GPU read the other's).
   {
     Tensor v = randn({5, 4});
     Tensor v0 = w.to(g0).requires_grad_(), v1 = v.to(g1).requires_grad_();
@@ -551,6 +551,13 @@ TEST_CASE("cuda: two GPUs: each tensor's work runs on its own device, and models
       CHECK(got[2].device() == g1);
       for (size_t k = 0; k < 3; ++k) CHECK(close(got[k], want[k], 1e-5));
     }
+    // In to cuda:0, across, back across (the gradient), out to the CPU.
+    CHECK(traced_across.graph().count("to_device") == 4);
+    // Mode::Debug checks it node by node against eager, the moves included.
+    auto debug_across = trace(across, {.mode = Mode::Debug});
+    Tensor x = randn({7, 19});
+    std::vector<Tensor> want = across(x), got = debug_across(x);
+    for (size_t k = 0; k < 3; ++k) CHECK(close(got[k], want[k], 1e-5));
   }
   // Half a model on each GPU, one optimizer over both halves, stepped eagerly and traced.
   {

@@ -121,8 +121,6 @@ Tensor Tensor::to(Device device, Loc loc) const {
     dst_be.transfer(impl_of(out), impl_of(src));
   } else if (device.is_cpu()) {
     backend_of(src).transfer(impl_of(out), impl_of(src));
-  } else if (is_tracing()) {  // device to device in a trace: two transfers, through the host
-    out = src.to(kCPU).to(device);
   } else {  // device to device, straight (Note [Copies between GPUs], cuda_backend.cpp)
     dst_be.transfer(impl_of(out), impl_of(src));
   }
