@@ -640,8 +640,7 @@ TEST_CASE("the emulated GPU: two devices, strict as CUDA is about them") {
     Tensor x0 = a.to(cuda(0)) * 3;
     CHECK(same_bits(x0.to(cuda(1)), a * 3));
   }
-  // A kernel on cuda:0 that touches cuda:1's memory faults (no peer access here). (tapegrad's
-  // ops make their tensors' device current, and leave it so.)
+  // A kernel on cuda:0 that touches cuda:1's memory faults (no peer access here).
   REQUIRE(cudaSetDevice(0) == cudaSuccess);
   auto [clean, said] = in_child([&] {
     std::signal(SIGSEGV, SIG_DFL);
@@ -656,5 +655,45 @@ TEST_CASE("the emulated GPU: two devices, strict as CUDA is about them") {
   CHECK(cudaStreamDestroy(s0) == cudaSuccess);
   CHECK(cudaFree(on1) == cudaSuccess);
   CHECK(cudaStreamDestroy(s1) == cudaSuccess);
+  CHECK(tgemu::fault() == nullptr);
+}
+
+TEST_CASE("the emulated GPU: each op puts the caller's device back") {
+  // Note [Device guard]: a program that set its own device finds it as it set it after any op,
+  // a move between the GPUs, a product, a traced replay and an op that throws.
+  struct Back {
+    ~Back() { (void)cudaSetDevice(0); }
+  } back;
+  auto current = [] {
+    int d = -1;
+    REQUIRE(cudaGetDevice(&d) == cudaSuccess);
+    return d;
+  };
+  Tensor a = randn({64, 64});
+  for (int mine : {0, 1}) {
+    CAPTURE(mine);
+    const int other = 1 - mine;
+    REQUIRE(cudaSetDevice(mine) == cudaSuccess);
+    Tensor x = a.to(cuda(other));  // the first use of a device, too
+    CHECK(current() == mine);
+    Tensor y = (x * 2).exp().sum({1});
+    CHECK(current() == mine);
+    Tensor p = x.matmul(x);
+    CHECK(current() == mine);
+    Tensor across = p.to(cuda(mine)).to(cuda(other));
+    CHECK(current() == mine);
+    CHECK(close(across, a.matmul(a), 1e-4));
+    CHECK(close(y, (a * 2).exp().sum({1}), 1e-4));
+    CHECK(current() == mine);
+    auto f = trace([](const Tensor& t) { return (t * t + 1).log().sum(); });
+    for (int k = 0; k < 3; ++k) {
+      Tensor r = f(x);
+      CHECK(current() == mine);
+      CHECK(close(r, (a * a + 1).log().sum(), 1e-4));
+    }
+    CHECK_THROWS_AS(x.index_select(0, full({2}, 99, {.dtype = DType::I64, .device = cuda(other)})),
+                    Error);
+    CHECK(current() == mine);
+  }
   CHECK(tgemu::fault() == nullptr);
 }

@@ -215,7 +215,7 @@ class CudaBackend final : public Backend {
   // --- memory ----------------------------------------------------------------------------------
 
   void* allocate(size_t nbytes) override {
-    enter("allocate");
+    const OnDevice on = enter("allocate");
     size_t size = round_size(nbytes);
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -307,14 +307,14 @@ class CudaBackend final : public Backend {
 
   void synchronize() override {
     refuse_while_capturing("synchronize");
-    enter("synchronize");
+    const OnDevice on = enter("synchronize");
     TG_CUDA("synchronize", cudaStreamSynchronize(stream_));
   }
 
   // --- copies ----------------------------------------------------------------------------------
 
   void copy(const TensorImpl& dst, const TensorImpl& src) override {
-    enter("copy");
+    const OnDevice on = enter("copy");
     launch_copy(make_strided({&dst, &src}), dst.numel, stream());
     TG_LAUNCHED("copy");
   }
@@ -341,11 +341,11 @@ class CudaBackend final : public Backend {
                  dst.numel == src.numel,
              "{}: expected two contiguous tensors of one dtype and size", op);
     const size_t bytes = nbytes_of(src);
-    source.enter(op);
+    const OnDevice on_source = source.enter(op);
     cudaEvent_t written = nullptr, copied = nullptr;
     TG_CUDA(op, cudaEventCreateWithFlags(&written, cudaEventDisableTiming));
     TG_CUDA(op, cudaEventRecord(written, source.stream()));
-    enter(op);
+    const OnDevice on = enter(op);
     TG_CUDA(op, cudaEventCreateWithFlags(&copied, cudaEventDisableTiming));
     TG_CUDA(op, cudaStreamWaitEvent(stream(), written, 0));
     TG_CUDA(op, cudaMemcpyPeerAsync(dst.data(), index_, src.data(), from.index, bytes, stream()));
@@ -367,7 +367,7 @@ class CudaBackend final : public Backend {
   // loop queues behind the previous step instead of waiting for it.
   void copy_from_host(const TensorImpl& dst, const void* src) override {
     refuse_while_capturing("copy to cuda");
-    enter("copy to cuda");
+    const OnDevice on = enter("copy to cuda");
     size_t n = nbytes_of(dst);
     auto* d = static_cast<char*>(dst.data());
     const auto* s = static_cast<const char*>(src);
@@ -390,7 +390,7 @@ class CudaBackend final : public Backend {
 
   void copy_to_host(void* dst, const TensorImpl& src) override {
     refuse_while_capturing("copy to cpu");
-    enter("copy to cpu");
+    const OnDevice on = enter("copy to cpu");
     size_t n = nbytes_of(src);
     const char* s = src.data();
     auto* d = static_cast<char*>(dst);
@@ -419,20 +419,20 @@ class CudaBackend final : public Backend {
   }
 
   void fill(const TensorImpl& dst, Scalar value) override {
-    enter("fill");
+    const OnDevice on = enter("fill");
     launch_fill(make_strided({&dst}), dst.numel, value.to_double(), value.to_int(), stream());
     TG_LAUNCHED("fill");
   }
 
   void iota(const TensorImpl& dst, double start, double step) override {
-    enter("arange");
+    const OnDevice on = enter("arange");
     launch_iota(dst.data(), dst.dtype, dst.numel, start, step, stream());
     TG_LAUNCHED("arange");
   }
 
   void random(RandomKind kind, const TensorImpl& dst, uint64_t seed, uint64_t offset, double a,
               double b) override {
-    enter("random");
+    const OnDevice on = enter("random");
     int k = kind == RandomKind::Uniform ? 0 : kind == RandomKind::Normal ? 1 : 2;
     launch_random(k, dst.data(), dst.dtype, dst.numel, seed, offset, nullptr, a, b, stream());
     TG_LAUNCHED("random");
@@ -444,7 +444,7 @@ class CudaBackend final : public Backend {
 
   void random_from(RandomKind kind, const TensorImpl& dst, const TensorImpl& slot, double a,
                    double b) override {
-    enter("random");
+    const OnDevice on = enter("random");
     int k = kind == RandomKind::Uniform ? 0 : kind == RandomKind::Normal ? 1 : 2;
     launch_random(k, dst.data(), dst.dtype, dst.numel, 0, 0,
                   reinterpret_cast<const int64_t*>(slot.data()), a, b, stream());
@@ -452,7 +452,7 @@ class CudaBackend final : public Backend {
   }
 
   void write_words(const TensorImpl& dst, const std::vector<int64_t>& words) override {
-    enter("replay");
+    const OnDevice on = enter("replay");
     launch_words(reinterpret_cast<int64_t*>(dst.data()), words.data(),
                  static_cast<int64_t>(words.size()), stream());
     TG_LAUNCHED("replay");
@@ -462,7 +462,7 @@ class CudaBackend final : public Backend {
                      const TensorImpl& index, const TensorImpl& flag) override {
     const TensorImpl& target = kind == OpKind::ScatterAdd ? out : x;
     auto* f = reinterpret_cast<int64_t*>(flag.data());
-    enter(op_name(kind));
+    const OnDevice on = enter(op_name(kind));
     if (index.numel > 0) {
       launch_check_indices(make_strided({&index}), index.numel,
                            target.sizes.empty() ? 1 : target.sizes[dim], f, stream());
@@ -475,27 +475,27 @@ class CudaBackend final : public Backend {
 
   void unary(OpKind kind, const TensorImpl& out, const TensorImpl& x,
              const OpAttrs& attrs) override {
-    enter(op_name(kind));
+    const OnDevice on = enter(op_name(kind));
     launch_unary(kind, attrs, make_strided({&out, &x}), out.numel, stream());
     TG_LAUNCHED(op_name(kind));
   }
 
   void binary(OpKind kind, const TensorImpl& out, const TensorImpl& a,
               const TensorImpl& b) override {
-    enter(op_name(kind));
+    const OnDevice on = enter(op_name(kind));
     launch_binary(kind, make_strided({&out, &a, &b}), out.numel, stream());
     TG_LAUNCHED(op_name(kind));
   }
 
   void where(const TensorImpl& out, const TensorImpl& cond, const TensorImpl& a,
              const TensorImpl& b) override {
-    enter("where");
+    const OnDevice on = enter("where");
     launch_where(make_strided({&out, &cond, &a, &b}), out.numel, stream());
     TG_LAUNCHED("where");
   }
 
   void reduce(OpKind kind, const TensorImpl& out, const TensorImpl& x, int nreduced) override {
-    enter(op_name(kind));
+    const OnDevice on = enter(op_name(kind));
     ReduceGeom g = make_reduce_geom(out, x, nreduced);
     size_t ws = reduce_workspace_bytes(g);
     void* workspace = ws > 0 ? allocate(ws) : nullptr;
@@ -510,7 +510,7 @@ class CudaBackend final : public Backend {
                     int nreduced) override {
     ReduceGeom g;
     if (!make_softmax_geom(kind, out, x, nreduced, g)) return false;
-    enter(op_name(kind));
+    const OnDevice on = enter(op_name(kind));
     launch_softmax_rows(kind, x.dtype, x.data(), out.data(), g, stream());
     TG_LAUNCHED(op_name(kind));
     return true;
@@ -520,7 +520,7 @@ class CudaBackend final : public Backend {
 
   // out (B×m×n, contiguous) = a (B×m×k) · b (B×k×n) through cuBLAS (Note [Products on cuBLAS]).
   void matmul(const TensorImpl& out, const TensorImpl& a, const TensorImpl& b) override {
-    enter("matmul");
+    const OnDevice on = enter("matmul");
     const int64_t B = out.sizes[0], m = out.sizes[1], n = out.sizes[2], k = a.sizes[2];
     if (B == 0 || m == 0 || n == 0) return;
     if (k == 0) return fill(out, Scalar(0));
@@ -563,7 +563,7 @@ class CudaBackend final : public Backend {
 
   void index(OpKind kind, const TensorImpl& out, const TensorImpl& x, int dim,
              const TensorImpl& index) override {
-    enter(op_name(kind));
+    const OnDevice on = enter(op_name(kind));
     const TensorImpl& target = kind == OpKind::ScatterAdd ? out : x;
     const int64_t size = target.sizes.empty() ? 1 : target.sizes[dim];
     // Note [Indices checked once]: indices checked on the host already need no wait here.
@@ -590,7 +590,7 @@ class CudaBackend final : public Backend {
   void window(OpKind kind, const TensorImpl& out, const TensorImpl& x, const Window2d& w,
               const TensorImpl* indices) override {
     const std::string_view op = op_name(kind);
-    enter(op);
+    const OnDevice on = enter(op);
     const WindowGeom g = make_window_geom(kind, out, x, w);
     launch_window(kind, out.dtype, out.data(), x.data(),
                   indices != nullptr ? reinterpret_cast<int64_t*>(indices->data()) : nullptr, g,
@@ -602,7 +602,7 @@ class CudaBackend final : public Backend {
 
   void fused(const std::vector<FusedStep>& steps, const TensorImpl& out,
              const TensorImpl* const* inputs, size_t ninputs) override {
-    enter("fused");
+    const OnDevice on = enter("fused");
     if (out.numel == 0) return;
     int ndim = 0;
     std::vector<int64_t> words = fused_params(out, inputs, ninputs, ndim);
@@ -632,7 +632,7 @@ class CudaBackend final : public Backend {
   // warp or a block; else, or without NVRTC, the reference (the group into a temporary, reduced).
   void fused_sum(const std::vector<FusedStep>& steps, const TensorImpl& out,
                  const TensorImpl* const* inputs, size_t ninputs, int nreduced) override {
-    enter("fused");
+    const OnDevice on = enter("fused");
     const int64_t count = out.numel > 0 ? inputs[0]->numel / out.numel : 0;
     const int lanes = out.numel > 0 ? fused_sum_lanes(out.numel, count) : 0;
     cudaKernel_t kernel = nullptr;
@@ -671,7 +671,7 @@ class CudaBackend final : public Backend {
   }
 
   std::unique_ptr<CapturedWork> capture(const std::function<void()>& work) override {
-    enter("capture");
+    const OnDevice on = enter("capture");
     std::lock_guard<std::mutex> one(capture_mu_);  // one recording at a time
     refusal_.clear();
     Recorded r = record(work);
@@ -687,7 +687,7 @@ class CudaBackend final : public Backend {
   std::unique_ptr<CapturedWork> capture_guarded(const std::function<void()>& first,
                                                 const TensorImpl& flags,
                                                 const std::function<void()>& then) override {
-    enter("capture");
+    const OnDevice on = enter("capture");
     std::lock_guard<std::mutex> one(capture_mu_);
     refusal_.clear();
     cudaGraph_t graph = nullptr;
@@ -870,7 +870,7 @@ class CudaBackend final : public Backend {
       for (auto& [p, size] : held_) be_.release(p, size);
     }
     void launch() override {
-      be_.enter("replay");
+      const OnDevice on = be_.enter("replay");
       TG_CUDA("replay", cudaGraphLaunch(exec_, be_.stream_));
     }
 
@@ -897,34 +897,61 @@ class CudaBackend final : public Backend {
   static constexpr size_t kPinnedFrom = size_t{1} << 20;   // bytes
   static constexpr size_t kPinnedBytes = size_t{8} << 20;  // each half of the staging memory
 
-  // Makes this device current and its stream and cuBLAS handle ready; a missing GPU is an error
-  // that says so.
-  void enter(std::string_view op) {
-    if (stream_ == nullptr) {
-      std::lock_guard<std::mutex> lock(init_mu_);
-      if (stream_ == nullptr) {
-        int count = device_count_or_zero();
-        TG_CHECK(count > 0,
-                 "{}: no CUDA GPU is present (cuda:{} was asked for); tapegrad was built with "
-                 "CUDA, and tg::cuda::is_available() says whether a GPU can be used",
-                 op, index_);
-        TG_CHECK(index_ < count, "{}: cuda:{} was asked for, but this machine has {} CUDA GPU(s)",
-                 op, index_, count);
-        TG_CUDA(op, cudaSetDevice(index_));
-        cudaStream_t s = nullptr;
-        TG_CUDA(op, cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
-        int major = 0, minor = 0, sms = 0;
-        TG_CUDA(op, cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, index_));
-        TG_CUDA(op, cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, index_));
-        TG_CUDA(op, cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, index_));
-        arch_ = major * 10 + minor;
-        sm_count_ = sms;
-        stream_ = s;
-      }
+  // Note [Device guard]
+  // Each op makes its tensors' device current for its CUDA calls (a kernel goes only to the
+  // current device's streams, cuBLAS runs on the device current when its handle was made) and
+  // puts the caller's device back when it returns or throws, as PyTorch's device guard does: a
+  // program that mixes its own CUDA calls with tapegrad's, on several GPUs, finds its device as
+  // it set it. With one GPU, or ops on the device already current, it costs one cudaGetDevice
+  // (a thread-local read) and no cudaSetDevice.
+  class [[nodiscard]] OnDevice {
+   public:
+    explicit OnDevice(int previous) : previous_(previous) {}
+    OnDevice(const OnDevice&) = delete;
+    OnDevice& operator=(const OnDevice&) = delete;
+    ~OnDevice() {
+      if (previous_ >= 0) (void)cudaSetDevice(previous_);
     }
+
+   private:
+    int previous_;  // the caller's device, or -1 where it was this one
+  };
+
+  // Makes this device current, its stream ready, until the returned guard goes; a missing GPU is
+  // an error that says so.
+  OnDevice enter(std::string_view op) {
+    if (stream_ == nullptr) ready(op);
     int current = -1;
     TG_CUDA(op, cudaGetDevice(&current));
-    if (current != index_) TG_CUDA(op, cudaSetDevice(index_));
+    if (current == index_) return OnDevice(-1);
+    TG_CUDA(op, cudaSetDevice(index_));
+    return OnDevice(current);
+  }
+
+  // This device's stream and properties, at its first use.
+  void ready(std::string_view op) {
+    std::lock_guard<std::mutex> lock(init_mu_);
+    if (stream_ != nullptr) return;
+    int count = device_count_or_zero();
+    TG_CHECK(count > 0,
+             "{}: no CUDA GPU is present (cuda:{} was asked for); tapegrad was built with CUDA, "
+             "and tg::cuda::is_available() says whether a GPU can be used",
+             op, index_);
+    TG_CHECK(index_ < count, "{}: cuda:{} was asked for, but this machine has {} CUDA GPU(s)", op,
+             index_, count);
+    int current = -1;
+    TG_CUDA(op, cudaGetDevice(&current));
+    TG_CUDA(op, cudaSetDevice(index_));
+    OnDevice back(current == index_ ? -1 : current);
+    cudaStream_t s = nullptr;
+    TG_CUDA(op, cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    int major = 0, minor = 0, sms = 0;
+    TG_CUDA(op, cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, index_));
+    TG_CUDA(op, cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, index_));
+    TG_CUDA(op, cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, index_));
+    arch_ = major * 10 + minor;
+    sm_count_ = sms;
+    stream_ = s;
   }
 
   // Generated kernels for fused groups unless NVRTC is missing or TAPEGRAD_CUDA_FUSED=reference
