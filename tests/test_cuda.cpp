@@ -361,7 +361,7 @@ TEST_CASE("cuda: a traced training step equals the eager one, and replays as CUD
   } catch (const Error& e) {
     std::string msg = e.what();
     CAPTURE(msg);
-    CHECK(msg.find("gather: index 4 is out of bounds for dim 1 of size 4") != std::string::npos);
+    CHECK(msg.find("cross_entropy: target 4 is out of range for 4 classes") != std::string::npos);
     CHECK(e.op() == "cross_entropy");
   }
   for (size_t i = 0; i < pt.size(); ++i) CHECK(same_bits(pt[i].to(kCPU), before[i]));

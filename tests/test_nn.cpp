@@ -337,7 +337,8 @@ TEST_CASE("losses: formulas, reductions, weights, ignore_index, label smoothing"
   CHECK(error_of([&] { F::cross_entropy(z, tensor<int64_t>({1, -1, 0})); }).find("target -1 is out of range") != std::string::npos);
   CHECK(error_of([&] { F::cross_entropy(z, tensor<int64_t>({1, 2})); }).find("targets of shape [3]") != std::string::npos);
   // Traced, the targets are checked by the gather at each replay: a negative one is refused
-  // there too (moved below gather's bounds), in every mode; -100 is still ignored.
+  // there too (moved below gather's bounds), in every mode, in eager's words, naming the target
+  // as given (Note [Traced targets]); -100 is still ignored.
   for (Mode mode : {Mode::FastRun, Mode::FastCompile, Mode::Debug}) {
     CAPTURE(static_cast<int>(mode));
     auto f = trace([](const Tensor& zz, const Tensor& tt) { return F::cross_entropy(zz, tt); },
@@ -347,10 +348,20 @@ TEST_CASE("losses: formulas, reductions, weights, ignore_index, label smoothing"
     for (int64_t bad : {-1L, -3L, -4L, 3L}) {
       CAPTURE(bad);
       std::string msg = error_of([&] { f(z, tensor<int64_t>({1, bad, 0})); });
-      CHECK(msg.find("gather: index") != std::string::npos);
+      CHECK(msg.find(fmt::format("cross_entropy: target {} is out of range for 3 classes", bad)) !=
+            std::string::npos);
       CHECK(msg.find("in tg::cross_entropy called at") != std::string::npos);
     }
     CHECK(f(z, t).item<double>() == doctest::Approx((l0 + l1 + l2) / 3));
+    auto g = trace([](const Tensor& lp, const Tensor& tt) { return F::nll_loss(lp, tt); },
+                   {.mode = mode});
+    Tensor lp = log_softmax(z, 1);
+    CHECK(g(lp, t).item<double>() == doctest::Approx((l0 + l1 + l2) / 3));
+    for (int64_t bad : {-2L, 5L})
+      CHECK(error_of([&] {
+              g(lp, tensor<int64_t>({1, bad, 0}));
+            }).find(fmt::format("nll_loss: target {} is out of range for 3 classes", bad)) !=
+            std::string::npos);
   }
 }
 

@@ -31,6 +31,21 @@ class OpScope {
 
 [[noreturn]] void throw_error(std::string message);
 
+// An index op's index out of bounds for its dim: tg::Error, with the value and the dim's size
+// kept, so that a traced replay can word it as the op the user called does eagerly (Note [Traced
+// targets], lib/nn/losses.cpp).
+class IndexError : public Error {
+ public:
+  IndexError(const std::string& message, std::string op, Loc where, int64_t bad, int64_t size)
+      : Error(message, std::move(op), where), bad_(bad), size_(size) {}
+  int64_t bad() const { return bad_; }
+  int64_t size() const { return size_; }
+
+ private:
+  int64_t bad_, size_;
+};
+[[noreturn]] void throw_index_error(std::string_view op, int64_t bad, int dim, int64_t size);
+
 }  // namespace tg
 
 #define TG_CHECK(cond, ...)                                  \

@@ -59,6 +59,15 @@ void throw_error(std::string message) {
   throw Error(message, t_scope.op, loc);
 }
 
+void throw_index_error(std::string_view op, int64_t bad, int dim, int64_t size) {
+  std::string message =
+      fmt::format("{}: index {} is out of bounds for dim {} of size {}", op, bad, dim, size);
+  if (t_scope.op == nullptr) throw IndexError(message, "", Loc{}, bad, size);
+  const Loc& loc = t_scope.loc;
+  message += fmt::format("\n  in tg::{} called at {}:{}", t_scope.op, loc.file_name(), loc.line());
+  throw IndexError(message, t_scope.op, loc, bad, size);
+}
+
 // --- storage and tensors --------------------------------------------------------------------------
 
 namespace {

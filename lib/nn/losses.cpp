@@ -105,10 +105,11 @@ Picked pick(const Tensor& log_probs, const Tensor& target, const CrossEntropyOpt
            o.weight.defined() ? o.weight.shape() : Shape{});
   Tensor ignored = target == o.ignore_index;
   Tensor safe = where(ignored, Scalar(int64_t{0}), target);
-  // Traced, nothing reads the targets on the host: gather checks them at every replay. Its
-  // bounds are [-classes, classes) (a negative index counts from the end), so a negative target
-  // is moved below them, to target - classes, where gather refuses it instead of reading the
-  // class it would name from the end.
+  // Note [Traced targets]: traced, nothing reads the targets on the host: gather checks them at
+  // every replay. Its bounds are [-classes, classes) (a negative index counts from the end), so
+  // a negative target is moved below them, to target - classes, where gather refuses it instead
+  // of reading the class it would name from the end. The replay's error names the target as
+  // given, in eager's words (Executor::read_flags).
   if (is_tracing()) safe = where(safe < 0, safe - classes, safe);
   if (safe.numel() > 0 && !is_tracing()) {
     // Both bounds in one read: on a GPU each read waits for the device.

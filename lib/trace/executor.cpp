@@ -548,9 +548,8 @@ void Executor::read_flags() {
     const Node& n = *s.node;
     const TensorImpl& target = n.op == OpKind::ScatterAdd ? *s.out : *ins_[s.in];
     try {
-      throw_error(fmt::format("{}: index {} is out of bounds for dim {} of size {}", op_name(n.op),
-                              host[2 * k + 1], n.dim,
-                              target.sizes.empty() ? 1 : target.sizes[n.dim]));
+      throw_index_error(op_name(n.op), host[2 * k + 1], n.dim,
+                        target.sizes.empty() ? 1 : target.sizes[n.dim]);
     } catch (const Error& e) {
       rethrow_at(e, i, i + 1);
     }
@@ -1029,6 +1028,15 @@ void Executor::rethrow_at(const Error& e, size_t first, size_t end) const {
       end - first > 1 ? fmt::format("nodes {}-{} of the traced graph, run as one", first, end - 1)
                       : fmt::format("node {} of the traced graph", first);
   std::string message = e.what();
+  // Note [Traced targets] (lib/nn/losses.cpp): cross_entropy and nll_loss, traced, leave their
+  // targets' check to their index ops, each over a dim of `classes`, with a negative target moved
+  // below -classes; their error is eager's, naming the target as given.
+  const auto* index_error = dynamic_cast<const IndexError*>(&e);
+  if (index_error != nullptr && (n.user_op == "cross_entropy" || n.user_op == "nll_loss")) {
+    const int64_t bad = index_error->bad(), classes = index_error->size();
+    message = fmt::format("{}: target {} is out of range for {} classes", n.user_op,
+                          bad < 0 ? bad + classes : bad, classes);
+  }
   if (n.user_op.empty())
     message += fmt::format("\n  in {}", where);
   else

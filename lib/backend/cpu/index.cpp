@@ -9,8 +9,7 @@ namespace {
 
 void check_indices(const TensorImpl& index, int64_t size, const char* op, int dim) {
   int64_t bad = 0;
-  TG_CHECK(!find_bad_index(index, size, bad), "{}: index {} is out of bounds for dim {} of size {}",
-           op, bad, dim, size);
+  if (find_bad_index(index, size, bad)) throw_index_error(op, bad, dim, size);
 }
 
 inline int64_t wrap(int64_t v, int64_t size) { return v < 0 ? v + size : v; }

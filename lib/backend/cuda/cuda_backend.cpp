@@ -1043,8 +1043,7 @@ class CudaBackend final : public Backend {
     int64_t host[2] = {0, 0};
     TG_CUDA(op, cudaMemcpyAsync(host, f, sizeof host, cudaMemcpyDeviceToHost, stream_));
     TG_CUDA(op, cudaStreamSynchronize(stream_));
-    TG_CHECK(host[0] == 0, "{}: index {} is out of bounds for dim {} of size {}", op, host[1], dim,
-             size);
+    if (host[0] != 0) throw_index_error(op, host[1], dim, size);
   }
 
   // `t`, or a contiguous copy of it (kept alive by `keep`) when no stride of its matrix is 1.
