@@ -73,7 +73,8 @@ inline bool build(const std::string& unit, const std::string& flags, Library& li
                   const std::vector<std::string>& headers = {}) {
   if (!can_build()) return false;
   std::string log;
-  const std::string path = compile_cached(unit, flags, TG_TEST_CXX, "tg_host_cuda_", log, headers);
+  const std::string path =
+      compile_cached(host_shared(unit), flags, TG_TEST_CXX, "tg_host_cuda_", log, headers);
   if (path.empty()) MESSAGE("host compile failed: " << log.substr(0, 4000));
   REQUIRE(!path.empty());
   lib.handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);

@@ -39,10 +39,12 @@ namespace tghost {
 inline constexpr const char* kRuntime = R"tg(#define __host__
 #define __device__
 #define __global__
-// Shared memory: one section, which each block begins with filled with 0xFF bytes (NaN in every
-// float), as a GPU's block begins with whatever its shared memory held: a read before the block
-// wrote shows instead of reading the last block's values.
-#define __shared__ static __attribute__((section("tg_shared")))
+// Shared memory: statics, each filled with 0xFF bytes (NaN in every float) when a block first
+// reaches its declaration, as a GPU's block begins with whatever its shared memory held: a read
+// before the block wrote shows instead of reading the last block's values. host_shared() puts
+// the fill after each declaration (a section would miss a template kernel's arrays: g++ puts
+// those in sections of their own).
+#define __shared__ static
 #define __launch_bounds__(n)
 #include <cuda_runtime_api.h>
 // A conditional node's value, set by a kernel (the emulated GPU's runtime defines the hook).
@@ -56,6 +58,7 @@ static inline void cudaGraphSetConditional(cudaGraphConditionalHandle handle, un
 #include <string.h>
 #include <ucontext.h>
 #include <cstdint>
+#include <string>
 #include <vector>
 static dim3 gridDim, blockDim, blockIdx, threadIdx;
 static unsigned tg_tid;  // threadIdx as one number
@@ -124,11 +127,54 @@ struct tg_fiber {
   bool done = false;
 };
 static std::vector<tg_fiber> tg_fibers;
-// TGEMU_THREAD_ORDER=reverse (read at each launch): a block's threads, and a grid's blocks, run
-// last first. Code whose result depends on which thread runs first between two waits (a missing
-// __syncthreads, a block reading what another writes) gives another result then, as it may on a
-// GPU: the emulated suite runs both ways.
-static bool tg_reverse = false;
+// TGEMU_THREAD_ORDER (read at each launch): a block's threads, and a grid's blocks, run first
+// first by default; last first with "reverse"; with "shuffle:S" (S a number, 1 where left out) in
+// another order at every turn, a warp at a time as far as it goes (tg_run_block), drawn from the
+// seed S afresh at each launch, so that a launch runs the same way whatever ran before it. Code whose result depends
+// on which thread runs first between two waits (a missing __syncthreads, a block reading what
+// another writes) gives another result then, as it may on a GPU: the emulated suite runs each way.
+// An order is i -> (a·i + c) mod n with a prime to n: first first is (1, 0), last first is
+// (n - 1, n - 1), a shuffle draws a and c.
+static int tg_order = 0;  // 0 first first, 1 last first, 2 shuffled
+static unsigned long long tg_draws = 0;
+static unsigned long long tg_draw() {  // splitmix64
+  unsigned long long z = (tg_draws += 0x9E3779B97F4A7C15ULL);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+  return z ^ (z >> 31);
+}
+struct tg_turns {
+  unsigned long long a = 1, c = 0, n = 1;
+  unsigned long long at(unsigned long long i) const {
+    return static_cast<unsigned long long>((static_cast<unsigned __int128>(a) * i + c) % n);
+  }
+};
+static tg_turns tg_turns_of(unsigned long long n) {
+  tg_turns t;
+  t.n = n == 0 ? 1 : n;
+  if (t.n == 1 || tg_order == 0) return t;
+  if (tg_order == 1) {
+    t.a = t.c = t.n - 1;
+    return t;
+  }
+  auto gcd = [](unsigned long long x, unsigned long long y) {
+    while (y != 0) {
+      const unsigned long long r = x % y;
+      x = y, y = r;
+    }
+    return x;
+  };
+  do t.a = 1 + tg_draw() % (t.n - 1);
+  while (gcd(t.a, t.n) != 1);
+  t.c = tg_draw() % t.n;
+  return t;
+}
+static void tg_read_order() {
+  const char* v = getenv("TGEMU_THREAD_ORDER");
+  const std::string now = v != nullptr ? v : "";
+  tg_order = now == "reverse" ? 1 : now.rfind("shuffle", 0) == 0 ? 2 : 0;
+  tg_draws = now.size() > 8 && now[7] == ':' ? strtoull(now.c_str() + 8, nullptr, 10) : 1;
+}
 static tg_context tg_scheduler;
 static tg_fiber* tg_current = nullptr;
 static unsigned long long tg_progress = 0;  // arrivals and ends, to tell a stuck block
@@ -206,12 +252,21 @@ static void tg_fiber_main() {
   tg_swap(tg_current->context, tg_scheduler);  // never resumed
   __builtin_trap();
 }
+// The shared arrays this block has reached (host_shared()): each filled once per block, by the
+// first thread to reach it, before any thread can write it.
+static void* tg_shared_seen[64];
+static unsigned tg_shared_count = 0;
+static inline void tg_shared_fill(void* p, size_t bytes) {
+  for (unsigned i = 0; i < tg_shared_count; ++i)
+    if (tg_shared_seen[i] == p) return;
+  if (tg_shared_count == 64) __builtin_trap();  // more shared arrays than any kernel here has
+  tg_shared_seen[tg_shared_count++] = p;
+  memset(p, 0xFF, bytes);
+}
 // One block: every thread from the start, in turn, until all are done; a round in which none
 // arrives anywhere nor ends is a block stuck (on a GPU: hung), which marks the library stuck.
-extern "C" char __start_tg_shared[] __attribute__((weak, visibility("hidden")));
-extern "C" char __stop_tg_shared[] __attribute__((weak, visibility("hidden")));
 static void tg_run_block(unsigned n) {
-  if (__start_tg_shared != nullptr) memset(__start_tg_shared, 0xFF, __stop_tg_shared - __start_tg_shared);
+  tg_shared_count = 0;
   if (tg_fibers.size() < n) tg_fibers.resize(n);
   for (unsigned t = 0; t < n; ++t) {
     tg_fiber& f = tg_fibers[t];
@@ -219,18 +274,38 @@ static void tg_run_block(unsigned n) {
     f.done = false;
     tg_start(f.context, f.stack, tg_fiber_main);
   }
+  // A round runs each live thread once, in the launch's order. Shuffled, a round runs the warps
+  // one at a time in a drawn order, each as far as it goes (its threads in turn, again and again,
+  // until none of them moves: all wait for another warp, or are done), so that a warp gets many
+  // waits ahead of the others, as on a GPU, where warps are scheduled apart. A round in which
+  // none moves is a block stuck.
+  const unsigned nwarps = (n + 31) / 32;
   for (;;) {
     bool live = false;
     const unsigned long long before = tg_progress;
-    for (unsigned i = 0; i < n; ++i) {
-      const unsigned t = tg_reverse ? n - 1 - i : i;
+    auto run = [&](unsigned t) {
       tg_fiber& f = tg_fibers[t];
-      if (f.done) continue;
+      if (f.done) return;
       live = true;
       tg_current = &f;
       tg_tid = t;
       threadIdx = dim3(t % blockDim.x, t / blockDim.x % blockDim.y, t / (blockDim.x * blockDim.y));
       tg_swap(tg_scheduler, f.context);
+    };
+    if (tg_order != 2) {
+      const tg_turns turns = tg_turns_of(n);
+      for (unsigned i = 0; i < n; ++i) run(static_cast<unsigned>(turns.at(i)));
+    } else {
+      const tg_turns warps = tg_turns_of(nwarps);
+      for (unsigned w = 0; w < nwarps; ++w) {
+        const unsigned first = static_cast<unsigned>(warps.at(w)) * 32;
+        const unsigned size = n - first < 32 ? n - first : 32;
+        for (unsigned long long moved = ~0ULL; moved != tg_progress;) {
+          moved = tg_progress;
+          const tg_turns lanes = tg_turns_of(size);
+          for (unsigned i = 0; i < size; ++i) run(first + static_cast<unsigned>(lanes.at(i)));
+        }
+      }
     }
     if (!live) return;
     if (tg_progress == before) {
@@ -242,8 +317,7 @@ static void tg_run_block(unsigned n) {
 template <class F>
 static void tg_host_launch(dim3 grid, dim3 block, F f) {
   if (tg_stuck) return;
-  const char* order = getenv("TGEMU_THREAD_ORDER");
-  tg_reverse = order != nullptr && strcmp(order, "reverse") == 0;
+  tg_read_order();
   gridDim = grid;
   blockDim = block;
   const unsigned n = block.x * block.y * block.z;
@@ -253,13 +327,14 @@ static void tg_host_launch(dim3 grid, dim3 block, F f) {
   tg_warp_barriers = &warps;
   tg_body = [](void* arg) { (*static_cast<F*>(arg))(); };
   tg_body_arg = &f;
-  auto at = [](unsigned i, unsigned n) { return tg_reverse ? n - 1 - i : i; };
-  for (unsigned z = 0; z < grid.z; ++z)
-    for (unsigned y = 0; y < grid.y; ++y)
-      for (unsigned x = 0; x < grid.x && !tg_stuck; ++x) {
-        blockIdx = dim3(at(x, grid.x), at(y, grid.y), at(z, grid.z));
-        tg_run_block(n);
-      }
+  const unsigned long long blocks = 1ULL * grid.x * grid.y * grid.z;
+  const tg_turns turns = tg_turns_of(blocks);
+  for (unsigned long long i = 0; i < blocks && !tg_stuck; ++i) {
+    const unsigned long long b = turns.at(i);
+    blockIdx = dim3(static_cast<unsigned>(b % grid.x), static_cast<unsigned>(b / grid.x % grid.y),
+                    static_cast<unsigned>(b / (1ULL * grid.x * grid.y)));
+    tg_run_block(n);
+  }
 }
 extern "C" __attribute__((visibility("default"))) bool tg_host_stuck() { return tg_stuck; }
 )tg";
@@ -350,6 +425,29 @@ inline std::string host_launches(std::string src, bool deferred = false) {
                                config[1] + "), " + config[3] + ", [=] { " + call + " })"
                          : "tg_host_launch(dim3(" + config[0] + "), dim3(" + config[1] +
                                "), [&] { " + call + " })");
+  }
+  return src;
+}
+
+// Every `__shared__ T name[...];` or `__shared__ T name;` of src (not the runtime's #define)
+// followed, on its line, by `tg_shared_fill(&name, sizeof name);`, which fills it once per block
+// (kRuntime).
+inline std::string host_shared(std::string src) {
+  const std::string key = "__shared__";
+  for (size_t at = src.find(key); at != std::string::npos; at = src.find(key, at + key.size())) {
+    if (at >= 8 && src.compare(at - 8, 8, "#define ") == 0) continue;
+    const size_t semi = src.find(';', at);
+    if (semi == std::string::npos) throw std::runtime_error("host_shared: __shared__ without ;");
+    size_t end = std::min(src.find('[', at), semi);
+    while (end > at && std::isspace(static_cast<unsigned char>(src[end - 1]))) --end;
+    size_t begin = end;
+    while (begin > at &&
+           (std::isalnum(static_cast<unsigned char>(src[begin - 1])) || src[begin - 1] == '_'))
+      --begin;
+    const std::string name = src.substr(begin, end - begin);
+    if (name.empty() || begin <= at + key.size())
+      throw std::runtime_error("host_shared: a __shared__ declaration without a name");
+    src.insert(semi + 1, " tg_shared_fill(&" + name + ", sizeof " + name + ");");
   }
   return src;
 }

@@ -739,8 +739,8 @@ TEST_CASE("cuda on the host: a generated fused sum gives its reference's bits") 
 }
 
 TEST_CASE(
-    "cuda on the host: a race between threads shows when they run in reverse; shared memory starts "
-    "as garbage") {
+    "cuda on the host: a race between threads shows when they run in reverse or shuffled; shared "
+    "memory starts as garbage") {
   // TGEMU_THREAD_ORDER=reverse (host_cuda_source.h) runs a block's threads, and a grid's blocks,
   // last first; the emulated suite runs that way too (tests/CMakeLists.txt). Here the mechanism:
   // each thread writes its slot of shared memory and reads its neighbour's, with and without the
@@ -760,17 +760,36 @@ __global__ void next_block(int* flags, int* out) {
   out[blockIdx.x] = blockIdx.x + 1 < gridDim.x ? flags[blockIdx.x + 1] : 1;
 }
 // Shared memory read before the block wrote it: garbage on a GPU, 0xFF bytes here in every
-// block (not what the block before left).
-__global__ void stale(int* out) {
-  __shared__ int left[64];
+// block (not what the block before left), a template kernel's arrays too.
+template <class T>
+__global__ void stale(T* out) {
+  __shared__ T left[64];
   out[blockIdx.x * 64 + threadIdx.x] = left[threadIdx.x];
   left[threadIdx.x] = 7;
+}
+// Thread 0 publishes a value through shared memory for every thread to read, three times; its
+// warp agrees on it (a shuffle) before it writes. Without the second barrier, thread 0 may write
+// the next value before another warp read this one: only a warp running ahead shows it.
+template <bool kSync>
+__global__ void publish(int* out) {
+  __shared__ int value;
+  int sum = 0;
+  for (int round = 0; round < 3; ++round) {
+    const int mine = __shfl_sync(0xffffffffu, (round + 1) * 10, 0);
+    if (threadIdx.x == 0) value = mine;
+    __syncthreads();
+    sum += value;
+    if (kSync) __syncthreads();
+  }
+  out[threadIdx.x] = sum;
 }
 extern "C" __attribute__((visibility("default"))) void run(int which, int* a, int* b) {
   if (which == 0) tg_host_launch(dim3(2), dim3(64), [&] { neighbour<true>(a); });
   if (which == 1) tg_host_launch(dim3(2), dim3(64), [&] { neighbour<false>(a); });
   if (which == 2) tg_host_launch(dim3(4), dim3(1), [&] { next_block(a, b); });
-  if (which == 3) tg_host_launch(dim3(2), dim3(64), [&] { stale(a); });
+  if (which == 3) tg_host_launch(dim3(2), dim3(64), [&] { stale<int>(a); });
+  if (which == 4) tg_host_launch(dim3(1), dim3(128), [&] { publish<true>(a); });
+  if (which == 5) tg_host_launch(dim3(1), dim3(128), [&] { publish<false>(a); });
 }
 )";
   tghost::Library lib;
@@ -786,20 +805,54 @@ extern "C" __attribute__((visibility("default"))) void run(int which, int* a, in
         unsetenv("TGEMU_THREAD_ORDER");
     }
   } order;
-  auto outputs = [&](int which, bool reverse) {
-    if (reverse)
-      setenv("TGEMU_THREAD_ORDER", "reverse", 1);
+  auto outputs = [&](int which, const char* how) {
+    if (how != nullptr)
+      setenv("TGEMU_THREAD_ORDER", how, 1);
     else
       unsetenv("TGEMU_THREAD_ORDER");
     std::vector<int> a(128, 0), b(4, 0);
     run(which, a.data(), b.data());
     return which == 2 ? b : a;
   };
-  const std::vector<int> synced = outputs(0, false);
+  const std::vector<int> synced = outputs(0, nullptr);
   for (int t = 0; t < 128; ++t) CHECK(synced[t] == (t / 64) * 100 + (t + 1) % 64);
-  CHECK(outputs(0, true) == synced);
-  CHECK(outputs(1, false) != outputs(1, true));
-  CHECK(outputs(2, false) != outputs(2, true));
-  CHECK(outputs(3, false) == std::vector<int>(128, -1));
+  CHECK(outputs(0, "reverse") == synced);
+  CHECK(outputs(1, nullptr) != outputs(1, "reverse"));
+  CHECK(outputs(2, nullptr) != outputs(2, "reverse"));
+  CHECK(outputs(3, nullptr) == std::vector<int>(128, -1));
+  // Shuffled ("shuffle:S"): the synced kernel agrees whatever the seed; the racy ones give
+  // results neither fixed order gives, each seed its own, the same at each run of one seed.
+  std::vector<std::vector<int>> racy;
+  for (const char* how : {"shuffle:1", "shuffle:2", "shuffle:3", "shuffle"}) {
+    CAPTURE(how);
+    CHECK(outputs(0, how) == synced);
+    racy.push_back(outputs(1, how));
+    CHECK(racy.back() != outputs(1, nullptr));
+    CHECK(racy.back() != outputs(1, "reverse"));
+    CHECK(outputs(3, how) == std::vector<int>(128, -1));
+  }
+  CHECK(racy[0] != racy[1]);
+  CHECK(racy[1] != racy[2]);
+  CHECK(outputs(1, "shuffle:2") == racy[1]);
+  CHECK(outputs(1, "shuffle:1") == racy[3]);  // 1 where the seed is left out
+
+  // The blocks too: over a grid of 4, some seed runs block 1 before block 2.
+  bool other = false;
+  for (const char* how : {"shuffle:1", "shuffle:2", "shuffle:3", "shuffle:4", "shuffle:5"})
+    other = other ||
+            (outputs(2, how) != outputs(2, nullptr) && outputs(2, how) != outputs(2, "reverse"));
+  CHECK(other);
+  // A write before another warp's read: every order agrees with the barrier; without it, the
+  // fixed orders happen to give the right sums (each warp reads before thread 0's warp moves
+  // on), and some drawn orders do not.
+  const std::vector<int> sums(128, 60);
+  for (const char* how : {(const char*)nullptr, "reverse", "shuffle:1", "shuffle:2", "shuffle:3"})
+    CHECK(outputs(4, how) == sums);
+  CHECK(outputs(5, nullptr) == sums);
+  CHECK(outputs(5, "reverse") == sums);
+  bool seen = false;
+  for (const char* how : {"shuffle:1", "shuffle:2", "shuffle:3", "shuffle:4"})
+    seen = seen || outputs(5, how) != sums;
+  CHECK(seen);
   CHECK_FALSE(lib.stuck());
 }

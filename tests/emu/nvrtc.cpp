@@ -50,7 +50,8 @@ bool build(_nvrtcProgram& prog, std::string& path) {
   }
   std::string src = prog.source;
   src.replace(src.find("extern \"C\" __global__"), 21, "__global__");
-  std::string unit = std::string(tghost::kRuntime) + "#line 1 \"tg_fused.cu\"\n" + src + "\n";
+  std::string unit =
+      std::string(tghost::kRuntime) + "#line 1 \"tg_fused.cu\"\n" + tghost::host_shared(src) + "\n";
   unit += "extern \"C\" __attribute__((visibility(\"default\"))) void tgemu_run_" + name +
           "(const void* p, unsigned grid, unsigned block) {\n  tg_host_launch(dim3(grid), "
           "dim3(block), [&] { " +
