@@ -695,6 +695,13 @@ TEST_CASE("the emulated GPU: each op puts the caller's device back") {
     CHECK_THROWS_AS(x.index_select(0, full({2}, 99, {.dtype = DType::I64, .device = cuda(other)})),
                     Error);
     CHECK(current() == mine);
+    // Blocks go back to the driver with their own device current (the cache emptied, or each
+    // tensor as it is freed where the cache is off), and the caller's after.
+    const int64_t elsewhere = tgemu::counts().frees_elsewhere;
+    x = y = p = across = Tensor();
+    cuda::empty_cache(other);
+    CHECK(current() == mine);
+    CHECK(tgemu::counts().frees_elsewhere == elsewhere);
   }
   CHECK(tgemu::fault() == nullptr);
 }

@@ -39,6 +39,9 @@ struct Counts {
   int64_t syncs = 0;           // times the host waited for a stream with work queued
   int64_t pinned_copies = 0;   // copies between device and pinned host memory
   int64_t device_bytes = 0;    // bytes in live allocations
+  // cudaFree calls for a block of a device that was not current then (PyTorch's allocator makes
+  // the block's device current to free it; tapegrad does too, Note [Device guard]).
+  int64_t frees_elsewhere = 0;
 };
 Counts counts();
 // The device's memory, as cudaMemGetInfo reports its total and cudaMalloc enforces it.

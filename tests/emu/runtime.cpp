@@ -641,6 +641,7 @@ cudaError_t cudaFree(void* ptr) {
       return unsupported_while_capturing(*s);
   drain_all();  // cudaFree waits for the device
   const Block b = it->second;
+  if (b.device != t_device) ++e.counts.frees_elsewhere;
   {
     Window w(b.device);
     ASAN_UNPOISON_MEMORY_REGION(ptr, b.span);

@@ -277,6 +277,7 @@ class CudaBackend final : public Backend {
       cache_[size].push_back(ptr);
       return;
     }
+    const OnDevice on = enter_quietly();
     (void)cudaFree(ptr);
     (void)cudaGetLastError();
     reserved_ -= static_cast<int64_t>(size);
@@ -285,6 +286,7 @@ class CudaBackend final : public Backend {
   void empty_cache() {
     refuse_while_capturing("empty_cache");
     if (stream_ != nullptr) (void)cudaStreamSynchronize(stream_);
+    const OnDevice on = enter_quietly();
     std::lock_guard<std::mutex> lock(mu_);
     for (auto& [size, blocks] : cache_) {
       for (void* p : blocks) {
@@ -903,7 +905,9 @@ class CudaBackend final : public Backend {
   // puts the caller's device back when it returns or throws, as PyTorch's device guard does: a
   // program that mixes its own CUDA calls with tapegrad's, on several GPUs, finds its device as
   // it set it. With one GPU, or ops on the device already current, it costs one cudaGetDevice
-  // (a thread-local read) and no cudaSetDevice.
+  // (a thread-local read) and no cudaSetDevice. Blocks go back to the driver with their device
+  // current too (enter_quietly(): a tensor freed on one device while another is current), as
+  // PyTorch's allocator frees them.
   class [[nodiscard]] OnDevice {
    public:
     explicit OnDevice(int previous) : previous_(previous) {}
@@ -925,6 +929,18 @@ class CudaBackend final : public Backend {
     TG_CUDA(op, cudaGetDevice(&current));
     if (current == index_) return OnDevice(-1);
     TG_CUDA(op, cudaSetDevice(index_));
+    return OnDevice(current);
+  }
+
+  // This device current, for a call that must not throw (a free, from a tensor's destructor):
+  // left as it is where it cannot be made current.
+  OnDevice enter_quietly() noexcept {
+    int current = -1;
+    if (cudaGetDevice(&current) != cudaSuccess || current == index_ ||
+        cudaSetDevice(index_) != cudaSuccess) {
+      (void)cudaGetLastError();
+      return OnDevice(-1);
+    }
     return OnDevice(current);
   }
 
